@@ -1,0 +1,473 @@
+"""Pure ASGI middleware: the reload routes, the script tag in HTML pages, and the drop-in API.
+
+Nothing here buffers a response: the injector holds back at most the tail of the page from its last
+``</body>`` on (or a few bytes that might start one), and everything else passes through as it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import inspect
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from copy import copy
+from inspect import ismethod
+from pathlib import Path
+from types import MethodType
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import config
+from .broker import Broker, PublishResult, Reload, get_broker
+from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint, StreamHub
+
+logger = logging.getLogger(__name__)
+
+BODY_MARKER = b"</body"
+PRESENT_MARKER = b"data-distreload"
+HOLD_LIMIT = 64 * 1024  # the most of a page's tail held back while waiting to see whether </body> was last
+_SCOPE_FLAG = "distreload.injected"
+_HTML_TYPES = (b"text/html", b"application/xhtml+xml")
+
+NonceSource = Callable[[Scope], str | None]
+ReloadCallback = Callable[[Reload], Any]
+
+
+def default_csp_nonce(scope: Scope) -> str | None:
+    """The nonce an app put in ``request.state.csp_nonce`` (or ``scope["csp_nonce"]``)."""
+    state = scope.get("state")
+    nonce = None
+    if isinstance(state, Mapping):
+        nonce = state.get("csp_nonce")
+    if nonce is None:
+        nonce = scope.get("csp_nonce")
+    return nonce if isinstance(nonce, str) and nonce else None
+
+
+def compute_build_id(extra: str = "") -> str:
+    """A fingerprint of the project's own loaded source files.
+
+    A worker restarted by a code change reports a new build, so its pages reload; a worker recycled or
+    reached on another host with the same code reports the same one, so nothing reloads for that.
+    """
+    explicit = os.environ.get(config.ENV_BUILD_ID, "").strip()
+    if explicit:
+        return explicit[:64]
+    root = Path.cwd().resolve()
+    ignored = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    digest = hashlib.sha256(extra.encode())
+    files: set[Path] = set()
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None)
+        if not filename or not filename.endswith(".py"):
+            continue
+        path = Path(filename).resolve()
+        if not path.is_relative_to(root) or any(path.is_relative_to(prefix) for prefix in ignored):
+            continue
+        if "site-packages" in path.parts:
+            continue
+        files.add(path)
+    for path in sorted(files):
+        try:
+            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+        except OSError:
+            continue
+    return digest.hexdigest()[:12]
+
+
+def _running_under_several_workers() -> bool:
+    if multiprocessing.parent_process() is not None:  # uvicorn --workers spawns its workers
+        return True
+    argv = " ".join(sys.argv)
+    if "gunicorn" in argv or "gunicorn" in sys.modules:
+        for flag in ("-w", "--workers"):
+            if flag in sys.argv:
+                index = sys.argv.index(flag)
+                if index + 1 < len(sys.argv) and sys.argv[index + 1] != "1":
+                    return True
+        return os.environ.get("WEB_CONCURRENCY", "1") not in ("", "1")
+    return False
+
+
+class DistReload:
+    """Live reload for one ASGI app: ``app = DistReload(app, redis_url=..., namespace=...)``.
+
+    Serves the reload endpoint under ``prefix`` and injects the browser script into HTML pages.
+    ``on_reload`` (sync or async, given the :class:`Reload`) runs in every worker a reload reaches.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        enabled: bool | None = None,
+        on_reload: ReloadCallback | None = None,
+        prefix: str = config.DEFAULT_PREFIX,
+        token: str | None = None,
+        heartbeat_interval: float = 15.0,
+        build_id: str | None = None,
+        csp_nonce: NonceSource | None = None,
+        endpoint_url: str | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        routes: bool = True,
+        inject: bool = True,
+        broker: Broker | None = None,
+    ) -> None:
+        self.app = app
+        self.enabled = config.resolve_enabled(enabled)
+        self.prefix = config.validate_prefix(prefix)
+        self.routes = routes
+        self.inject = inject
+        self.csp_nonce = csp_nonce or default_csp_nonce
+        self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
+        self.client_options = dict(client_options or {})
+        self._explicit_build_id = build_id
+        self.build_id = build_id or ""
+        self.broker = broker or get_broker(redis_url, namespace)
+        if redis_url is not None or namespace is not None:
+            _set_default_target(self.broker)
+        self.hub = StreamHub(self.broker, heartbeat_interval=heartbeat_interval)
+        self.endpoint = ReloadEndpoint(self.broker, self.hub, build_id=self.build_id,
+                                       token=config.resolve_token(token), ensure_started=self.ensure_started)
+        self._on_reload = on_reload
+        if on_reload is not None:
+            self.broker.add_listener(self._run_on_reload)
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.enabled:
+            await self.app(scope, receive, send)
+            return
+        scope_type = scope["type"]
+        if scope_type == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+            return
+        if scope_type != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._started:
+            await self.ensure_started()
+        if self.routes:
+            subpath = self._subpath(scope)
+            if subpath is not None:
+                await self.endpoint(scope, receive, send, subpath)
+                return
+        if self.inject and scope.get("method") == "GET" and not scope.get(_SCOPE_FLAG):
+            scope = dict(scope)
+            scope[_SCOPE_FLAG] = True
+            extensions = scope.get("extensions")
+            if extensions and "http.response.pathsend" in extensions:
+                # A file sent by path never passes through here, so ask for it as body chunks instead.
+                scope["extensions"] = {k: v for k, v in extensions.items() if k != "http.response.pathsend"}
+            injector = _Injector(send, lambda: self.script_tag(scope))
+            await self.app(scope, receive, injector.send)
+            return
+        await self.app(scope, receive, send)
+
+    def _subpath(self, scope: Scope) -> str | None:
+        path: str = scope.get("path", "")
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path):]
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            return path[len(self.prefix):]
+        return None
+
+    def endpoint_base(self, scope: Scope) -> str:
+        if self.endpoint_url:
+            return self.endpoint_url
+        return scope.get("root_path", "").rstrip("/") + self.prefix
+
+    def script_tag(self, scope: Scope) -> bytes:
+        base = self.endpoint_base(scope)
+        attributes = {
+            "src": f"{base}/client.js?v={CLIENT_SCRIPT_ETAG}",
+            "data-distreload": base,
+            "data-distreload-version": str(self.broker.version),
+            "data-distreload-build": self.build_id,
+        }
+        if self.client_options:
+            attributes["data-distreload-options"] = json.dumps(self.client_options, separators=(",", ":"))
+        nonce = self.csp_nonce(scope)
+        if nonce:
+            attributes["nonce"] = nonce
+        rendered = " ".join(f'{name}="{html.escape(value, quote=True)}"' for name, value in attributes.items())
+        return f"<script {rendered} async></script>".encode()
+
+    async def ensure_started(self) -> None:
+        """Start this worker's subscription: from the lifespan, or on the first request without one."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            if not self._explicit_build_id:
+                self.build_id = self.endpoint.build_id = compute_build_id()
+            self.broker.build_id = self.build_id
+            self.hub.reopen()
+            await self.broker.start()
+            self._started = True
+            logger.info("distreload active: endpoint %s, Redis %s, namespace %r, worker %s, build %s",
+                        self.prefix, self.broker.target.display_url(), self.broker.target.namespace,
+                        self.broker.identity, self.build_id)
+            if self.broker.target.is_memory and _running_under_several_workers():
+                logger.warning("distreload: running under several workers with no Redis URL; a reload reaches "
+                               "only the worker it was sent in. Set %s (redis://...) to reach them all.",
+                               config.ENV_REDIS_URL)
+
+    async def shutdown(self) -> None:
+        self.hub.close_all()
+        if self._started:
+            self._started = False
+            await self.broker.stop()
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.ensure_started()
+            elif message["type"] == "lifespan.shutdown":
+                self.hub.close_all()
+            return message
+
+        return wrapped
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.shutdown()
+            await send(message)
+
+        return wrapped
+
+    def _run_on_reload(self, reload: Reload) -> None:
+        assert self._on_reload is not None
+        outcome = self._on_reload(reload)
+        if inspect.isawaitable(outcome):
+            task = asyncio.ensure_future(outcome)
+            self._background.add(task)
+            task.add_done_callback(self._finish_background)
+
+    def _finish_background(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("distreload: on_reload failed", exc_info=task.exception())
+
+
+def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+def _wants_injection(message: Message) -> bool:
+    status = message.get("status", 200)
+    if status < 200 or status in (204, 304):
+        return False
+    headers = list(message.get("headers", []))
+    content_type = b";".join(_header_values(headers, b"content-type")).lower()
+    if not any(kind in content_type for kind in _HTML_TYPES):
+        return False
+    encodings = [v.strip().lower() for v in _header_values(headers, b"content-encoding")]
+    if any(encoding not in (b"", b"identity") for encoding in encodings):
+        return False
+    disposition = b";".join(_header_values(headers, b"content-disposition")).lower()
+    return b"attachment" not in disposition
+
+
+class _Injector:
+    """Per-response state: decides from the headers, then places one tag before the last ``</body>``."""
+
+    def __init__(self, send: Send, make_tag: Callable[[], bytes]) -> None:
+        self._send = send
+        self._make_tag = make_tag
+        self._start: Message | None = None
+        self._active = False
+        self._done = False
+        self._tag = b""
+        self._pending = b""
+        self._holding_marker = False
+        self._already_present = False
+        self._declared_length = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if not _wants_injection(message):
+                await self._send(message)
+                return
+            self._active = True
+            self._start = message
+            return
+        if not self._active:
+            await self._send(message)
+            return
+        if kind != "http.response.body":
+            await self._flush_start(None)
+            await self._send(message)
+            return
+        if self._done:
+            await self._send(message)
+            return
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        if self._start is not None:
+            await self._flush_start(body if not more_body else None)
+        out = self._place(body, final=not more_body)
+        if out or not more_body:
+            await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
+
+    async def _flush_start(self, whole_body: bytes | None) -> None:
+        """Send the held response start with headers fixed for the tag."""
+        start, self._start = self._start, None
+        if start is None:
+            return
+        self._tag = self._make_tag()
+        headers = list(start.get("headers", []))
+        if whole_body is not None and PRESENT_MARKER in whole_body:
+            self._already_present = True
+        added = 0 if self._already_present else len(self._tag)
+        fixed: list[tuple[bytes, bytes]] = []
+        for key, value in headers:
+            name = key.lower()
+            if name == b"content-length":
+                self._declared_length = True
+                try:
+                    value = str(int(value) + added).encode()
+                except ValueError:
+                    continue
+            elif name in (b"etag", b"last-modified"):
+                # The page now carries a per-render tag: a 304 would bring back a stale copy of it.
+                continue
+            fixed.append((key, value))
+        await self._send({**start, "headers": fixed})
+
+    def _place(self, chunk: bytes, *, final: bool) -> bytes:
+        data = self._pending + chunk
+        lowered = data.lower()
+        if not self._already_present and PRESENT_MARKER in lowered:
+            self._already_present = True
+        index = lowered.rfind(BODY_MARKER)
+        if index != -1:
+            out, self._pending, self._holding_marker = data[:index], data[index:], True
+            if len(self._pending) > HOLD_LIMIT:
+                # A huge tail after an early </body>: place the tag here rather than hold the page back.
+                out, self._pending = out + self._tag_bytes() + self._pending, b""
+                self._done = True
+                return out
+        elif self._holding_marker:  # cannot happen: the held data starts with the marker
+            out, self._pending = b"", data
+        else:
+            keep = min(len(data), max(len(BODY_MARKER), len(PRESENT_MARKER)) - 1)
+            out, self._pending = data[: len(data) - keep], data[len(data) - keep:]
+        if final:
+            if self._holding_marker:
+                out += self._tag_bytes() + self._pending
+            else:
+                out += self._pending + self._tag_bytes()
+            self._pending = b""
+            self._done = True
+        return out
+
+    def _tag_bytes(self) -> bytes:
+        if not self._already_present:
+            return self._tag
+        # The page carried the script already. Only a streamed response that declared its length up
+        # front can get here; keep that length true with white space in place of the second tag.
+        return b" " * len(self._tag) if self._declared_length else b""
+
+
+class UniversalMiddleware(Middleware):
+    """One object usable in a Starlette ``middleware=[...]`` list, with ``add_middleware`` and as
+    ``wrapper(app)``; keyword options pass through: ``app.add_middleware(auto_refresh_middleware, ...)``."""
+
+    def __init__(self, asgi_middleware: Callable[..., ASGIApp]) -> None:
+        self.fn = asgi_middleware
+        super().__init__(self)
+
+    def __call__(self, app: ASGIApp, *args: Any, **options: Any) -> ASGIApp:
+        return self.fn(app, *args, **options)
+
+
+def _injection_only(app: ASGIApp, **options: Any) -> ASGIApp:
+    return DistReload(app, routes=False, **options)
+
+
+def _routes_only(app: ASGIApp, **options: Any) -> ASGIApp:
+    return DistReload(app, inject=False, **options)
+
+
+html_injection_middleware = UniversalMiddleware(_injection_only)
+"""Injects the browser script into HTML pages."""
+
+reloader_route_middleware = UniversalMiddleware(_routes_only)
+"""Serves the reload endpoint (``/---distreload---``) in front of the app."""
+
+
+def patch_for_auto_reloading(app: ASGIApp, **options: Any) -> ASGIApp:
+    """Return ``app`` with live reload: the endpoint in front, the injector inside its middleware.
+
+    For a Starlette/FastAPI app the injector goes innermost, so compression the app adds still
+    compresses the page after the tag is in; the original app object is left untouched.
+    """
+    from starlette.applications import Starlette
+
+    if isinstance(app, Starlette):
+        patched = copy(app)
+        patched.user_middleware = [*app.user_middleware,
+                                   Middleware(html_injection_middleware, **options)]  # type: ignore[arg-type]
+        patched.middleware_stack = None
+        # Instrumentation (OpenTelemetry and others) binds methods to the original object; rebind them.
+        for name in dir(patched):
+            method = getattr(patched, name, None)
+            if ismethod(method) and method.__self__ is app:
+                setattr(patched, name, MethodType(method.__func__, patched))
+        return DistReload(patched, inject=False, **options)
+    return DistReload(app, **options)
+
+
+auto_refresh_middleware = UniversalMiddleware(patch_for_auto_reloading)
+"""Routes and injection together: the whole of distreload in one middleware."""
+
+
+# --- Publishing from application code -------------------------------------------------------------------
+
+_default_target: list[Broker] = []
+
+
+def _set_default_target(broker: Broker) -> None:
+    _default_target[:] = [broker]
+
+
+def _broker_for(redis_url: str | None, namespace: str | None) -> Broker:
+    if redis_url is None and namespace is None and _default_target:
+        return _default_target[0]
+    return get_broker(redis_url, namespace)
+
+
+def send_reload_signal(kind: str = "reload", paths: Sequence[str] = (), *, redis_url: str | None = None,
+                       namespace: str | None = None) -> PublishResult:
+    """Reload every page held by every worker of the cluster; safe to call from any thread.
+
+    ``kind="css"`` (with optional stylesheet ``paths``) swaps stylesheets in place instead. Raises
+    :class:`PublishError` when the reload did not go out (Redis unreachable).
+    """
+    return _broker_for(redis_url, namespace).publish_threadsafe(kind, paths)
+
+
+async def send_reload_signal_async(kind: str = "reload", paths: Sequence[str] = (), *,
+                                   redis_url: str | None = None, namespace: str | None = None) -> PublishResult:
+    """The async twin of :func:`send_reload_signal`, for code already on an event loop."""
+    return await _broker_for(redis_url, namespace).publish(kind, paths)

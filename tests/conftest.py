@@ -1,0 +1,227 @@
+"""Shared fixtures: real Redis servers, real uvicorn/gunicorn processes, raw SSE readers, Chromium.
+
+Under ``CI=true`` a test that needs Redis or the browser fails when they are missing; elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SHARED_REDIS_URL = os.environ.get("DISTRELOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = os.environ.get("DISTRELOAD_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail under CI: CI must never pass by skipping the real thing."""
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true", pytrace=False)
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout} s")
+
+
+def unique_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def namespace() -> str:
+    return unique_namespace()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_url() -> str:
+    """The machine's shared Redis (never flushed or stopped: tests use unique namespaces)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(SHARED_REDIS_URL, socket_connect_timeout=1).ping()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        missing(f"a Redis server at {SHARED_REDIS_URL} ({exc})")
+    return SHARED_REDIS_URL
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server owned by one test: it may be stopped, restarted, frozen."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory), *self.extra_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, 10, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A private redis-server on a free port (for tests that stop, restart or pause it)."""
+    if shutil.which("redis-server") is None:
+        missing("the redis-server binary")
+    server = RedisProcess(port=free_port(), directory=tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class ServerProcess:
+    """A uvicorn or gunicorn process serving a test app on a free port."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
+        """Stop the server; returns how long it took."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return time.monotonic() - started
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start ``uvicorn`` or ``gunicorn`` (uvicorn workers) on a test app; all are stopped afterwards.
+
+    ``start_server("tests.apps.cluster_app:app", workers=2, server="gunicorn", env={...})``
+    """
+    started: list[ServerProcess] = []
+
+    def start(app: str, *, workers: int = 1, server: str = "uvicorn", env: dict[str, str] | None = None,
+              extra_args: list[str] | None = None, port: int | None = None, cwd: Path | None = None,
+              wait: bool = True) -> ServerProcess:
+        port = port or free_port()
+        if server == "uvicorn":
+            command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+                       "--workers", str(workers), "--no-access-log"]
+        elif server == "gunicorn":
+            command = [sys.executable, "-m", "gunicorn", app, "-k", "uvicorn_worker.UvicornWorker",
+                       "-w", str(workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "30"]
+        else:
+            raise ValueError(server)
+        command += extra_args or []
+        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                    "DISTRELOAD_ENABLED": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        log_path = tmp_path / f"server-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                       cwd=str(cwd or ROOT), start_new_session=True)
+        handle = ServerProcess(port=port, process=process, log_path=log_path)
+        started.append(handle)
+        if wait:
+            try:
+                wait_for_port(port, 30, process)
+            except Exception:
+                raise RuntimeError(f"server did not start:\n{handle.log()}") from None
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop(signal.SIGKILL if handle.process.poll() is None and False else signal.SIGTERM, 10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(handle.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists():
+        missing(f"Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing("playwright for Python")
+    return CHROMIUM
+
+
+@pytest.fixture
+def open_sse() -> Iterator[Callable[..., object]]:
+    """Open raw SSE readers (tests/sse.py); every one is closed at teardown."""
+    from .sse import SSEReader
+
+    readers: list[SSEReader] = []
+
+    def open_reader(port: int, **options: object) -> SSEReader:
+        reader = SSEReader(port, **options)  # type: ignore[arg-type]
+        readers.append(reader)
+        return reader
+
+    yield open_reader
+    for reader in readers:
+        reader.close()
