@@ -24,7 +24,22 @@ _EXPORTS = {
     "send_reload_signal_async": "middleware",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "ClusterVersion",
+    "ConfigError",
+    "DistReload",
+    "PublishError",
+    "PublishResult",
+    "Reload",
+    "UniversalMiddleware",
+    "__version__",
+    "auto_refresh_middleware",
+    "html_injection_middleware",
+    "patch_for_auto_reloading",
+    "reloader_route_middleware",
+    "send_reload_signal",
+    "send_reload_signal_async",
+]
 
 if TYPE_CHECKING:
     from .broker import ClusterVersion, PublishError, PublishResult, Reload

@@ -12,6 +12,7 @@ Each worker process holds exactly one subscription, whatever the number of brows
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -43,11 +44,35 @@ MAX_PATH_LENGTH = 2048
 _EPOCH_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 _VERSION_TEXT_PATTERN = re.compile(r"([0-9a-f]{8,32})-([0-9]{1,16})")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+# The most a published message adds around its paths ('{"epoch":"...","version":...,"kind":"...","paths":').
+_MESSAGE_OVERHEAD = 100
+
+# Both scripts start by reading the state; a state key that is missing, or that something other than
+# distreload wrote (another type, a malformed epoch or version), counts as absent and is replaced, so stray
+# data can never stop reloads for good nor travel to the workers.
+_READ_STATE = """
+local function read_state(key)
+  local kind = redis.call('TYPE', key)
+  kind = type(kind) == 'table' and kind['ok'] or kind
+  if kind == 'none' then return nil end
+  if kind == 'hash' then
+    local state = redis.call('HMGET', key, 'epoch', 'version')
+    local epoch, version = state[1], state[2]
+    if type(epoch) == 'string' and type(version) == 'string'
+        and #epoch >= 8 and #epoch <= 32 and string.match(epoch, '^[0-9a-f]+$')
+        and #version <= 16 and string.match(version, '^[0-9]+$') then
+      return epoch, tonumber(version)
+    end
+  end
+  redis.call('DEL', key)
+  return nil
+end
+"""
 
 # Publish: create the state on first use, bump it and publish it, all at once. The message is built by
 # concatenation because cjson turns an empty list into an object; every piece was validated by the caller.
-_PUBLISH_SCRIPT = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+_PUBLISH_SCRIPT = _READ_STATE + """
+local epoch = read_state(KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', 0)
@@ -61,14 +86,13 @@ return {epoch, version, receivers}
 
 # Seed: run by a worker after every (re)subscribe. A Redis restarted without persistence has no state;
 # the worker puts back what it knew, so browsers see no change and nothing reloads for the restart alone.
-_SEED_SCRIPT = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+_SEED_SCRIPT = _READ_STATE + """
+local epoch, version = read_state(KEYS[1])
 local known = tonumber(ARGV[2])
 if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'version', known)
   return {ARGV[1], known}
 end
-local version = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0
 if epoch == ARGV[1] and known > version then
   redis.call('HSET', KEYS[1], 'version', known)
   version = known
@@ -166,7 +190,11 @@ def validate_publish_request(kind: str, paths: Sequence[str]) -> tuple[ReloadKin
     for path in paths:
         if not is_same_origin_path(path):
             raise ValueError(f"{path!r} is not a same-origin URL path (it must start with a single '/')")
-    return kind, tuple(paths)  # type: ignore[return-value]  # kind was checked against RELOAD_KINDS
+    # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
+    size = len(json.dumps(list(paths)).encode()) + _MESSAGE_OVERHEAD
+    if size > MAX_MESSAGE_BYTES:
+        raise ValueError(f"the paths make a {size} byte message; the limit is {MAX_MESSAGE_BYTES} bytes")
+    return kind, tuple(paths)  # mypy narrows kind to ReloadKind through the membership test above
 
 
 def is_same_origin_path(path: object) -> bool:
@@ -194,7 +222,8 @@ def parse_message(raw: bytes | str) -> Reload:
         raise BadMessage(f"not UTF-8 JSON ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise BadMessage("not a JSON object")
-    epoch, number, kind, paths = data.get("epoch"), data.get("version"), data.get("kind"), data.get("paths", [])
+    epoch, number = data.get("epoch"), data.get("version")
+    kind, paths = data.get("kind"), data.get("paths", [])
     if not isinstance(epoch, str) or not _EPOCH_PATTERN.fullmatch(epoch):
         raise BadMessage("epoch missing or malformed")
     if type(number) is not int or not 1 <= number <= MAX_VERSION:
@@ -319,7 +348,7 @@ class MemoryBroker(Broker):
         loop = self._loop
         if loop is None or loop.is_closed() or _running_loop() is loop:
             return self._publish_here(checked_kind, checked_paths)
-        done: asyncio.Future[PublishResult] = asyncio.run_coroutine_threadsafe(  # type: ignore[assignment]
+        done = asyncio.run_coroutine_threadsafe(
             _as_coroutine(self._publish_here, checked_kind, checked_paths), loop
         )
         return done.result(timeout=5)
@@ -392,24 +421,22 @@ class RedisBroker(Broker):
         try:
             await asyncio.wait_for(self._subscribed.wait(), self.startup_wait)
         except TimeoutError:
-            logger.warning("distreload: Redis at %s not reachable yet; serving pages and retrying in the "
-                           "background", self.target.display_url())
+            if not self._outage_logged:  # the listener has not said why yet (Redis slow rather than down)
+                self._outage_logged = True
+                logger.warning("distreload: worker %s: Redis at %s not reachable yet; serving pages and "
+                               "retrying in the background", self.identity, self.target.display_url())
 
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         client, self._client = self._client, None
         if client is not None:
             if self._connected:
-                try:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(client.delete(self._presence_key), 0.5)
-                except (Exception, asyncio.CancelledError):
-                    pass
             await _close_quietly(client)
         self._connected = False
         self._loop = None
@@ -450,12 +477,13 @@ class RedisBroker(Broker):
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     def _report_outage(self, exc: BaseException) -> None:
+        """One line per outage, however many attempts it takes to get back (see _listen_once)."""
         if self._outage_logged:
             return
         self._outage_logged = True
         verb = "lost the connection to" if self._connected else "cannot reach"
-        logger.warning("distreload: %s Redis at %s (%s); retrying with backoff",
-                       verb, self.target.display_url(), _one_line(exc))
+        logger.warning("distreload: worker %s %s Redis at %s (%s); serving pages and retrying with backoff",
+                       self.identity, verb, self.target.display_url(), _one_line(exc))
 
     async def _listen_once(self) -> None:
         assert self._client is not None
@@ -463,6 +491,9 @@ class RedisBroker(Broker):
         pubsub = client.pubsub()
         try:
             await asyncio.wait_for(pubsub.subscribe(self._channel), self.ping_timeout)
+            await self._confirm_subscription(pubsub)
+            # Read the state only once Redis confirmed the subscription: a publish between the two is then
+            # seen by one of them, never by neither.
             reply = await asyncio.wait_for(
                 client.eval(_SEED_SCRIPT, 1, self._state_key, self.version.epoch, str(self.version.number)),
                 self.ping_timeout,
@@ -471,14 +502,22 @@ class RedisBroker(Broker):
             self._contacted = True
             self._connected = True
             if self._outage_logged:
-                logger.warning("distreload: connected to Redis at %s again; at version %s",
-                               self.target.display_url(), self.version)
+                logger.warning("distreload: worker %s connected to Redis at %s; at version %s",
+                               self.identity, self.target.display_url(), self.version)
                 self._outage_logged = False
             await self._write_presence(client)
             self._subscribed.set()
             await self._receive(pubsub, client)
         finally:
             await _close_quietly(pubsub)
+
+    async def _confirm_subscription(self, pubsub: Any) -> None:
+        deadline = time.monotonic() + self.ping_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = await asyncio.wait_for(pubsub.get_message(timeout=remaining), remaining + 0.5)
+            if message is not None and message.get("type") == "subscribe":
+                return
+        raise ConnectionError(f"Redis did not confirm the subscription within {self.ping_timeout:g} s")
 
     async def _receive(self, pubsub: Any, client: redis.asyncio.Redis) -> None:
         last_heard = time.monotonic()
@@ -557,7 +596,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _describe_redis_error(target: Target, exc: BaseException) -> str:
-    return f"could not publish to Redis at {target.display_url()}: {_one_line(exc)}"
+    import redis.exceptions
+
+    text = f"could not publish to Redis at {target.display_url()}: {_one_line(exc)}"
+    if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
+        # The command may have reached a Redis that is only slow: say so rather than claim either way.
+        text += " (no answer in time: the reload goes out if Redis runs it later)"
+    return text
 
 
 async def _close_quietly(closable: Any) -> None:
@@ -600,7 +645,7 @@ def sync_client(url: str) -> redis.Redis:
 
 
 def publish_to_redis(target: Target, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-    """Publish one reload to every worker that shares ``target``; raise PublishError when it did not go out."""
+    """Publish one reload to every worker sharing ``target``; raise PublishError when it did not go out."""
     checked_kind, checked_paths = validate_publish_request(kind, paths)
     client = sync_client(target.redis_url)
     try:

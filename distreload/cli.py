@@ -1,4 +1,9 @@
-"""The ``distreload`` command: publish reloads from a shell, a CI job or a deploy hook."""
+"""The ``distreload`` command: publish reloads from a shell, a CI job or a deploy hook, and look at the
+cluster (``listen``, ``status``), watch files (``watch``) or try it all (``demo``).
+
+Import-light on purpose: ``distreload publish`` imports redis-py (or only urllib for ``--url``) and never
+Starlette, so a deploy hook or an editor's save hook pays a few tens of milliseconds, not a web framework.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .config import ENV_NAMESPACE, ENV_REDIS_URL, ConfigError
+from .config import DEFAULT_PREFIX, ENV_NAMESPACE, ENV_REDIS_URL, ENV_TOKEN, ConfigError, Target
+
+if TYPE_CHECKING:
+    from .broker import PublishResult
 
 logger = logging.getLogger(__name__)
 
@@ -18,71 +29,713 @@ DESCRIPTION = """\
 distreload: browser live-reload for ASGI apps running as many workers on many hosts.
 
 Every worker of an app wrapped with distreload holds one subscription to a Redis channel; a reload
-published there reaches the browsers held by every worker on every host that shares the Redis.
+published there reaches the browsers held by every worker on every host that shares the Redis and the
+namespace. This command publishes reloads, shows what the cluster is doing, and runs a demo.
+"""
+
+EPILOG = f"""\
+examples:
+  distreload demo                                      try it: a local cluster, no Redis needed
+  distreload publish --redis-url redis://127.0.0.1:6379/0
+  distreload publish --css /static/site.css            swap one stylesheet, keep the page
+  distreload publish --url https://staging.example.com --token "$DISTRELOAD_TOKEN"
+  distreload status                                    live hosts, workers and browsers
+  distreload listen --count 1                          wait for the next reload and print it
+  distreload watch templates static --static-dir static --static-url /static
+
+environment:
+  {ENV_REDIS_URL}   default for --redis-url
+  {ENV_NAMESPACE}   default for --namespace (else 'default')
+  {ENV_TOKEN}       default for --token (publish --url)
+
+exit status:
+  0 success, 1 the command failed (one line on stderr says why), 2 a usage error.
+
+Run 'distreload COMMAND --help' for the options of one command.
 """
 
 
-class _CommandError(Exception):
+class CommandError(Exception):
     """A user mistake or an unreachable service: printed as one line, exit status 1."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distreload", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (and exit status 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="distreload", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"distreload {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what distreload does (debug level)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
-    publish = commands.add_parser(
-        "publish", help="reload every page of the cluster",
-        description="Publish one reload to every worker that shares the Redis and namespace. Prints the "
-                    "new cluster version and how many worker processes received it.")
-    _add_target_options(publish)
+    def command(name: str, summary: str, description: str, epilog: str) -> _Parser:
+        sub: _Parser = commands.add_parser(name, help=summary, description=description, epilog=epilog,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub
+
+    publish = command(
+        "publish", "reload every page of the cluster",
+        "Publish one reload to every worker that shares the Redis and namespace (--redis-url), or ask a\n"
+        "running app to publish it (--url, for CI runners that cannot reach Redis). Prints the new cluster\n"
+        "version and how many worker processes received it.",
+        "examples:\n"
+        "  distreload publish --redis-url redis://127.0.0.1:6379/0 --namespace shop\n"
+        "  distreload publish --css                      swap every stylesheet, keep the page\n"
+        "  distreload publish --css /static/site.css     swap just this one\n"
+        "  distreload publish --url https://staging.example.com --token \"$DISTRELOAD_TOKEN\" --json\n\n"
+        "--url needs the app to run with a token (DISTRELOAD_TOKEN or token=): it serves\n"
+        "POST <prefix>/publish only then, and answers 401 to a missing or wrong token.")
+    _add_publish_target_options(publish)
+    publish.add_argument("--css", nargs="*", metavar="PATH", default=None,
+                         help="a stylesheet-only swap: the pages keep their state and re-fetch the given "
+                              "stylesheets (URL paths such as /static/site.css; none given: all of them)")
     publish.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    listen = command(
+        "listen", "print reload events as they pass",
+        "Subscribe to the reload channel (or to a running app's event stream with --url) and print every\n"
+        "reload as it passes: a quick check that publisher, Redis, proxies and workers agree.",
+        "examples:\n"
+        "  distreload listen --redis-url redis://127.0.0.1:6379/0\n"
+        "  distreload listen --count 1 --timeout 60       wait for the next reload, at most a minute\n"
+        "  distreload listen --url http://127.0.0.1:8000   through the app (and any proxy in front of it)\n\n"
+        "With --count N the status is 1 if fewer than N reloads passed before --timeout.")
+    _add_redis_options(listen)
+    listen.add_argument("--url", metavar="BASE", help="read the event stream of the app at BASE instead of "
+                                                      "Redis (what a browser sees, proxies included)")
+    listen.add_argument("--prefix", default=DEFAULT_PREFIX,
+                        help=f"the app's reload prefix ({DEFAULT_PREFIX})")
+    listen.add_argument("--count", type=_positive_int, metavar="N", help="stop after N reloads")
+    listen.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
+    listen.add_argument("--json", action="store_true", help="print one JSON object per reload")
+
+    status = command(
+        "status", "show live hosts, workers and browsers",
+        "Show every worker process that is alive right now: its host, pid, how many browser streams it\n"
+        "holds, the cluster version it is at, its build and how long it has run. Workers write their\n"
+        "presence to Redis every 5 s with a 15 s expiry, so a killed worker disappears by itself.",
+        "examples:\n"
+        "  distreload status --redis-url redis://127.0.0.1:6379/0 --namespace shop\n"
+        "  distreload status --json | jq '.workers[].pid'\n\n"
+        "A worker's VERSION is the one it reported last (every 5 s), so right after a publish it may\n"
+        "still show the version before.")
+    _add_redis_options(status)
+    status.add_argument("--json", action="store_true", help="print the table as one JSON object")
+
+    watch = command(
+        "watch", "publish a reload whenever files change",
+        "Watch files and directories and publish on every change (changes within --debounce are\n"
+        "published once): a change to .css files only is a stylesheet swap, anything else a full reload.\n"
+        "Template and asset edits then reload every host without restarting any worker.",
+        "examples:\n"
+        "  distreload watch templates\n"
+        "  distreload watch templates static --static-dir static --static-url /static\n\n"
+        "With --static-dir, a changed static/css/site.css is announced as /static/css/site.css so pages\n"
+        "re-fetch that stylesheet only; without it pages re-fetch all their stylesheets.\n"
+        "Needs watchfiles: pip install 'distreload[watch]'.")
+    watch.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to watch")
+    _add_publish_target_options(watch)
+    watch.add_argument("--static-dir", metavar="DIR", help="the directory served under --static-url")
+    watch.add_argument("--static-url", metavar="URL", default="/static",
+                       help="the URL path --static-dir is served under (default: /static)")
+    watch.add_argument("--debounce", type=_positive_int, default=300, metavar="MS",
+                       help="changes closer together than this are published once (default: 300)")
+    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N publishes")
+    watch.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
+    watch.add_argument("--json", action="store_true", help="print one JSON object per publish")
+
+    demo = command(
+        "demo", "serve a demo cluster on this machine",
+        "Serve a demo app as several hosts (uvicorn processes) of several workers each on localhost, and\n"
+        "print what to try next. With no --redis-url it runs an embedded Redis-protocol server (fakeredis)\n"
+        "inside this command, so it works on a machine with no Redis installed. Ctrl-C stops everything.",
+        "examples:\n"
+        "  distreload demo\n"
+        "  distreload demo --hosts 3 --workers 2 --port 9000\n"
+        "  distreload demo --redis-url redis://127.0.0.1:6379/0\n\n"
+        "Needs uvicorn and fakeredis: pip install 'distreload[demo]'.")
+    demo.add_argument("--redis-url", metavar="URL", default=None,
+                      help="use this Redis instead of the embedded server")
+    demo.add_argument("--namespace", default="demo", metavar="NS", help="namespace (default: demo)")
+    demo.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS", help="address (default: 127.0.0.1)")
+    demo.add_argument("--port", type=_port, default=8000,
+                      help="first host's port; the next hosts use the ports after it (0: any free port)")
+    demo.add_argument("--hosts", type=_positive_int, default=2, metavar="N", help="app servers (default: 2)")
+    demo.add_argument("--workers", type=_positive_int, default=2, metavar="N",
+                      help="worker processes per host (default: 2)")
+    demo.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
     return parser
 
 
-def _add_target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", default=os.environ.get(ENV_REDIS_URL) or None, metavar="URL",
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return value
+
+
+def _add_redis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", metavar="URL", default=None,
                         help=f"redis://, rediss:// or unix:// URL (default: ${ENV_REDIS_URL})")
-    parser.add_argument("--namespace", default=os.environ.get(ENV_NAMESPACE) or None, metavar="NS",
+    parser.add_argument("--namespace", metavar="NS", default=None,
                         help=f"apps sharing one Redis under different namespaces never reload each other "
                              f"(default: ${ENV_NAMESPACE} or 'default')")
 
 
-def _publish(args: argparse.Namespace) -> int:
-    from .broker import PublishError, publish_to_redis
-    from .config import resolve_target
+def _add_publish_target_options(parser: argparse.ArgumentParser) -> None:
+    _add_redis_options(parser)
+    parser.add_argument("--url", metavar="BASE",
+                        help="publish through the app at BASE (POST <prefix>/publish) instead of Redis, "
+                             "e.g. https://staging.example.com")
+    parser.add_argument("--token", metavar="TOKEN", default=None,
+                        help=f"bearer token for --url (default: ${ENV_TOKEN})")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
+                        help=f"the app's reload prefix ({DEFAULT_PREFIX})")
+    parser.add_argument("--http-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the app to answer (default: 10)")
 
-    if not args.redis_url:
-        raise _CommandError(f"no Redis to publish to: pass --redis-url or set {ENV_REDIS_URL}")
-    target = resolve_target(args.redis_url, args.namespace)
+
+# --- Targets ---------------------------------------------------------------------------------------------
+
+
+def _redis_target(args: argparse.Namespace, *, required: bool = True) -> Target:
+    from .config import resolve_target, validate_namespace, validate_redis_url
+
+    if args.redis_url is not None:
+        validate_redis_url(args.redis_url, "--redis-url")
+    if args.namespace is not None:
+        validate_namespace(args.namespace, "--namespace")
+    url = args.redis_url
+    if url is None:
+        url = os.environ.get(ENV_REDIS_URL, "").strip() or None
+    if url is None and required:
+        raise CommandError(f"no Redis given: pass --redis-url or set {ENV_REDIS_URL}")
+    target = resolve_target(url or "memory://", args.namespace)
+    if target.is_memory and required:
+        raise CommandError("memory:// lives inside one app process; give the Redis the app uses")
+    return target
+
+
+@dataclass(frozen=True)
+class _Published:
+    version: str
+    receivers: int
+    namespace: str | None = None  # publishing to Redis
+    endpoint: str | None = None  # publishing through an app
+
+    def describe(self, kind: str) -> str:
+        plural = "" if self.receivers == 1 else "es"
+        what = "stylesheet swap" if kind == "css" else "reload"
+        where = f"through {self.endpoint}" if self.endpoint else f"to namespace {self.namespace!r}"
+        return f"published {what} {self.version} {where}: received by {self.receivers} worker process{plural}"
+
+
+Publisher = Callable[[str, Sequence[str]], _Published]
+
+
+def _publisher(args: argparse.Namespace) -> Publisher:
+    """How this command publishes: to Redis, or through a running app when --url is given."""
+    if args.url is not None:
+        if args.redis_url is not None:
+            raise CommandError("pass either --url (publish through the app) or --redis-url, not both")
+        endpoint = _publish_endpoint(args.url, args.prefix)
+        token = args.token if args.token is not None else os.environ.get(ENV_TOKEN, "")
+        if not token:
+            raise CommandError(f"--url needs the app's token: pass --token or set {ENV_TOKEN}")
+        return lambda kind, paths: _publish_over_http(endpoint, token, kind, paths, args.http_timeout)
+    target = _redis_target(args)
+
+    def publish(kind: str, paths: Sequence[str]) -> _Published:
+        from .broker import PublishError, publish_to_redis
+
+        try:
+            result: PublishResult = publish_to_redis(target, kind, paths)
+        except PublishError as exc:
+            raise CommandError(str(exc)) from None
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return _Published(str(result.version), result.receivers, namespace=target.namespace)
+
+    return publish
+
+
+def _app_base(url: str, prefix: str) -> str:
+    """The app's reload endpoint: BASE + prefix, unless BASE already ends with the prefix."""
+    from urllib.parse import urlsplit
+
+    from .config import validate_prefix
+
     try:
-        result = publish_to_redis(target)
-    except PublishError as exc:
-        raise _CommandError(str(exc)) from None
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        raise CommandError(f"--url: {url!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CommandError(f"--url: {url!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise CommandError(f"--url: {url!r} must not carry a query or fragment")
+    try:
+        clean_prefix = validate_prefix(prefix)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    base = url.rstrip("/")
+    return base if parts.path.rstrip("/").endswith(clean_prefix) else base + clean_prefix
+
+
+def _publish_endpoint(url: str, prefix: str) -> str:
+    base = url.rstrip("/")
+    if base.endswith("/publish"):
+        base = base[: -len("/publish")]
+    return _app_base(base, prefix) + "/publish"
+
+
+def _publish_over_http(endpoint: str, token: str, kind: str, paths: Sequence[str],
+                       timeout: float) -> _Published:
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"kind": kind, "paths": list(paths)}).encode()
+    request = urllib.request.Request(endpoint, data=body, method="POST", headers={
+        "authorization": f"Bearer {token}", "content-type": "application/json",
+        "user-agent": f"distreload/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read(64 * 1024) or b"{}")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raise CommandError(_describe_http_error(endpoint, exc.code, exc.read(4096))) from None
+    except urllib.error.URLError as exc:
+        raise CommandError(f"cannot reach the app at {endpoint}: {_reason(exc.reason)}") from None
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"no usable answer from {endpoint}: {_reason(exc)}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("version"), str):
+        raise CommandError(f"{endpoint} answered, but not like a distreload endpoint (no version)")
+    receivers = answer.get("receivers")
+    return _Published(answer["version"], receivers if isinstance(receivers, int) else 0, endpoint=endpoint)
+
+
+def _describe_http_error(endpoint: str, status: int, body: bytes) -> str:
+    try:
+        detail = json.loads(body).get("error", "")
+    except (ValueError, AttributeError):
+        detail = ""
+    if status == 401:
+        return f"{endpoint} refused the token (401): it is missing or not the app's {ENV_TOKEN}"
+    if status == 404:
+        return (f"{endpoint} not found (404): the app serves it only when it runs distreload with a token "
+                f"({ENV_TOKEN} or token=) and DISTRELOAD_ENABLED=1; check --prefix")
+    if status == 503 and detail:
+        return f"the app could not publish (503): {detail}"
+    return f"{endpoint} answered {status}" + (f": {detail}" if detail else "")
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, BaseException):
+        text = str(reason.args[-1] if isinstance(reason, OSError) and reason.args else reason)
+        return text or reason.__class__.__name__
+    return str(reason)
+
+
+# --- publish ---------------------------------------------------------------------------------------------
+
+
+def _publish(args: argparse.Namespace) -> int:
+    kind, paths = ("css", tuple(args.css)) if args.css is not None else ("reload", ())
+    _check_paths(paths)
+    published = _publisher(args)(kind, paths)
     if args.json:
-        print(json.dumps({"version": str(result.version), "receivers": result.receivers,
-                          "namespace": target.namespace}))
+        where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
+        print(json.dumps({"version": published.version, "receivers": published.receivers, "kind": kind,
+                          "paths": list(paths), **where}))
     else:
-        plural = "" if result.receivers == 1 else "es"
-        print(f"published reload {result.version} to namespace {target.namespace!r}: "
-              f"received by {result.receivers} worker process{plural}")
+        print(published.describe(kind))
     return 0
+
+
+def _check_paths(paths: Iterable[str]) -> None:
+    from .broker import is_same_origin_path
+
+    for path in paths:
+        if not is_same_origin_path(path):
+            raise CommandError(f"--css: {path!r} is not a URL path of the app (it must start with one '/', "
+                               f"e.g. /static/site.css)")
+
+
+# --- listen ----------------------------------------------------------------------------------------------
+
+
+def _listen(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    if args.url is not None:
+        if args.redis_url is not None:
+            raise CommandError("pass either --url (read the app's stream) or --redis-url, not both")
+        seen = _listen_over_http(args, deadline)
+    else:
+        seen = _listen_to_redis(args, deadline)
+    if args.count is not None and seen < args.count:
+        raise CommandError(f"timed out after {args.timeout:g} s with {seen} of {args.count} reloads")
+    return 0
+
+
+def _print_reload(args: argparse.Namespace, version: str, kind: str, paths: Sequence[str],
+                  source: str) -> None:
+    if args.json:
+        record = {"version": version, "kind": kind, "paths": list(paths), "source": source}
+        print(json.dumps(record), flush=True)
+    else:
+        stamp = time.strftime("%H:%M:%S")
+        detail = f" {' '.join(paths)}" if paths else ""
+        print(f"{stamp} {kind} {version}{detail}  ({source})", flush=True)
+
+
+def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
+    from .broker import BadMessage, channel_name, parse_message, sync_client
+
+    target = _redis_target(args)
+    channel = channel_name(target.namespace)
+    client = sync_client(target.redis_url)
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    seen = 0
+    try:
+        try:
+            pubsub.subscribe(channel)
+            # Wait for the confirmation: a reload published after the line below is printed is seen.
+            confirm_by = time.monotonic() + 5.0
+            while (reply := pubsub.get_message(timeout=0.5)) is None or reply.get("type") != "subscribe":
+                if time.monotonic() > confirm_by:
+                    raise TimeoutError("no answer to SUBSCRIBE within 5 s")
+        except Exception as exc:
+            raise CommandError(f"cannot subscribe at {target.display_url()}: {_one_line(exc)}") from None
+        print(f"listening on {channel} at {target.display_url()} (Ctrl-C to stop)",
+              file=sys.stderr, flush=True)
+        while args.count is None or seen < args.count:
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            try:
+                message = pubsub.get_message(timeout=wait)
+            except Exception as exc:
+                raise CommandError(f"lost the connection to Redis at {target.display_url()}: "
+                                   f"{_one_line(exc)}") from None
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                reload = parse_message(message["data"])
+            except BadMessage as exc:
+                print(f"ignored a message that distreload did not publish: {exc}",
+                      file=sys.stderr, flush=True)
+                continue
+            seen += 1
+            _print_reload(args, str(reload.version), reload.kind, reload.paths, channel)
+    finally:
+        pubsub.close()
+    return seen
+
+
+def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = _app_base(args.url, args.prefix) + "/events"
+    parts = urlsplit(url)
+    # Heartbeats come every 15 s by default: three missed in a row means a dead stream or a buffering proxy.
+    silence_limit = 45.0
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.netloc, timeout=10.0)
+    seen = 0
+    try:
+        try:
+            connection.request("GET", parts.path, headers={"accept": "text/event-stream",
+                                                           "user-agent": f"distreload/{__version__}"})
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            raise CommandError(f"cannot reach the app at {url}: {_reason(exc)}") from None
+        if response.status != 200:
+            raise CommandError(f"{url} answered {response.status}: is the app running distreload with "
+                               f"DISTRELOAD_ENABLED=1 under this --prefix?")
+        if "text/event-stream" not in (response.getheader("content-type") or ""):
+            content_type = response.getheader("content-type")
+            raise CommandError(f"{url} is not a distreload event stream ({content_type})")
+        print(f"listening on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        event: dict[str, str] = {}
+        while args.count is None or seen < args.count:
+            wait = silence_limit
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            if connection.sock is not None:
+                connection.sock.settimeout(wait)
+            try:
+                raw = response.readline()
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline - 0.05:
+                    break
+                raise CommandError(f"no heartbeat from {url} in {silence_limit:g} s (a proxy buffering "
+                                   f"the stream? nginx needs proxy_buffering off)") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise CommandError(f"lost the stream from {url}: {_reason(exc)}") from None
+            if not raw:
+                raise CommandError(f"{url} closed the stream")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line:
+                field, _, value = line.partition(":")
+                if field:
+                    event[field] = event.get(field, "") + value.removeprefix(" ")
+                continue
+            kind, data = event.get("event"), event.get("data") or "{}"
+            event = {}
+            if kind == "hello":
+                hello = json.loads(data)
+                print(f"connected to worker {hello.get('worker')} at version {hello.get('version')}",
+                      file=sys.stderr, flush=True)
+            elif kind == "reload":
+                reload = json.loads(data)
+                seen += 1
+                _print_reload(args, str(reload.get("version")), str(reload.get("kind")),
+                              [str(p) for p in reload.get("paths") or []], url)
+            elif kind == "shutdown":
+                raise CommandError(f"the worker behind {url} is shutting down")
+    finally:
+        connection.close()
+    return seen
+
+
+# --- status ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerPresence:
+    host: str
+    pid: int
+    streams: int
+    version: str
+    build: str
+    started: float
+
+
+def read_presence(target: Target) -> tuple[str | None, list[WorkerPresence]]:
+    """The cluster version and every live worker's presence record in ``target``'s namespace."""
+    from .broker import presence_prefix, state_key, sync_client
+
+    client = sync_client(target.redis_url)
+    try:
+        keys = sorted(client.scan_iter(match=f"{presence_prefix(target.namespace)}*", count=500))
+        values = client.mget(keys) if keys else []
+        epoch, number = client.hmget(state_key(target.namespace), ["epoch", "version"])
+    except Exception as exc:
+        raise CommandError(f"cannot read the cluster from Redis at {target.display_url()}: "
+                           f"{_one_line(exc)}") from None
+    version = None
+    if isinstance(epoch, bytes) and number is not None:
+        version = f"{epoch.decode()}-{int(number)}"
+    workers = []
+    for value in values:
+        if value is None:
+            continue  # expired between SCAN and MGET
+        try:
+            record = json.loads(value)
+            workers.append(WorkerPresence(
+                host=str(record["host"]), pid=int(record["pid"]), streams=int(record.get("streams", 0)),
+                version=str(record.get("version", "")), build=str(record.get("build", "")),
+                started=float(record.get("started", 0.0))))
+        except (ValueError, KeyError, TypeError):
+            continue
+    workers.sort(key=lambda w: (w.host, w.pid))
+    return version, workers
+
+
+def _status(args: argparse.Namespace) -> int:
+    target = _redis_target(args)
+    version, workers = read_presence(target)
+    now = time.time()
+    hosts = sorted({w.host for w in workers})
+    streams = sum(w.streams for w in workers)
+    if args.json:
+        print(json.dumps({
+            "namespace": target.namespace, "version": version, "hosts": hosts, "streams": streams,
+            "workers": [{"host": w.host, "pid": w.pid, "streams": w.streams, "version": w.version,
+                         "build": w.build, "started": w.started, "age": round(max(0.0, now - w.started), 1)}
+                        for w in workers],
+        }))
+        return 0
+    if not workers:
+        print(f"no live workers in namespace {target.namespace!r} at {target.display_url()} "
+              f"(cluster version {version or 'none yet'})")
+        return 0
+    rows = [("HOST", "PID", "BROWSERS", "VERSION", "BUILD", "AGE")]
+    for w in workers:
+        rows.append((w.host, str(w.pid), str(w.streams), w.version, w.build or "-",
+                     _age(now - w.started)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"\n{len(hosts)} host{'s' * (len(hosts) != 1)}, {len(workers)} worker{'s' * (len(workers) != 1)}, "
+          f"{streams} browser stream{'s' * (streams != 1)}; cluster version {version or 'none yet'} "
+          f"(namespace {target.namespace!r})")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+# --- watch -----------------------------------------------------------------------------------------------
+
+
+def classify_changes(changed: Iterable[str], static_dir: str | None,
+                     static_url: str) -> tuple[str, tuple[str, ...]]:
+    """What a batch of changed files calls for: a stylesheet swap when only .css files changed (with their
+    URL paths when they lie under ``static_dir``), else a full reload."""
+    from pathlib import Path
+
+    files = [Path(p) for p in changed]
+    if not files or any(f.suffix.lower() != ".css" for f in files):
+        return "reload", ()
+    if static_dir is None:
+        return "css", ()
+    root = Path(static_dir).resolve()
+    prefix = "/" + static_url.strip("/")
+    paths: list[str] = []
+    for file in files:
+        try:
+            relative = file.resolve().relative_to(root)
+        except ValueError:
+            return "css", ()  # a stylesheet outside the mapping: let the pages re-fetch them all
+        paths.append(("" if prefix == "/" else prefix) + "/" + relative.as_posix())
+    return "css", tuple(sorted(set(paths)))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        import threading
+
+        from watchfiles import watch
+    except ImportError:
+        raise CommandError("watch needs watchfiles: pip install 'distreload[watch]'") from None
+    for path in args.paths:
+        if not Path(path).exists():
+            raise CommandError(f"no such file or directory: {path}")
+    if args.static_dir is not None and not Path(args.static_dir).is_dir():
+        raise CommandError(f"--static-dir: {args.static_dir!r} is not a directory")
+    publish = _publisher(args)
+    stop = threading.Event()
+    timer = threading.Timer(args.timeout, stop.set) if args.timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    published = 0
+    print(f"watching {', '.join(args.paths)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        for changes in watch(*args.paths, debounce=args.debounce, step=50, stop_event=stop,
+                             raise_interrupt=False):
+            kind, paths = classify_changes((path for _, path in changes), args.static_dir, args.static_url)
+            try:
+                result = publish(kind, paths)
+            except CommandError as exc:
+                # One failed publish (Redis restarting, app redeploying) must not end the watch.
+                print(f"distreload watch: {exc}", file=sys.stderr, flush=True)
+                continue
+            published += 1
+            if args.json:
+                record = {"version": result.version, "receivers": result.receivers, "kind": kind,
+                          "paths": list(paths), "changed": sorted(p for _, p in changes)}
+                print(json.dumps(record), flush=True)
+            else:
+                names = ", ".join(sorted(os.path.relpath(p) for _, p in changes)[:5])
+                print(f"{time.strftime('%H:%M:%S')} {names} changed; {result.describe(kind)}", flush=True)
+            if args.count is not None and published >= args.count:
+                break
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return 0
+
+
+# --- demo ------------------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run_demo
+
+    try:
+        return run_demo(redis_url=args.redis_url, namespace=args.namespace, bind=args.bind, port=args.port,
+                        hosts=args.hosts, workers=args.workers, timeout=args.timeout)
+    except DemoError as exc:
+        raise CommandError(str(exc)) from None
+
+
+# --- entry point -----------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "publish": _publish, "listen": _listen, "status": _status, "watch": _watch, "demo": _demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (callable from tests)."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        if args.command == "publish":
-            return _publish(args)
-    except (_CommandError, ConfigError) as exc:
-        print(f"distreload {args.command}: {exc}", file=sys.stderr)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except (CommandError, ConfigError) as exc:
+        print(f"distreload {args.command}: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    except BrokenPipeError:
+        # `distreload listen | head -1`: the reader went away, which is no error of ours.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # anything unforeseen is still one line, never a traceback
+        logger.debug("distreload %s failed", args.command, exc_info=True)
+        print(f"distreload {args.command}: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return 1

@@ -9,6 +9,7 @@ reading) is finished by a task for that client only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -67,7 +68,7 @@ class _Stream:
         if self.backlog is not None:
             self.backlog.append(message)
             return True
-        coroutine = self.send(message)
+        coroutine: Any = self.send(message)
         try:
             waiting_on = coroutine.send(None)
         except StopIteration:
@@ -97,10 +98,9 @@ async def _resume(coroutine: Any, waiting_on: Any) -> None:
         if waiting_on is None:
             await asyncio.sleep(0)
         else:
-            try:
+            # The coroutine itself sees the outcome when it is resumed.
+            with contextlib.suppress(BaseException):
                 await waiting_on
-            except BaseException:  # noqa: S110 - the coroutine itself sees the outcome when resumed
-                pass
         try:
             waiting_on = coroutine.send(None)
         except StopIteration:
@@ -154,12 +154,20 @@ class StreamHub:
             self._heartbeat_task = None
 
     def reopen(self) -> None:
+        """The server is starting (again): accept streams."""
         self.closing = False
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch from
+            asyncio.get_running_loop()
+            if _gunicorn_reloader_on():
+                # Watched from the start, not from the first stream: the watch is what makes a code
+                # change restart this worker (see _server_is_exiting).
+                _watch_for_server_exit()
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat_task is None or self._heartbeat_task.done():
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat())
-            _watch_for_server_exit()
+        # Every time: the watch ends when the last stream does, the heartbeat task only a beat later.
+        _watch_for_server_exit()
 
     async def _beat(self) -> None:
         # One timer for every stream: keeps proxies from timing the streams out.
@@ -227,6 +235,34 @@ def _server_is_exiting() -> bool:
                 return True
             if getattr(candidate, "alive", True) is False:
                 return True
+            worker = _gunicorn_worker_behind(candidate)
+            if worker is not None and getattr(worker, "alive", True) is False:
+                # gunicorn's reloader (--reload) marks the worker dead and ends only its own thread with
+                # sys.exit; uvicorn's server under it never hears of it and goes on serving the old code
+                # (benoitc/gunicorn#2339). Stop the server as SIGTERM would, so gunicorn boots new code.
+                candidate.should_exit = True
+                return True
+    return False
+
+
+def _gunicorn_worker_behind(server: Any) -> Any:
+    """The gunicorn worker running a uvicorn ``Server`` (uvicorn-worker passes its bound
+    ``callback_notify`` into the server's config), or None."""
+    callback = getattr(getattr(server, "config", None), "callback_notify", None)
+    worker = getattr(callback, "__self__", None)
+    return worker if worker is not None and hasattr(worker, "alive") else None
+
+
+def _gunicorn_reloader_on() -> bool:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            handler = signal.getsignal(signum)
+        except ValueError:
+            return False
+        for candidate in _handler_owners(handler):
+            worker = _gunicorn_worker_behind(candidate)
+            if worker is not None and getattr(worker, "reloader", None) is not None:
+                return True
     return False
 
 
@@ -242,7 +278,8 @@ def _handler_owners(handler: Any) -> Generator[Any, None, None]:
 
 
 async def _poll_server_exit() -> None:
-    while any(len(hub) for hub in list(_live_hubs)):
+    # Under gunicorn --reload the watch outlives the streams: it is what turns a code change into a restart.
+    while any(len(hub) for hub in list(_live_hubs)) or _gunicorn_reloader_on():
         if _server_is_exiting():
             close_all_streams()
             return
@@ -339,7 +376,8 @@ class ReloadEndpoint:
                                [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")])
             return
         query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-        seen = ClusterVersion.parse(_header(scope, b"last-event-id") or (query.get("last_event_id") or [""])[0])
+        last_event_id = _header(scope, b"last-event-id") or (query.get("last_event_id") or [""])[0]
+        seen = ClusterVersion.parse(last_event_id)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*SSE_HEADERS, *self.version_headers()[:2]]})
         current = self.broker.version

@@ -97,6 +97,45 @@ def _running_under_several_workers() -> bool:
     return False
 
 
+# The browser script's options (``client_options=``), sent as JSON in ``data-distreload-options``:
+#   message_prefix          text before every console line                      "[distreload]"
+#   connected_message       logged once the page is connected                   "connected"
+#   reconnect_message       logged before each retry; ${reconnectInterval} becomes the wait in ms
+#   reconnect_interval      base wait before the first retry, in ms (doubles-ish with jitter)  1000
+#   max_reconnect_interval  the longest wait between retries, in ms             10000
+#   silent                  true: nothing on the console                        false
+#   shared_worker           false: one connection per tab instead of one shared by all tabs  true
+# fast-hot-reload's names are accepted too and mean the same.
+CLIENT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "message_prefix": (str,), "connected_message": (str,), "reconnect_message": (str,),
+    "reconnect_interval": (int, float), "max_reconnect_interval": (int, float),
+    "silent": (bool,), "shared_worker": (bool,),
+}
+CLIENT_OPTION_ALIASES = {
+    "ws_message_prefix": "message_prefix", "ws_connected_message": "connected_message",
+    "ws_reconnect_message": "reconnect_message", "ws_reconnect_interval": "reconnect_interval",
+    "_ws_reconnect_interval": "reconnect_interval",
+}
+
+
+def check_client_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate ``client_options`` at start-up (a typo must not be silently ignored by the browser)."""
+    checked: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        name = CLIENT_OPTION_ALIASES.get(key, key)
+        types = CLIENT_OPTION_TYPES.get(name)
+        if types is None:
+            raise config.ConfigError(f"client_options: unknown option {key!r} "
+                                     f"(known: {', '.join(CLIENT_OPTION_TYPES)})")
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            wanted = " or ".join(kind.__name__ for kind in types)
+            raise config.ConfigError(f"client_options: {key!r} must be {wanted}")
+        if name.endswith("interval") and not (isinstance(value, int | float) and value > 0):
+            raise config.ConfigError(f"client_options: {key!r} must be a positive number of milliseconds")
+        checked[name] = value
+    return checked
+
+
 class DistReload:
     """Live reload for one ASGI app: ``app = DistReload(app, redis_url=..., namespace=...)``.
 
@@ -130,7 +169,7 @@ class DistReload:
         self.inject = inject
         self.csp_nonce = csp_nonce or default_csp_nonce
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
-        self.client_options = dict(client_options or {})
+        self.client_options = check_client_options(client_options)  # see CLIENT_OPTION_TYPES
         self._explicit_build_id = build_id
         self.build_id = build_id or ""
         self.broker = broker or get_broker(redis_url, namespace)
@@ -170,7 +209,8 @@ class DistReload:
             extensions = scope.get("extensions")
             if extensions and "http.response.pathsend" in extensions:
                 # A file sent by path never passes through here, so ask for it as body chunks instead.
-                scope["extensions"] = {k: v for k, v in extensions.items() if k != "http.response.pathsend"}
+                scope["extensions"] = {key: value for key, value in extensions.items()
+                                       if key != "http.response.pathsend"}
             injector = _Injector(send, lambda: self.script_tag(scope))
             await self.app(scope, receive, injector.send)
             return
@@ -188,7 +228,8 @@ class DistReload:
     def endpoint_base(self, scope: Scope) -> str:
         if self.endpoint_url:
             return self.endpoint_url
-        return scope.get("root_path", "").rstrip("/") + self.prefix
+        root_path: str = scope.get("root_path", "")
+        return root_path.rstrip("/") + self.prefix
 
     def script_tag(self, scope: Scope) -> bytes:
         base = self.endpoint_base(scope)
@@ -203,7 +244,8 @@ class DistReload:
         nonce = self.csp_nonce(scope)
         if nonce:
             attributes["nonce"] = nonce
-        rendered = " ".join(f'{name}="{html.escape(value, quote=True)}"' for name, value in attributes.items())
+        rendered = " ".join(f'{name}="{html.escape(value, quote=True)}"'
+                            for name, value in attributes.items())
         return f"<script {rendered} async></script>".encode()
 
     async def ensure_started(self) -> None:
@@ -225,8 +267,8 @@ class DistReload:
                         self.prefix, self.broker.target.display_url(), self.broker.target.namespace,
                         self.broker.identity, self.build_id)
             if self.broker.target.is_memory and _running_under_several_workers():
-                logger.warning("distreload: running under several workers with no Redis URL; a reload reaches "
-                               "only the worker it was sent in. Set %s (redis://...) to reach them all.",
+                logger.warning("distreload: running under several workers with no Redis URL; a reload "
+                               "reaches only the worker it was sent in. Set %s (redis://...) to reach all.",
                                config.ENV_REDIS_URL)
 
     async def shutdown(self) -> None:
@@ -352,6 +394,8 @@ class _Injector:
                 # The page now carries a per-render tag: a 304 would bring back a stale copy of it.
                 continue
             fixed.append((key, value))
+        # Only a length that promised room for the tag needs padding should the marker turn up later.
+        self._declared_length = self._declared_length and added > 0
         await self._send({**start, "headers": fixed})
 
     def _place(self, chunk: bytes, *, final: bool) -> bytes:
@@ -427,7 +471,7 @@ def patch_for_auto_reloading(app: ASGIApp, **options: Any) -> ASGIApp:
     if isinstance(app, Starlette):
         patched = copy(app)
         patched.user_middleware = [*app.user_middleware,
-                                   Middleware(html_injection_middleware, **options)]  # type: ignore[arg-type]
+                                   Middleware(html_injection_middleware, **options)]
         patched.middleware_stack = None
         # Instrumentation (OpenTelemetry and others) binds methods to the original object; rebind them.
         for name in dir(patched):
@@ -467,7 +511,9 @@ def send_reload_signal(kind: str = "reload", paths: Sequence[str] = (), *, redis
     return _broker_for(redis_url, namespace).publish_threadsafe(kind, paths)
 
 
-async def send_reload_signal_async(kind: str = "reload", paths: Sequence[str] = (), *,
-                                   redis_url: str | None = None, namespace: str | None = None) -> PublishResult:
+async def send_reload_signal_async(
+    kind: str = "reload", paths: Sequence[str] = (), *, redis_url: str | None = None,
+    namespace: str | None = None,
+) -> PublishResult:
     """The async twin of :func:`send_reload_signal`, for code already on an event loop."""
     return await _broker_for(redis_url, namespace).publish(kind, paths)

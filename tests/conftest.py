@@ -29,6 +29,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (marked ``anyio``, the plugin Starlette ships) run on asyncio only."""
+    return "asyncio"
+
+
 def missing(what: str) -> None:
     """Skip locally, fail under CI: CI must never pass by skipping the real thing."""
     if IN_CI:
@@ -177,7 +183,8 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
         else:
             raise ValueError(server)
         command += extra_args or []
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        full_env = {**os.environ, "PYTHONPATH": python_path,
                     "DISTRELOAD_ENABLED": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         log_path = tmp_path / f"server-{port}.log"
         with log_path.open("wb") as log:
@@ -194,7 +201,7 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
 
     yield start
     for handle in started:
-        handle.stop(signal.SIGKILL if handle.process.poll() is None and False else signal.SIGTERM, 10)
+        handle.stop(signal.SIGTERM, 10)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(handle.process.pid, signal.SIGKILL)
 
@@ -225,3 +232,40 @@ def open_sse() -> Iterator[Callable[..., object]]:
     yield open_reader
     for reader in readers:
         reader.close()
+
+
+# --- Chromium through Playwright (tests/test_client.py) --------------------------------------------------
+
+@pytest.fixture(scope="session")
+def browser(chromium_path: str) -> Iterator[object]:
+    """One headless Chromium for the whole session; each test opens its own contexts in it."""
+    from playwright.sync_api import sync_playwright
+
+    try:
+        playwright = sync_playwright().start()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        missing(f"Playwright's driver ({exc})")
+    try:
+        launched = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        playwright.stop()
+        missing(f"a Chromium that starts ({exc})")
+    yield launched
+    launched.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def new_context(browser: object) -> Iterator[Callable[..., object]]:
+    """Open browser contexts (separate profiles: each has its own SharedWorker); closed at teardown."""
+    contexts: list[object] = []
+
+    def open_context(**options: object) -> object:
+        context = browser.new_context(**options)  # type: ignore[attr-defined]
+        contexts.append(context)
+        return context
+
+    yield open_context
+    for context in contexts:
+        with contextlib.suppress(Exception):
+            context.close()  # type: ignore[attr-defined]

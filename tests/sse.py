@@ -4,6 +4,7 @@ server and a real socket)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -118,10 +119,8 @@ class SSEReader:
                 self._lock.wait(min(remaining, 0.1))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
 
 

@@ -1,0 +1,185 @@
+"""Request overhead: throughput with distreload (or fastapi-reloader) over throughput of the bare app.
+
+In process, the ASGI app is called directly (no server, no sockets: the harshest view of a middleware's
+cost); over HTTP, one uvicorn worker serves and ``wrk`` loads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.apps import build_app
+from benchmarks.common import BARE, Skipped, log, median, uvicorn_server
+
+ROUTES = ("/json", "/page")
+
+
+def http_scope(path: str, query: bytes = b"") -> dict[str, Any]:
+    """The scope uvicorn would build for a plain browser GET."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+        "method": "GET",
+        "root_path": "",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"bench"), (b"accept", b"*/*")],
+        "state": {},
+    }
+
+
+class Collector:
+    """A ``send`` that keeps the status and counts body bytes (optionally keeping the body)."""
+
+    def __init__(self, keep_body: bool = False) -> None:
+        self.status = 0
+        self.size = 0
+        self.keep_body = keep_body
+        self.body = bytearray()
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            self.size += len(body)
+            if self.keep_body:
+                self.body += body
+
+
+def make_receive() -> Any:
+    sent = False
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await never.wait()  # the client never disconnects
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def call_once(app: Any, path: str, collector: Collector | None = None, query: bytes = b"") -> Collector:
+    collector = collector or Collector()
+    await app(http_scope(path, query), make_receive(), collector.send)
+    return collector
+
+
+async def _time_calls(app: Any, path: str, count: int) -> float:
+    """Requests per second for ``count`` sequential calls."""
+    scope = http_scope(path)
+    sink = Collector()
+    started = time.perf_counter()
+    for _ in range(count):
+        await app(dict(scope), make_receive(), sink.send)
+    return count / (time.perf_counter() - started)
+
+
+async def _in_process(variants: Sequence[str], calls: int, rounds: int) -> dict[str, dict[str, Any]]:
+    apps = {variant: build_app(variant) for variant in variants}
+    for variant, app in apps.items():  # warm up: first-request work (distreload's start-up), caches
+        for path in ROUTES:
+            response = await call_once(app, path)
+            if response.status != 200:
+                raise RuntimeError(f"{variant} {path} answered {response.status}")
+            await _time_calls(app, path, max(50, calls // 10))
+    samples: dict[str, dict[str, list[float]]] = {v: {p: [] for p in ROUTES} for v in variants}
+    for _ in range(rounds):  # interleaved, so drift (frequency, other load) hits every variant alike
+        for path in ROUTES:
+            for variant, app in apps.items():
+                samples[variant][path].append(await _time_calls(app, path, calls))
+    return _summarise(samples)
+
+
+def _summarise(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, Any]]:
+    result: dict[str, dict[str, Any]] = {}
+    for variant, by_path in samples.items():
+        result[variant] = {}
+        for path, values in by_path.items():
+            bare = median(samples[BARE][path])
+            result[variant][path] = {
+                "rps": round(median(values), 1),
+                "samples": [round(v, 1) for v in values],
+                "ratio": round(median(values) / bare, 3),
+            }
+    return result
+
+
+def in_process(variants: Sequence[str], *, calls: int, rounds: int) -> dict[str, dict[str, Any]]:
+    log(f"overhead in process: {', '.join(variants)}; {rounds} rounds of {calls} calls per route")
+    return asyncio.run(_in_process(variants, calls, rounds))
+
+
+@dataclass
+class WrkSettings:
+    duration: float
+    runs: int
+    connections: int = 32
+    threads: int = 1
+
+
+_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors: (.*)")
+
+
+def _wrk(port: int, path: str, settings: WrkSettings) -> float:
+    command = [
+        "wrk",
+        "-t",
+        str(settings.threads),
+        "-c",
+        str(settings.connections),
+        "-d",
+        f"{max(1, round(settings.duration))}s",
+        "--latency",
+        f"http://127.0.0.1:{port}{path}",
+    ]
+    output = subprocess.run(
+        command, capture_output=True, text=True, timeout=settings.duration + 30, check=True
+    ).stdout
+    errors = _ERRORS.search(output)
+    if errors:
+        raise RuntimeError(f"wrk saw errors on {path}: {errors.group(0)}")
+    match = _RPS.search(output)
+    if match is None:
+        raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
+    return float(match.group(1))
+
+
+def over_http(variants: Sequence[str], settings: WrkSettings, log_dir: Path) -> dict[str, dict[str, Any]]:
+    if shutil.which("wrk") is None:
+        raise Skipped("wrk is not installed (Debian: apt-get install wrk)")
+    log(
+        f"overhead over HTTP: {', '.join(variants)}; wrk {settings.runs} x {settings.duration} s, "
+        f"{settings.connections} connections, 1 uvicorn worker"
+    )
+    samples: dict[str, dict[str, list[float]]] = {v: {p: [] for p in ROUTES} for v in variants}
+    # One server per variant, all up at once, runs interleaved: drift hits every variant alike.
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        servers = {v: stack.enter_context(uvicorn_server(v, 1, log_dir)) for v in variants}
+        for server in servers.values():  # warm up
+            for path in ROUTES:
+                _wrk(server.port, path, WrkSettings(duration=1, runs=1))
+        for _ in range(settings.runs):
+            for path in ROUTES:
+                for variant, server in servers.items():
+                    samples[variant][path].append(_wrk(server.port, path, settings))
+    return _summarise(samples)

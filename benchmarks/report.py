@@ -1,0 +1,382 @@
+"""Turn the raw figures into ``results.json``, ``results.md`` (tables, targets) and ``fanout.png``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BARE, DISTRELOAD, DISTRELOAD_DROPIN, FASTAPI_RELOADER
+
+CHUNK = 64 * 1024
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _point(points: list[dict[str, Any]], clients: int, workers: int) -> dict[str, Any] | None:
+    for point in points:
+        if point["clients"] == clients and point["workers"] == workers:
+            return point
+    return None
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the performance issue against this run's figures."""
+    targets: list[dict[str, Any]] = []
+
+    def add(
+        name: str, value: Any, goal: str, met: bool | None, reference: Any = None, note: str = ""
+    ) -> None:
+        targets.append(
+            {
+                "name": name,
+                "value": value,
+                "target": goal,
+                "met": met,
+                "fastapi_reloader": reference,
+                "note": note,
+            }
+        )
+
+    overhead = results.get("overhead", {})
+    for place, label in (("in_process", "in process"), ("http", "HTTP, wrk, 1 uvicorn worker")):
+        table = overhead.get(place)
+        if not isinstance(table, dict) or DISTRELOAD not in table:
+            continue
+        for path, goal, kind in (("/json", 0.95, "JSON"), ("/page", 0.90, "HTML")):
+            ratio = table[DISTRELOAD][path]["ratio"]
+            reference = table.get(FASTAPI_RELOADER, {}).get(path, {}).get("ratio")
+            add(
+                f"Request overhead, {kind}, {label} (throughput with / bare)",
+                ratio,
+                f">= {goal:.2f}",
+                ratio >= goal,
+                reference,
+            )
+
+    streaming = results.get("streaming", {})
+    in_process = streaming.get("in_process")
+    if isinstance(in_process, dict):
+
+        def growth(variant: str) -> int | None:
+            peaks = in_process["peak_bytes"].get(variant)
+            if not peaks:
+                return None
+            sizes = sorted(peaks, key=float)
+            return int(peaks[sizes[-1]] - peaks[sizes[0]])
+
+        sizes = sorted(in_process["peak_bytes"][DISTRELOAD], key=float)
+        ours, theirs = growth(DISTRELOAD) or 0, growth(FASTAPI_RELOADER)
+        add(
+            f"Streaming: peak memory growth from a {sizes[0]} MiB to a {sizes[-1]} MiB page (tracemalloc)",
+            f"{ours / 1024:.1f} KiB",
+            "< one 64 KiB chunk",
+            ours < CHUNK,
+            f"{theirs / 1024:.1f} KiB" if theirs is not None else None,
+        )
+    http = streaming.get("http")
+    if isinstance(http, dict):
+        ratios = http["time_ratio"][DISTRELOAD]
+        size = "10" if "10" in ratios else sorted(ratios, key=float)[-1]
+        add(
+            f"Streaming: time for a {size} MiB page over HTTP, with / bare",
+            ratios[size],
+            "<= 1.05",
+            ratios[size] <= 1.05,
+            http["time_ratio"].get(FASTAPI_RELOADER, {}).get(size),
+        )
+        rss = http["peak_rss_bytes"][DISTRELOAD]
+        sizes = sorted((k for k in rss if k != "start"), key=float)
+        growth = rss[sizes[-1]] - rss["start"]
+        add(
+            f"Streaming: server peak RSS growth up to a {sizes[-1]} MiB page (VmHWM)",
+            f"{growth / 1024:.0f} KiB",
+            "< 1 MiB (no buffering)",
+            growth < 2**20,
+        )
+
+    fanout = results.get("fanout", {})
+    points = fanout.get("distreload", [])
+    reference_points = fanout.get("fastapi_reloader", [])
+    if points:
+        biggest = max(points, key=lambda p: (p["workers"], p["clients"]))
+        add(
+            f"Fan-out: {biggest['clients']} streams over {biggest['workers']} workers via Redis, p99",
+            f"{biggest['p99_ms']:.1f} ms",
+            "<= 200 ms, all delivered",
+            biggest["p99_ms"] <= 200 and biggest["all_delivered"],
+            note=f"delivered {biggest['delivered_min']}/{biggest['clients']}",
+        )
+        one_worker = [p for p in points if p["workers"] == 1]
+        if one_worker and reference_points:
+            clients = 2000 if _point(one_worker, 2000, 1) else max(p["clients"] for p in one_worker)
+            ours, theirs = _point(points, clients, 1), _point(reference_points, clients, 1)
+            if ours and theirs:
+                ratio = ours["p99_ms"] / theirs["p99_ms"]
+                add(
+                    f"Fan-out: {clients} streams on 1 worker, p99 distreload (via Redis) / fastapi-reloader "
+                    "(in process)",
+                    round(ratio, 3),
+                    "<= 0.40",
+                    ratio <= 0.40 and ours["all_delivered"],
+                    f"{theirs['p99_ms']:.1f} ms",
+                    note=f"distreload p99 {ours['p99_ms']:.1f} ms",
+                )
+
+    idle = results.get("idle", {})
+    if DISTRELOAD in idle:
+        ours = idle[DISTRELOAD]
+        theirs = idle.get(FASTAPI_RELOADER, {})
+        add(
+            f"Idle: {ours['streams']} open streams on 1 worker, CPU % of a core",
+            ours["cpu_percent"],
+            "<= 1 %",
+            ours["cpu_percent"] <= 1.0,
+            theirs.get("cpu_percent"),
+            note=f"{ours['cpu_percent_no_streams']} % with no stream open",
+        )
+        per_stream = ours["rss_per_stream_bytes"] / 1000
+        add(
+            "Idle: RSS per open stream",
+            f"{per_stream:.1f} KB",
+            "<= 10 KB",
+            per_stream <= 10,
+            f"{theirs['rss_per_stream_bytes'] / 1000:.1f} KB" if theirs else None,
+        )
+
+    cli = results.get("cli")
+    if isinstance(cli, dict):
+        add(
+            "CLI: `distreload publish` wall time (median)",
+            f"{cli['median_ms']:.0f} ms",
+            "<= 350 ms",
+            cli["median_ms"] <= 350,
+            note=f"python -c pass: {cli['python_startup_median_ms']:.0f} ms",
+        )
+    return targets
+
+
+def write_json(results: dict[str, Any], directory: Path) -> Path:
+    path = directory / "results.json"
+    path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def write_plot(results: dict[str, Any], directory: Path) -> Path | None:
+    fanout = results.get("fanout", {})
+    points = fanout.get("distreload", [])
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    colours = {1: "#1f77b4", 2: "#2ca02c", 4: "#d62728", 8: "#9467bd"}
+    for axis, key, title in ((axes[0], "p50_ms", "median (p50)"), (axes[1], "p99_ms", "p99")):
+        for workers in sorted({p["workers"] for p in points}):
+            series = sorted((p for p in points if p["workers"] == workers), key=lambda p: p["clients"])
+            axis.plot(
+                [p["clients"] for p in series],
+                [p[key] for p in series],
+                marker="o",
+                color=colours.get(workers),
+                label=f"distreload, {workers} worker{'s' if workers > 1 else ''} (via Redis)",
+            )
+        reference = sorted(fanout.get("fastapi_reloader", []), key=lambda p: p["clients"])
+        if reference:
+            axis.plot(
+                [p["clients"] for p in reference],
+                [p[key] for p in reference],
+                marker="s",
+                linestyle="--",
+                color="#7f7f7f",
+                label="fastapi-reloader 1.3.4, 1 worker (in process)",
+            )
+        if key == "p99_ms":
+            axis.axhline(200, color="#d62728", linewidth=0.8, linestyle=":", label="target: 200 ms")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("open streams (clients)")
+        axis.set_title(f"Fan-out latency, {title}")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("trigger to event on every stream (ms)")
+    axes[1].legend(fontsize=8, loc="upper left")
+    figure.suptitle(
+        f"Reload fan-out on {results['machine']['cores']} cores (uvicorn workers, one machine)", fontsize=10
+    )
+    figure.tight_layout()
+    path = directory / "fanout.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _overhead_table(table: dict[str, Any]) -> list[str]:
+    lines = ["| variant | JSON req/s | JSON ratio | HTML req/s | HTML ratio |", "|---|---:|---:|---:|---:|"]
+    for variant in (BARE, DISTRELOAD, DISTRELOAD_DROPIN, FASTAPI_RELOADER):
+        if variant not in table:
+            continue
+        row = table[variant]
+        lines.append(
+            f"| {variant} | {row['/json']['rps']:.0f} | {row['/json']['ratio']:.3f} | "
+            f"{row['/page']['rps']:.0f} | {row['/page']['ratio']:.3f} |"
+        )
+    return lines
+
+
+def write_markdown(results: dict[str, Any], directory: Path) -> Path:
+    machine = results["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+    lines = [
+        "# distreload benchmarks",
+        "",
+        f"Produced by `{results['command']}` on {results['finished']} ({results['mode']} run, "
+        f"{results['duration_s']:.0f} s).",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux "
+        f"{machine['kernel']}, Python {machine['python']}, Redis {machine['redis_server'] or 'n/a'}; "
+        f"{packages}. "
+        f"Load average at start {results['load_average_start']}, at end {results['load_average_end']} "
+        "(other work on the machine moves single figures; ratios come from interleaved runs in one process).",
+        "",
+        "## Targets",
+        "",
+        "| measurement | distreload | target | met | fastapi-reloader 1.3.4 | note |",
+        "|---|---:|---|:---:|---:|---|",
+    ]
+    for target in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[target["met"]]
+        lines.append(
+            f"| {target['name']} | {_fmt(target['value'], 3)} | {target['target']} | {met} | "
+            f"{_fmt(target['fastapi_reloader'], 3)} | {target['note']} |"
+        )
+    for name, reason in results.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped | | n/a | | {reason} |")
+
+    overhead = results.get("overhead", {})
+    if overhead:
+        lines += [
+            "",
+            "## Request overhead",
+            "",
+            "The same FastAPI app (a JSON route, a 2 KB HTML page) bare, wrapped by `DistReload(app, "
+            "enabled=True)` (memory backend), by distreload's drop-in `patch_for_auto_reloading(app)`, "
+            "and by fastapi-reloader's `patch_for_auto_reloading(app)`. Ratio = throughput / bare "
+            "throughput; "
+            "medians of interleaved rounds.",
+        ]
+        if isinstance(overhead.get("in_process"), dict):
+            settings = overhead.get("in_process_settings", {})
+            lines += [
+                "",
+                f"In process (ASGI app called directly; {settings.get('rounds')} rounds of "
+                f"{settings.get('calls')} calls):",
+                "",
+                *_overhead_table(overhead["in_process"]),
+            ]
+        if isinstance(overhead.get("http"), dict):
+            settings = overhead.get("http_settings", {})
+            lines += [
+                "",
+                f"Over HTTP (1 uvicorn worker, `wrk -t1 -c{settings.get('connections')} "
+                f"-d{settings.get('duration')}s`, {settings.get('runs')} runs each):",
+                "",
+                *_overhead_table(overhead["http"]),
+            ]
+
+    streaming = results.get("streaming", {})
+    if streaming:
+        lines += [
+            "",
+            "## Streaming a big HTML page",
+            "",
+            "A page streamed in 64 KiB chunks (`StreamingResponse`). Time ratio = time / bare time.",
+        ]
+        for place, title in (
+            ("in_process", "In process (tracemalloc peak of one response)"),
+            ("http", "Over HTTP (1 uvicorn worker, raw socket client; server VmHWM)"),
+        ):
+            data = streaming.get(place)
+            if not isinstance(data, dict):
+                continue
+            sizes = sorted(data["seconds"][BARE], key=float)
+            header = "| variant | " + " | ".join(f"{s} MiB: ms (ratio)" for s in sizes)
+            memory_key = "peak_bytes" if place == "in_process" else "peak_rss_bytes"
+            header += " | " + " | ".join(f"peak {s} MiB" for s in sizes) + " |"
+            lines += ["", f"{title}:", "", header, "|---" * (1 + 2 * len(sizes)) + "|"]
+            for variant in data["seconds"]:
+                cells = [
+                    f"{data['seconds'][variant][s] * 1000:.1f} ({data['time_ratio'][variant][s]:.2f})"
+                    for s in sizes
+                ]
+                memory = data[memory_key][variant]
+                unit = 1024 if place == "in_process" else 2**20
+                suffix = "KiB" if place == "in_process" else "MiB"
+                cells += [f"{memory[s] / unit:.1f} {suffix}" for s in sizes]
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+
+    fanout = results.get("fanout", {})
+    if fanout:
+        lines += [
+            "",
+            "## Fan-out latency",
+            "",
+            "From just before the trigger request is written (a POST to a route that calls "
+            "`send_reload_signal_async()`; fastapi-reloader: its `send_reload_signal()`) to the reload "
+            "bytes arriving on each stream, read by one epoll loop over raw sockets. distreload goes "
+            "through the Redis at 127.0.0.1:6379 (own namespace) to every worker; fastapi-reloader reaches "
+            "only its own worker. Medians over the repeats of each point.",
+            "",
+            "![fan-out latency](fanout.png)",
+            "",
+            "| variant | workers | streams | p50 ms | p90 ms | p99 ms | max ms | trigger answered ms | "
+            "delivered |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for key in ("distreload", "fastapi_reloader"):
+            for p in fanout.get(key, []):
+                lines.append(
+                    f"| {p['variant']} | {p['workers']} | {p['clients']} | {p['p50_ms']:.1f} | "
+                    f"{p['p90_ms']:.1f} | {p['p99_ms']:.1f} | {p['max_ms']:.1f} | "
+                    f"{p['trigger_response_ms']:.1f} | {p['delivered_min']}/{p['clients']} |"
+                )
+
+    idle = results.get("idle", {})
+    if idle:
+        lines += [
+            "",
+            "## Idle cost",
+            "",
+            "| variant | streams | window s | CPU % of a core | CPU % with no stream | RSS per stream |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for data in idle.values():
+            lines.append(
+                f"| {data['variant']} | {data['streams']} | {data['seconds']:g} | {data['cpu_percent']:.2f} "
+                f"| {data['cpu_percent_no_streams']:.2f} | {data['rss_per_stream_bytes'] / 1000:.1f} KB |"
+            )
+
+    cli = results.get("cli")
+    if isinstance(cli, dict):
+        lines += [
+            "",
+            "## CLI",
+            "",
+            f"`{cli['command']}`, {cli['runs']} runs: median {cli['median_ms']:.0f} ms, "
+            f"max {cli['max_ms']:.0f} ms. For scale: `python -c pass` "
+            f"{cli['python_startup_median_ms']:.0f} ms; "
+            f"importing `distreload.cli` and `distreload.broker` {cli['imports_median_ms']:.0f} ms.",
+        ]
+    lines.append("")
+    path = directory / "results.md"
+    path.write_text("\n".join(lines))
+    return path

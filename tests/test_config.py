@@ -1,0 +1,117 @@
+"""Settings: arguments win over the environment; every bad value names its setting in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from distreload.config import (
+    ConfigError,
+    Target,
+    mask_password,
+    resolve_enabled,
+    resolve_target,
+    resolve_token,
+    validate_prefix,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DISTRELOAD_REDIS_URL", "DISTRELOAD_NAMESPACE", "DISTRELOAD_ENABLED", "DISTRELOAD_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_setting_means_one_process_in_memory() -> None:
+    assert resolve_target() == Target("memory://", "default")
+    assert resolve_target().is_memory
+
+
+def test_environment_gives_defaults_and_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTRELOAD_REDIS_URL", "redis://env-host:6379/0")
+    monkeypatch.setenv("DISTRELOAD_NAMESPACE", "from-env")
+    assert resolve_target() == Target("redis://env-host:6379/0", "from-env")
+    explicit = resolve_target("rediss://arg-host:6380", "from-arg")
+    assert explicit == Target("rediss://arg-host:6380", "from-arg")
+
+
+@pytest.mark.parametrize("url", [
+    "redis://localhost:6379/0",
+    "rediss://user:secret@redis.example.test:6380/1",
+    "redis://:secret@127.0.0.1",
+    "unix:///run/redis/redis.sock?db=2",
+    "memory://",
+])
+def test_supported_urls(url: str) -> None:
+    assert resolve_target(url).redis_url == url
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("http://localhost:6379", "has scheme 'http'"),
+    ("localhost:6379", "has scheme 'localhost'"),
+    ("redis://", "names no host"),
+    ("unix://", "names no socket path"),
+    ("redis://host:port", "is not a valid URL"),
+])
+def test_bad_url_is_one_line_naming_the_setting(
+        url: str, fragment: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve_target(url)
+    assert str(raised.value).startswith("redis_url: ") and fragment in str(raised.value)
+    assert "\n" not in str(raised.value)
+    monkeypatch.setenv("DISTRELOAD_REDIS_URL", url)
+    with pytest.raises(ConfigError, match="^DISTRELOAD_REDIS_URL: "):
+        resolve_target()
+
+
+def test_bad_url_message_never_shows_the_password() -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve_target("http://user:hunter2@host:6379")
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("namespace", ["", "has space", "a/b", "-leading", "x" * 65, "ü"])
+def test_bad_namespace(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="^namespace: "):
+        resolve_target(None, namespace)
+    if namespace:
+        monkeypatch.setenv("DISTRELOAD_NAMESPACE", namespace)
+        with pytest.raises(ConfigError, match="^DISTRELOAD_NAMESPACE: "):
+            resolve_target()
+
+
+def test_mask_password() -> None:
+    assert mask_password("redis://user:pw@host:1/0") == "redis://user:***@host:1/0"
+    assert mask_password("redis://host:1/0") == "redis://host:1/0"
+    assert Target("redis://:pw@h", "n").display_url() == "redis://:***@h"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("1", True), ("true", True), ("YES", True), (" on ", True),
+    ("0", False), ("false", False), ("no", False), ("off", False), ("", False),
+])
+def test_enabled_words(raw: str, expected: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", raw)
+    assert resolve_enabled() is expected
+    assert resolve_enabled(not expected) is (not expected)
+
+
+def test_enabled_is_off_when_unset_and_bad_words_are_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_enabled() is False
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "perhaps")
+    with pytest.raises(ConfigError, match="^DISTRELOAD_ENABLED: 'perhaps'"):
+        resolve_enabled()
+
+
+def test_prefix_validation() -> None:
+    assert validate_prefix("/---distreload---/") == "/---distreload---"
+    assert validate_prefix("/dev/reload") == "/dev/reload"
+    for bad in ("", "/", "no-slash", "/a b", "/a?b"):
+        with pytest.raises(ConfigError, match="^prefix: "):
+            validate_prefix(bad)
+
+
+def test_token_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_token() is None
+    monkeypatch.setenv("DISTRELOAD_TOKEN", "env-token")
+    assert resolve_token() == "env-token"
+    assert resolve_token("arg-token") == "arg-token"
