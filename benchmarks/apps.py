@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from benchmarks.common import BARE, DISTRELOAD, DISTRELOAD_DROPIN, FASTAPI_RELOADER
+from benchmarks.common import BARE, DISTRELOAD, DISTRELOAD_DROPIN, FASTAPI_RELOADER, FLOOR
 
 CHUNK_SIZE = 64 * 1024
 
@@ -73,7 +73,33 @@ def base_app() -> FastAPI:
     return app
 
 
+async def floor_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """An event stream that costs only what the server needs to hold the connection open."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/ready":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+    )
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b'event: hello\ndata: {"worker": "floor"}\n\n',
+            "more_body": True,
+        }
+    )
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def build_app(variant: str, *, redis_url: str | None = None, namespace: str | None = None) -> ASGIApp:
+    if variant == FLOOR:
+        return floor_app
     app = base_app()
     if variant == BARE:
         return app

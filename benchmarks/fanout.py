@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks.common import (
     DISTRELOAD,
     FASTAPI_RELOADER,
+    FLOOR,
     REDIS_URL,
     Server,
     forget_namespace,
@@ -27,7 +28,11 @@ from benchmarks.common import (
 )
 from benchmarks.swarm import DISTRELOAD_STREAM, FASTAPI_RELOADER_STREAM, Swarm
 
-PROTOCOLS = {DISTRELOAD: DISTRELOAD_STREAM, FASTAPI_RELOADER: FASTAPI_RELOADER_STREAM}
+PROTOCOLS = {
+    DISTRELOAD: DISTRELOAD_STREAM,
+    FASTAPI_RELOADER: FASTAPI_RELOADER_STREAM,
+    FLOOR: DISTRELOAD_STREAM,
+}
 
 
 @contextlib.contextmanager

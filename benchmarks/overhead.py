@@ -7,6 +7,8 @@ cost); over HTTP, one uvicorn worker serves and ``wrk`` loads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import re
 import shutil
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.apps import build_app
-from benchmarks.common import BARE, Skipped, log, median, uvicorn_server
+from benchmarks.common import BARE, Skipped, cpu_seconds, log, median, uvicorn_server
 
 ROUTES = ("/json", "/page")
 
@@ -82,13 +84,14 @@ async def call_once(app: Any, path: str, collector: Collector | None = None, que
 
 
 async def _time_calls(app: Any, path: str, count: int) -> float:
-    """Requests per second for ``count`` sequential calls."""
+    """Calls per CPU-second of this process for ``count`` sequential calls (CPU time, not wall time: other
+    work on the machine does not enter the figure)."""
     scope = http_scope(path)
     sink = Collector()
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(count):
         await app(dict(scope), make_receive(), sink.send)
-    return count / (time.perf_counter() - started)
+    return count / (time.process_time() - started)
 
 
 async def _in_process(variants: Sequence[str], calls: int, rounds: int) -> dict[str, dict[str, Any]]:
@@ -138,7 +141,11 @@ _RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors: (.*)")
 
 
-def _wrk(port: int, path: str, settings: WrkSettings) -> float:
+_REQUESTS = re.compile(r"(\d+) requests in")
+
+
+def _wrk(port: int, path: str, settings: WrkSettings, server_pid: int | None = None) -> tuple[float, float]:
+    """(requests per wall second as wrk saw them, requests per CPU-second of the server process)."""
     command = [
         "wrk",
         "-t",
@@ -147,19 +154,21 @@ def _wrk(port: int, path: str, settings: WrkSettings) -> float:
         str(settings.connections),
         "-d",
         f"{max(1, round(settings.duration))}s",
-        "--latency",
         f"http://127.0.0.1:{port}{path}",
     ]
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     output = subprocess.run(
         command, capture_output=True, text=True, timeout=settings.duration + 30, check=True
     ).stdout
+    cpu_used = cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
     errors = _ERRORS.search(output)
     if errors:
         raise RuntimeError(f"wrk saw errors on {path}: {errors.group(0)}")
-    match = _RPS.search(output)
-    if match is None:
-        raise RuntimeError(f"wrk printed no Requests/sec:\n{output}")
-    return float(match.group(1))
+    rate, requests = _RPS.search(output), _REQUESTS.search(output)
+    if rate is None or requests is None:
+        raise RuntimeError(f"wrk printed no request counts:\n{output}")
+    per_cpu_second = int(requests.group(1)) / cpu_used if cpu_used > 0 else math.nan
+    return float(rate.group(1)), per_cpu_second
 
 
 def over_http(variants: Sequence[str], settings: WrkSettings, log_dir: Path) -> dict[str, dict[str, Any]]:
@@ -169,10 +178,9 @@ def over_http(variants: Sequence[str], settings: WrkSettings, log_dir: Path) -> 
         f"overhead over HTTP: {', '.join(variants)}; wrk {settings.runs} x {settings.duration} s, "
         f"{settings.connections} connections, 1 uvicorn worker"
     )
-    samples: dict[str, dict[str, list[float]]] = {v: {p: [] for p in ROUTES} for v in variants}
+    wall: dict[str, dict[str, list[float]]] = {v: {p: [] for p in ROUTES} for v in variants}
+    per_cpu: dict[str, dict[str, list[float]]] = {v: {p: [] for p in ROUTES} for v in variants}
     # One server per variant, all up at once, runs interleaved: drift hits every variant alike.
-    import contextlib
-
     with contextlib.ExitStack() as stack:
         servers = {v: stack.enter_context(uvicorn_server(v, 1, log_dir)) for v in variants}
         for server in servers.values():  # warm up
@@ -181,5 +189,18 @@ def over_http(variants: Sequence[str], settings: WrkSettings, log_dir: Path) -> 
         for _ in range(settings.runs):
             for path in ROUTES:
                 for variant, server in servers.items():
-                    samples[variant][path].append(_wrk(server.port, path, settings))
-    return _summarise(samples)
+                    rate, rate_per_cpu = _wrk(server.port, path, settings, server.process.pid)
+                    wall[variant][path].append(rate)
+                    per_cpu[variant][path].append(rate_per_cpu)
+    # The ratio is taken on requests per CPU-second of the server: wrk's wall-clock rate moves with
+    # whatever else runs on the machine; both are kept.
+    result = _summarise(per_cpu)
+    by_wall = _summarise(wall)
+    for variant, by_path in result.items():
+        for path, row in by_path.items():
+            row["per_cpu_second"] = row.pop("rps")
+            row["cpu_samples"] = row.pop("samples")
+            row["rps"] = by_wall[variant][path]["rps"]
+            row["samples"] = by_wall[variant][path]["samples"]
+            row["wall_ratio"] = by_wall[variant][path]["ratio"]
+    return result

@@ -30,6 +30,7 @@ from benchmarks.common import (  # noqa: E402
     DISTRELOAD,
     DISTRELOAD_DROPIN,
     FASTAPI_RELOADER,
+    FLOOR,
     IN_CI,
     REDIS_URL,
     Skipped,
@@ -162,7 +163,7 @@ def _run_idle(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any])
             baseline_seconds=sizes.idle_baseline_seconds,
             log_dir=log_dir,
         )
-        for variant in _variants(DISTRELOAD, FASTAPI_RELOADER)
+        for variant in _variants(DISTRELOAD, FASTAPI_RELOADER, FLOOR)
     }
 
 

@@ -297,6 +297,10 @@ class Broker:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def is_running_here(self) -> bool:
+        """Whether start() already ran on the running event loop (and stop() has not undone it)."""
+        return self._loop is not None and self._loop is _running_loop()
+
     async def start(self) -> None:
         """Bind to the running loop; idempotent. Never raises for an unreachable Redis."""
         self._loop = asyncio.get_running_loop()
@@ -408,9 +412,12 @@ class RedisBroker(Broker):
     def connected(self) -> bool:
         return self._connected
 
+    def is_running_here(self) -> bool:
+        return super().is_running_here() and self._task is not None and not self._task.done()
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._task is not None and not self._task.done() and self._loop is loop:
+        if self.is_running_here():
             return
         self._loop = loop
         self._subscribed = asyncio.Event()

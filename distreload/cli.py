@@ -227,7 +227,7 @@ def _add_publish_target_options(parser: argparse.ArgumentParser) -> None:
 # --- Targets ---------------------------------------------------------------------------------------------
 
 
-def _redis_target(args: argparse.Namespace, *, required: bool = True) -> Target:
+def _redis_target(args: argparse.Namespace) -> Target:
     from .config import resolve_target, validate_namespace, validate_redis_url
 
     if args.redis_url is not None:
@@ -237,10 +237,10 @@ def _redis_target(args: argparse.Namespace, *, required: bool = True) -> Target:
     url = args.redis_url
     if url is None:
         url = os.environ.get(ENV_REDIS_URL, "").strip() or None
-    if url is None and required:
+    if url is None:
         raise CommandError(f"no Redis given: pass --redis-url or set {ENV_REDIS_URL}")
     target = resolve_target(url or "memory://", args.namespace)
-    if target.is_memory and required:
+    if target.is_memory:
         raise CommandError("memory:// lives inside one app process; give the Redis the app uses")
     return target
 
@@ -677,10 +677,10 @@ def _watch(args: argparse.Namespace) -> int:
             published += 1
             if args.json:
                 record = {"version": result.version, "receivers": result.receivers, "kind": kind,
-                          "paths": list(paths), "changed": sorted(p for _, p in changes)}
+                          "paths": list(paths), "changed": sorted({p for _, p in changes})}
                 print(json.dumps(record), flush=True)
             else:
-                names = ", ".join(sorted(os.path.relpath(p) for _, p in changes)[:5])
+                names = ", ".join(sorted({os.path.relpath(p) for _, p in changes})[:5])
                 print(f"{time.strftime('%H:%M:%S')} {names} changed; {result.describe(kind)}", flush=True)
             if args.count is not None and published >= args.count:
                 break
@@ -711,6 +711,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
 
 
+_RUN_UNTIL_STOPPED = ("listen", "watch", "demo")
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "publish": _publish, "listen": _listen, "status": _status, "watch": _watch, "demo": _demo,
 }
@@ -730,7 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"distreload {args.command}: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C is how listen, watch and demo are meant to end; it interrupts a publish.
+        return 0 if args.command in _RUN_UNTIL_STOPPED else 130
     except BrokenPipeError:
         # `distreload listen | head -1`: the reader went away, which is no error of ours.
         sys.stderr.close()

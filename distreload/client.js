@@ -200,7 +200,6 @@
     };
     var port = null;
     var connection = null;
-    var hasBeenConnected = false;
 
     function log(text) {
       if (!options.silent && window.console) window.console.log(options.message_prefix + " " + text);
@@ -224,17 +223,15 @@
     function handle(message) {
       if (message.type === "ready") return;
       if (message.type === "down") {
-        if (status.connected || !hasBeenConnected) {
-          log(String(options.reconnect_message).split("${reconnectInterval}").join(String(message.delay)));
-        }
+        // One line per retry: the backoff keeps them few, and the growing waits show it working.
+        log(String(options.reconnect_message).split("${reconnectInterval}").join(String(message.delay)));
         status.connected = false;
         return;
       }
       if (message.type === "hello") {
+        if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
         status.connected = true;
         status.worker = message.worker;
-        if (!hasBeenConnected) log(options.connected_message + " (" + message.worker + ")");
-        hasBeenConnected = true;
         if (pageBuild && message.build && message.build !== pageBuild) {
           if (remembered.build === message.build) {
             // Already reloaded once for this build and the page still says otherwise (a worker whose code

@@ -261,11 +261,17 @@ class DistReload:
                 self.build_id = self.endpoint.build_id = compute_build_id()
             self.broker.build_id = self.build_id
             self.hub.reopen()
+            # patch_for_auto_reloading stacks two layers on one broker: only the one that starts it speaks.
+            announce = not self.broker.is_running_here()
             await self.broker.start()
             self._started = True
-            logger.info("distreload active: endpoint %s, Redis %s, namespace %r, worker %s, build %s",
-                        self.prefix, self.broker.target.display_url(), self.broker.target.namespace,
-                        self.broker.identity, self.build_id)
+            if not announce:
+                return
+            # A warning, not info: servers show warnings by default, and a deploy must notice this is on.
+            logger.warning("distreload active: endpoint %s, Redis %s, namespace %r, worker %s, build %s "
+                           "(development live-reload: keep DISTRELOAD_ENABLED off in production)",
+                           self.prefix, self.broker.target.display_url(), self.broker.target.namespace,
+                           self.broker.identity, self.build_id)
             if self.broker.target.is_memory and _running_under_several_workers():
                 logger.warning("distreload: running under several workers with no Redis URL; a reload "
                                "reaches only the worker it was sent in. Set %s (redis://...) to reach all.",

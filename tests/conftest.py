@@ -236,9 +236,13 @@ def open_sse() -> Iterator[Callable[..., object]]:
 
 # --- Chromium through Playwright (tests/test_client.py) --------------------------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[object]:
-    """One headless Chromium for the whole session; each test opens its own contexts in it."""
+    """One headless Chromium per test module; each test opens its own contexts in it.
+
+    Not per session: Playwright's sync API keeps an event loop running in the main thread until it stops,
+    and the async tests of later modules need that thread's loop slot free.
+    """
     from playwright.sync_api import sync_playwright
 
     try:

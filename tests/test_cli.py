@@ -388,13 +388,17 @@ def test_watch_publishes_a_reload_for_templates_and_a_css_swap_for_stylesheets(
         assert watcher.stderr.readline().startswith("watching ")
         template = parse_message(_change_until_published(spy, templates / "page.html", "<p>two</p>"))
         stylesheet = parse_message(_change_until_published(spy, static / "site.css", "p { color: blue }"))
+        assert watcher.stdout is not None
+        printed = [json.loads(watcher.stdout.readline())]
+        while printed[-1]["kind"] != "css":  # read up to the swap's line before stopping the watcher
+            printed.append(json.loads(watcher.stdout.readline()))
     finally:
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=15)
+        _, err = watcher.communicate(timeout=15)
     assert watcher.returncode == 0, err
     assert (template.kind, template.paths) == ("reload", ())
     assert (stylesheet.kind, stylesheet.paths) == ("css", ("/static/site.css",))
-    printed = [json.loads(line) for line in out.splitlines()]
+    assert printed[0]["kind"] == "reload" and printed[0]["changed"] == [str(templates / "page.html")]
     assert printed[-1]["paths"] == ["/static/site.css"] and printed[-1]["version"] == str(stylesheet.version)
 
 

@@ -17,9 +17,22 @@ from .sse import SSEReader
 pytestmark = pytest.mark.redis
 
 
+def every_worker_answering(server: ServerProcess, workers: int, timeout: float = 30) -> None:
+    """Wait until each worker has served a request: a worker accepts only once its start-up is done."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"only {sorted(seen)} of {workers} workers answered"
+        with urllib.request.urlopen(server.base_url + "/---distreload---", timeout=10) as response:
+            seen.add(json.load(response)["worker"])
+        time.sleep(0.01)
+
+
 def readers_on_every_worker(open_sse: Callable[..., SSEReader], server: ServerProcess, workers: int,
-                            attempts: int = 40) -> list[SSEReader]:
-    """Open streams until every worker process of ``server`` holds at least one."""
+                            attempts: int = 200) -> list[SSEReader]:
+    """Open streams until every worker process of ``server`` holds at least one (the kernel hands a
+    shared listening socket's connections out unevenly, so this may take many tries)."""
+    every_worker_answering(server, workers)
     readers: list[SSEReader] = []
     seen: set[str] = set()
     for _ in range(attempts):

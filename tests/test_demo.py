@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -201,7 +203,9 @@ def test_demo_app_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
             published = await client.post("/demo/publish", json={"kind": "css"})
             return page, style, published, (await client.get("/style.css")).text
 
-    page, style_before, published, style_after = asyncio.run(scenario())
+    # In a thread of its own: a session's Playwright keeps an event loop running in the main thread.
+    with ThreadPoolExecutor(1) as pool:
+        page, style_before, published, style_after = pool.submit(lambda: asyncio.run(scenario())).result()
     assert '<b id="host">solo</b>' in page and f"pid {os.getpid()}" in page
     assert f"<td>{os.getpid()}</td>" in page  # the live-workers table lists this one process
     assert page.count("data-distreload=") == 1
@@ -213,3 +217,38 @@ def test_importing_the_demo_module_builds_nothing() -> None:
     code = ("import sys, distreload.demo as d; print(d._app is None, 'starlette' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "True False", done.stderr
+
+
+@pytest.mark.browser
+def test_demo_page_buttons_swap_the_stylesheet_in_place_and_reload_every_tab(
+        demos: Callable[..., RunningDemo], new_context: Callable[..., Any]) -> None:
+    demo = demos("--port", "0", "--hosts", "2", "--workers", "1", "--timeout", "120")
+    tabs = []
+    for url in demo.urls:
+        page = new_context().new_page()
+        navigations: list[str] = []
+        page.on("framenavigated", lambda frame, page=page, seen=navigations: seen.append(frame.url)
+                if frame == page.main_frame else None)
+        page.goto(url)
+        page.wait_for_function("window.__distreload && window.__distreload.connected", timeout=20_000)
+        tabs.append((page, navigations))
+
+    def accent(page: Any) -> str:
+        return str(page.eval_on_selector("h1", "element => getComputedStyle(element).color"))
+
+    first, first_navigations = tabs[0]
+    before = [accent(page) for page, _ in tabs]
+    first.click("#css")
+    for page, _ in tabs:  # both hosts' tabs pick up the new colour without reloading
+        page.wait_for_function(f"getComputedStyle(document.querySelector('h1')).color !== {before[0]!r}",
+                               timeout=10_000)
+    assert all(len(navigations) == 1 for _, navigations in tabs)
+    assert accent(first) != before[0]
+
+    first.click("#reload")
+    for page, navigations in tabs:
+        deadline = time.monotonic() + 10
+        while len(navigations) < 2 and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert len(navigations) == 2, navigations
+    assert first_navigations[-1] == demo.urls[0]

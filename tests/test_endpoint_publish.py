@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -38,7 +39,9 @@ def post(app: DistReload, body: bytes | None = b"{}", headers: dict[str, str] | 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
             return await client.request(method, URL, content=body, headers=headers or {})
 
-    return asyncio.run(go())
+    # In a thread of its own: a session's Playwright keeps an event loop running in the main thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(go())).result()
 
 
 @pytest.fixture(autouse=True)
