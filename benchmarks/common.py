@@ -291,6 +291,36 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def source_state() -> dict[str, Any]:
+    """Which distreload was measured: its commit, whether distreload/ differs from it, a hash of its files."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "distreload").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    state: dict[str, Any] = {"distreload_files_sha256": digest.hexdigest()[:16]}
+    with contextlib.suppress(Exception):
+        state["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "distreload"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        state["uncommitted_changes_in_distreload"] = bool(changed)
+    return state
+
+
 def machine_description() -> dict[str, Any]:
     import psutil
 

@@ -257,20 +257,43 @@ def _overhead_table(table: dict[str, Any], over_http: bool) -> list[str]:
     return lines
 
 
+def _describe_source(source: dict[str, Any] | None) -> str:
+    if not source:
+        return "source not recorded"
+    text = f"distreload at commit {source.get('commit', '?')}"
+    if source.get("uncommitted_changes_in_distreload"):
+        text += f" with uncommitted changes (files {source['distreload_files_sha256']})"
+    if source.get("changed_during_run"):
+        text += ", **changed during the run**"
+    return text
+
+
 def write_markdown(results: dict[str, Any], directory: Path) -> Path:
     machine = results["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
-    lines = [
-        "# distreload benchmarks",
-        "",
-        f"Produced by `{results['command']}` on {results['finished']} ({results['mode']} run, "
-        f"{results['duration_s']:.0f} s).",
+    runs = results.get("runs") or [
+        {
+            "command": results["command"],
+            "benchmarks": ["all"],
+            "finished": results["finished"],
+            "duration_s": results["duration_s"],
+            "load_average_start": results["load_average_start"],
+            "load_average_end": results["load_average_end"],
+        }
+    ]
+    lines = ["# distreload benchmarks", "", f"Produced by ({results['mode']} sizes):", ""]
+    lines += [
+        f"- `{run['command']}` ({', '.join(run['benchmarks'])}): finished {run['finished']} after "
+        f"{run['duration_s']:.0f} s; load average {run['load_average_start']} at the start, "
+        f"{run['load_average_end']} at the end; {_describe_source(run.get('source'))}."
+        for run in runs
+    ]
+    lines += [
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux "
         f"{machine['kernel']}, Python {machine['python']}, Redis {machine['redis_server'] or 'n/a'}; "
-        f"{packages}. "
-        f"Load average at start {results['load_average_start']}, at end {results['load_average_end']} "
-        "(other work on the machine moves single figures; ratios come from interleaved runs in one process).",
+        f"{packages}. Other work on the machine moves single figures: ratios come from interleaved runs in "
+        "one process, and costs are counted in CPU time where a target allows it (see benchmarks/README.md).",
         "",
         "## Targets",
         "",

@@ -39,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     machine_description,
     raise_open_file_limit,
     redis_reachable,
+    source_state,
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -254,7 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(BENCHMARKS)}; with an existing "
         "results.json in the output folder the other sections are kept",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite results.md and fanout.png from the results.json in the output folder",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        out = args.out or RESULTS_DIR
+        results = json.loads((out / "results.json").read_text())
+        results["targets"] = report.evaluate_targets(results)
+        report.write_json(results, out)
+        report.write_plot(results, out)
+        report.write_markdown(results, out)
+        print(f"results: {out}")
+        return 0
     selected = BENCHMARKS if not args.only else tuple(name.strip() for name in args.only.split(","))
     unknown = [name for name in selected if name not in BENCHMARKS]
     if unknown:
@@ -279,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only and previous.exists():
             results = json.loads(previous.read_text())
             results["skipped"] = {}
+        source_before = source_state()
         command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
         started = time.time()
         results.update(
@@ -303,6 +319,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         results["duration_s"] = round(time.time() - started, 1)
         results["load_average_end"] = _load_average()
+        source = source_state()
+        if source["distreload_files_sha256"] != source_before["distreload_files_sha256"]:
+            source["changed_during_run"] = True
+            log("warning: distreload's files changed during the run; its figures mix two versions")
+        # Which invocation produced which sections (a run with --only keeps the sections it did not redo).
+        runs = [run for run in results.get("runs", []) if set(run["benchmarks"]) - set(selected)]
+        for run in runs:
+            run["benchmarks"] = [name for name in run["benchmarks"] if name not in selected]
+        runs.append(
+            {
+                "command": command,
+                "benchmarks": list(selected),
+                "finished": results["finished"],
+                "duration_s": results["duration_s"],
+                "load_average_start": results["load_average_start"],
+                "load_average_end": results["load_average_end"],
+            }
+        )
+        results["runs"] = runs
         results["targets"] = report.evaluate_targets(results)
         report.write_json(results, out)
         report.write_plot(results, out)

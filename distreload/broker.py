@@ -566,6 +566,8 @@ class RedisBroker(Broker):
                                    "state in Redis (%s)", self._channel, reload.version, state)
             return
         self._accept(reload)
+        # After the streams have it: `distreload status` shows each worker's version, keep it current.
+        await self._write_presence(client)
 
     async def _write_presence(self, client: redis.asyncio.Redis) -> None:
         record = {

@@ -123,8 +123,7 @@ def _parser() -> _Parser:
         "examples:\n"
         "  distreload status --redis-url redis://127.0.0.1:6379/0 --namespace shop\n"
         "  distreload status --json | jq '.workers[].pid'\n\n"
-        "A worker's VERSION is the one it reported last (every 5 s), so right after a publish it may\n"
-        "still show the version before.")
+        "A worker reports its VERSION again as soon as a reload reaches it.")
     _add_redis_options(status)
     status.add_argument("--json", action="store_true", help="print the table as one JSON object")
 

@@ -223,25 +223,30 @@ def _chain_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         _hooked_signals.add(signum)
 
 
-def _server_is_exiting() -> bool:
-    """Read uvicorn's ``should_exit`` (and gunicorn's ``alive``) from the objects behind the handlers."""
+def _server_objects() -> Generator[Any, None, None]:
+    """The objects (uvicorn's ``Server``, a gunicorn worker) whose methods handle SIGTERM and SIGINT."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
             handler = signal.getsignal(signum)
-        except ValueError:
-            return False
-        for candidate in _handler_owners(handler):
-            if getattr(candidate, "should_exit", False) is True:
-                return True
-            if getattr(candidate, "alive", True) is False:
-                return True
-            worker = _gunicorn_worker_behind(candidate)
-            if worker is not None and getattr(worker, "alive", True) is False:
-                # gunicorn's reloader (--reload) marks the worker dead and ends only its own thread with
-                # sys.exit; uvicorn's server under it never hears of it and goes on serving the old code
-                # (benoitc/gunicorn#2339). Stop the server as SIGTERM would, so gunicorn boots new code.
-                candidate.should_exit = True
-                return True
+        except ValueError:  # not the main thread
+            return
+        yield from _handler_owners(handler)
+
+
+def _server_is_exiting() -> bool:
+    """Read uvicorn's ``should_exit`` (and gunicorn's ``alive``) from the objects behind the handlers."""
+    for candidate in _server_objects():
+        if getattr(candidate, "should_exit", False) is True:
+            return True
+        if getattr(candidate, "alive", True) is False:
+            return True
+        worker = _gunicorn_worker_behind(candidate)
+        if worker is not None and getattr(worker, "alive", True) is False:
+            # gunicorn's reloader (--reload) marks the worker dead and ends only its own thread with
+            # sys.exit; uvicorn's server under it never hears of it and goes on serving the old code
+            # (benoitc/gunicorn#2339). Stop the server as SIGTERM would, so gunicorn boots new code.
+            candidate.should_exit = True
+            return True
     return False
 
 
@@ -254,15 +259,10 @@ def _gunicorn_worker_behind(server: Any) -> Any:
 
 
 def _gunicorn_reloader_on() -> bool:
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            handler = signal.getsignal(signum)
-        except ValueError:
-            return False
-        for candidate in _handler_owners(handler):
-            worker = _gunicorn_worker_behind(candidate)
-            if worker is not None and getattr(worker, "reloader", None) is not None:
-                return True
+    for candidate in _server_objects():
+        worker = _gunicorn_worker_behind(candidate)
+        if worker is not None and getattr(worker, "reloader", None) is not None:
+            return True
     return False
 
 
@@ -322,26 +322,27 @@ class ReloadEndpoint:
             (b"cache-control", b"no-store"),
         ]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, subpath: str) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send, subpath: str) -> Awaitable[None]:
+        # A plain function handing back the handler's coroutine: an open stream keeps one frame fewer.
         method = scope.get("method", "GET")
         if subpath in ("", "/"):
             if method not in ("GET", "HEAD"):
-                return await self._not_allowed(send, "GET, HEAD")
-            return await self._info(send, head=method == "HEAD")
+                return self._not_allowed(send, "GET, HEAD")
+            return self._info(send, head=method == "HEAD")
         if subpath == "/events":
             if method != "GET":
-                return await self._not_allowed(send, "GET")
-            return await self._events(scope, receive, send)
+                return self._not_allowed(send, "GET")
+            return self._events(scope, receive, send)
         if subpath == "/client.js":
             if method not in ("GET", "HEAD"):
-                return await self._not_allowed(send, "GET, HEAD")
-            return await self._client_script(scope, send, head=method == "HEAD")
+                return self._not_allowed(send, "GET, HEAD")
+            return self._client_script(scope, send, head=method == "HEAD")
         if subpath == "/publish" and self.token:
             if method != "POST":
-                return await self._not_allowed(send, "POST")
-            return await self._publish(scope, receive, send)
-        await _send_simple(send, 404, b"distreload: no such endpoint\n",
-                           [(b"content-type", b"text/plain; charset=utf-8")], head=method == "HEAD")
+                return self._not_allowed(send, "POST")
+            return self._publish(scope, receive, send)
+        return _send_simple(send, 404, b"distreload: no such endpoint\n",
+                            [(b"content-type", b"text/plain; charset=utf-8")], head=method == "HEAD")
 
     async def _not_allowed(self, send: Send, allowed: str) -> None:
         await _send_simple(send, 405, b"distreload: method not allowed\n",
@@ -369,12 +370,26 @@ class ReloadEndpoint:
         await _send_simple(send, 200, CLIENT_SCRIPT, headers, head=head)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = await self._open_stream(scope, send)
+        if stream is None:
+            return
+        # Parked here until the client goes away (or the hub ends the response at shutdown): the server
+        # wakes this coroutine for nothing else, and every event is written by the hub directly.
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            self.hub.discard(stream)
+
+    async def _open_stream(self, scope: Scope, send: Send) -> _Stream | None:
+        """Answer the request and register the stream; None when the server is stopping. A function of its
+        own so that what it builds is freed before the stream parks for hours."""
         if self._ensure_started is not None:
             await self._ensure_started()
         if self.hub.closing:
             await _send_simple(send, 503, b"distreload: server is shutting down\n",
                                [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")])
-            return
+            return None
         query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
         last_event_id = _header(scope, b"last-event-id") or (query.get("last_event_id") or [""])[0]
         seen = ClusterVersion.parse(last_event_id)
@@ -388,14 +403,7 @@ class ReloadEndpoint:
         if seen is not None and seen.is_behind(current):
             # Reconnected after missing a reload: deliver it now (what was missed is unknown: reload all).
             first += reload_event(Reload(current, "reload"))
-        stream = self.hub.open(send, first)
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    break
-        finally:
-            self.hub.discard(stream)
+        return self.hub.open(send, first)
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
         json_headers = [(b"content-type", b"application/json")]

@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import config
-from .broker import Broker, PublishResult, Reload, get_broker
+from .broker import Broker, ClusterVersion, PublishResult, Reload, get_broker
 from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint, StreamHub
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ BODY_MARKER = b"</body"
 PRESENT_MARKER = b"data-distreload"
 HOLD_LIMIT = 64 * 1024  # the most of a page's tail held back while waiting to see whether </body> was last
 _SCOPE_FLAG = "distreload.injected"
-_HTML_TYPES = (b"text/html", b"application/xhtml+xml")
 
 NonceSource = Callable[[Scope], str | None]
 ReloadCallback = Callable[[Reload], Any]
@@ -182,6 +181,7 @@ class DistReload:
         if on_reload is not None:
             self.broker.add_listener(self._run_on_reload)
         self._started = False
+        self._tag_cache: tuple[ClusterVersion, str, bytes] | None = None
         self._start_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -198,26 +198,26 @@ class DistReload:
             return
         if not self._started:
             await self.ensure_started()
-        if self.routes:
+        # Every request of the app passes here: the common case is kept to a few dictionary lookups.
+        if self.routes and self.prefix in scope["path"]:
             subpath = self._subpath(scope)
             if subpath is not None:
                 await self.endpoint(scope, receive, send, subpath)
                 return
-        if self.inject and scope.get("method") == "GET" and not scope.get(_SCOPE_FLAG):
-            scope = dict(scope)
+        if self.inject and scope["method"] == "GET" and _SCOPE_FLAG not in scope:
             scope[_SCOPE_FLAG] = True
             extensions = scope.get("extensions")
             if extensions and "http.response.pathsend" in extensions:
                 # A file sent by path never passes through here, so ask for it as body chunks instead.
-                scope["extensions"] = {key: value for key, value in extensions.items()
-                                       if key != "http.response.pathsend"}
-            injector = _Injector(send, lambda: self.script_tag(scope))
+                scope = {**scope, "extensions": {key: value for key, value in extensions.items()
+                                                 if key != "http.response.pathsend"}}
+            injector = _Injector(send, self, scope)
             await self.app(scope, receive, injector.send)
             return
         await self.app(scope, receive, send)
 
     def _subpath(self, scope: Scope) -> str | None:
-        path: str = scope.get("path", "")
+        path: str = scope["path"]
         root_path: str = scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path):]
@@ -233,20 +233,26 @@ class DistReload:
 
     def script_tag(self, scope: Scope) -> bytes:
         base = self.endpoint_base(scope)
-        attributes = {
-            "src": f"{base}/client.js?v={CLIENT_SCRIPT_ETAG}",
-            "data-distreload": base,
-            "data-distreload-version": str(self.broker.version),
-            "data-distreload-build": self.build_id,
-        }
-        if self.client_options:
-            attributes["data-distreload-options"] = json.dumps(self.client_options, separators=(",", ":"))
+        version = self.broker.version
+        # The tag changes only with the version (or root_path): render it once per change, not per page.
+        cached = self._tag_cache
+        if cached is None or cached[0] is not version or cached[1] != base:
+            attributes = {
+                "src": f"{base}/client.js?v={CLIENT_SCRIPT_ETAG}",
+                "data-distreload": base,
+                "data-distreload-version": str(version),
+                "data-distreload-build": self.build_id,
+            }
+            if self.client_options:
+                attributes["data-distreload-options"] = json.dumps(self.client_options,
+                                                                   separators=(",", ":"))
+            rendered = " ".join(f'{name}="{html.escape(value, quote=True)}"'
+                                for name, value in attributes.items())
+            cached = self._tag_cache = (version, base, f"<script {rendered}".encode())
         nonce = self.csp_nonce(scope)
         if nonce:
-            attributes["nonce"] = nonce
-        rendered = " ".join(f'{name}="{html.escape(value, quote=True)}"'
-                            for name, value in attributes.items())
-        return f"<script {rendered} async></script>".encode()
+            return cached[2] + f' nonce="{html.escape(nonce, quote=True)}" async></script>'.encode()
+        return cached[2] + b" async></script>"
 
     async def ensure_started(self) -> None:
         """Start this worker's subscription: from the lifespan, or on the first request without one."""
@@ -316,79 +322,86 @@ class DistReload:
             logger.error("distreload: on_reload failed", exc_info=task.exception())
 
 
-def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    return [value for key, value in headers if key.lower() == name]
-
-
 def _wants_injection(message: Message) -> bool:
+    """An HTML page with a body that is not compressed and not a download."""
     status = message.get("status", 200)
-    if status < 200 or status in (204, 304):
+    if status < 200 or status == 204 or status == 304:
         return False
-    headers = list(message.get("headers", []))
-    content_type = b";".join(_header_values(headers, b"content-type")).lower()
-    if not any(kind in content_type for kind in _HTML_TYPES):
-        return False
-    encodings = [v.strip().lower() for v in _header_values(headers, b"content-encoding")]
-    if any(encoding not in (b"", b"identity") for encoding in encodings):
-        return False
-    disposition = b";".join(_header_values(headers, b"content-disposition")).lower()
-    return b"attachment" not in disposition
+    is_html = False
+    for key, value in message.get("headers", ()):
+        name = key.lower()
+        if name == b"content-type":
+            is_html = b"html" in value.lower()  # text/html, application/xhtml+xml
+        elif name == b"content-encoding":
+            if value.strip().lower() not in (b"", b"identity"):
+                return False
+        elif name == b"content-disposition" and b"attachment" in value.lower():
+            return False
+    return is_html
 
 
 class _Injector:
-    """Per-response state: decides from the headers, then places one tag before the last ``</body>``."""
+    """Per-response state: decides from the headers, then places one tag before the last ``</body>``.
 
-    def __init__(self, send: Send, make_tag: Callable[[], bytes]) -> None:
+    Only the last ``SCAN_WINDOW`` bytes of each chunk are searched (the last ``</body>`` of a page sits at its
+    end), and a chunk with nothing to change is forwarded as the very same message: a big streamed page
+    costs a few microseconds per chunk, not a scan and a copy of every byte.
+    """
+
+    __slots__ = ("_send", "_owner", "_scope", "_start", "_active", "_done", "_tag", "_held",
+                 "_holding_marker", "_already_present", "_declared_length")
+
+    def __init__(self, send: Send, owner: DistReload, scope: Scope) -> None:
         self._send = send
-        self._make_tag = make_tag
+        self._owner = owner
+        self._scope = scope
         self._start: Message | None = None
         self._active = False
         self._done = False
         self._tag = b""
-        self._pending = b""
+        self._held = b""  # not sent yet: from a </body> on, or the few bytes that may begin one
         self._holding_marker = False
         self._already_present = False
         self._declared_length = False
 
     async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            if not _wants_injection(message):
-                await self._send(message)
-                return
-            self._active = True
-            self._start = message
-            return
         if not self._active:
+            if message["type"] == "http.response.start" and _wants_injection(message):
+                self._active = True
+                self._start = message
+                return
+            await self._send(message)
+            return
+        kind = message["type"]
+        if self._done:
             await self._send(message)
             return
         if kind != "http.response.body":
             await self._flush_start(None)
             await self._send(message)
             return
-        if self._done:
-            await self._send(message)
-            return
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
         if self._start is not None:
-            await self._flush_start(body if not more_body else None)
+            await self._flush_start(body)
         out = self._place(body, final=not more_body)
-        if out or not more_body:
+        if out is body and more_body:
+            await self._send(message)
+        elif out or not more_body:
             await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
 
-    async def _flush_start(self, whole_body: bytes | None) -> None:
+    async def _flush_start(self, first_body: bytes | None) -> None:
         """Send the held response start with headers fixed for the tag."""
         start, self._start = self._start, None
         if start is None:
             return
-        self._tag = self._make_tag()
-        headers = list(start.get("headers", []))
-        if whole_body is not None and PRESENT_MARKER in whole_body:
+        self._tag = self._owner.script_tag(self._scope)
+        # A page that includes the script itself has it in its head: look through the first chunk.
+        if first_body is not None and PRESENT_MARKER in first_body:
             self._already_present = True
         added = 0 if self._already_present else len(self._tag)
         fixed: list[tuple[bytes, bytes]] = []
-        for key, value in headers:
+        for key, value in start.get("headers", ()):
             name = key.lower()
             if name == b"content-length":
                 self._declared_length = True
@@ -405,30 +418,26 @@ class _Injector:
         await self._send({**start, "headers": fixed})
 
     def _place(self, chunk: bytes, *, final: bool) -> bytes:
-        data = self._pending + chunk
-        lowered = data.lower()
-        if not self._already_present and PRESENT_MARKER in lowered:
-            self._already_present = True
-        index = lowered.rfind(BODY_MARKER)
+        held = self._held
+        data = held + chunk if held else chunk
+        index = _last_marker(data, after=1 if self._holding_marker else 0)
+        if index == -1 and held and not self._holding_marker:
+            # A marker split across the two chunks starts in the few held bytes, maybe far from the window.
+            index = _last_marker(data[: len(held) + len(BODY_MARKER)], after=0)
         if index != -1:
-            out, self._pending, self._holding_marker = data[:index], data[index:], True
-            if len(self._pending) > HOLD_LIMIT:
-                # A huge tail after an early </body>: place the tag here rather than hold the page back.
-                out, self._pending = out + self._tag_bytes() + self._pending, b""
-                self._done = True
-                return out
-        elif self._holding_marker:  # cannot happen: the held data starts with the marker
-            out, self._pending = b"", data
+            out, self._held, self._holding_marker = data[:index], data[index:], True
+        elif self._holding_marker:
+            out, self._held = b"", data
         else:
-            keep = min(len(data), max(len(BODY_MARKER), len(PRESENT_MARKER)) - 1)
-            out, self._pending = data[: len(data) - keep], data[len(data) - keep:]
+            keep = _partial_marker_length(data)
+            out, self._held = (data[:-keep], data[-keep:]) if keep else (data, b"")
+        if self._holding_marker and len(self._held) > HOLD_LIMIT:
+            # A huge tail after an early </body>: place the tag here rather than hold the page back.
+            out, self._held, self._done = out + self._tag_bytes() + self._held, b"", True
+            return out
         if final:
-            if self._holding_marker:
-                out += self._tag_bytes() + self._pending
-            else:
-                out += self._pending + self._tag_bytes()
-            self._pending = b""
-            self._done = True
+            out += self._tag_bytes() + self._held if self._holding_marker else self._held + self._tag_bytes()
+            self._held, self._done = b"", True
         return out
 
     def _tag_bytes(self) -> bytes:
@@ -437,6 +446,25 @@ class _Injector:
         # The page carried the script already. Only a streamed response that declared its length up
         # front can get here; keep that length true with white space in place of the second tag.
         return b" " * len(self._tag) if self._declared_length else b""
+
+
+SCAN_WINDOW = 4096
+
+
+def _last_marker(data: bytes, *, after: int) -> int:
+    """Index of the last ``</body`` (any case) starting at ``after`` or later within the scan window."""
+    low = max(after, len(data) - SCAN_WINDOW)
+    found = data[low:].lower().rfind(BODY_MARKER)
+    return -1 if found == -1 else low + found
+
+
+def _partial_marker_length(data: bytes) -> int:
+    """How many bytes at the end of ``data`` could be the start of ``</body`` (0 to 5)."""
+    tail = data[-(len(BODY_MARKER) - 1):].lower()
+    for length in range(len(tail), 0, -1):
+        if tail[-length:] == BODY_MARKER[:length]:
+            return length
+    return 0
 
 
 class UniversalMiddleware(Middleware):

@@ -143,6 +143,37 @@ async def test_page_without_body_close_gets_the_tag_appended() -> None:
     assert body_of(sent) == b"<h1>fragment</h1>" + tag_of(app)
 
 
+async def test_a_body_close_far_from_the_end_leaves_the_tag_at_the_end() -> None:
+    """Only each chunk's last 4 KiB are searched: a </body> followed by more than that (unusual: the
+    last one ends a page) puts the tag at the end, where browsers still run it."""
+    page = b"<html><body>x</body>" + b"<!-- trailing -->" * 1000 + b"</html>"
+    app = wrap(raw_app(chunks=[page]))
+    assert body_of(await call(app)) == page + tag_of(app)
+
+
+async def test_chunks_with_nothing_to_change_are_forwarded_as_they_are() -> None:
+    middle = {"type": "http.response.body", "body": b"<p>" + b"x" * 100_000 + b"</p>", "more_body": True}
+    forwarded: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        html_type = [(b"content-type", b"text/html")]
+        await send({"type": "http.response.start", "status": 200, "headers": html_type})
+        await send({"type": "http.response.body", "body": b"<html><body>", "more_body": True})
+        await send(middle)
+        await send({"type": "http.response.body", "body": b"</body></html>", "more_body": False})
+
+    async def send(message: Message) -> None:
+        forwarded.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "root_path": "", "headers": [],
+             "query_string": b""}
+    await wrap(app)(scope, receive, send)
+    assert forwarded[2] is middle  # no copy, no new message
+
+
 async def test_page_that_already_carries_the_script_gets_no_second_tag() -> None:
     page = b'<html><body><script src="/x.js" data-distreload="/---distreload---"></script></body></html>'
     headers = [(b"content-type", b"text/html"), (b"content-length", str(len(page)).encode())]
