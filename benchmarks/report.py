@@ -265,6 +265,8 @@ def _describe_source(source: dict[str, Any] | None) -> str:
         text += f" with uncommitted changes (files {source['distreload_files_sha256']})"
     if source.get("changed_during_run"):
         text += ", **changed during the run**"
+    if source.get("note"):
+        text += f" ({source['note']})"
     return text
 
 
@@ -318,15 +320,14 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
             "The same FastAPI app (a JSON route, a 2 KB HTML page) bare, wrapped by `DistReload(app, "
             "enabled=True)` (memory backend), by distreload's drop-in `patch_for_auto_reloading(app)`, "
             "and by fastapi-reloader's `patch_for_auto_reloading(app)`. Ratio = throughput / bare "
-            "throughput; "
-            "medians of interleaved rounds.",
+            "throughput, from the best of interleaved rounds (the least disturbed by other work).",
         ]
         if isinstance(overhead.get("in_process"), dict):
             settings = overhead.get("in_process_settings", {})
             lines += [
                 "",
                 f"In process (ASGI app called directly; {settings.get('rounds')} rounds of "
-                f"{settings.get('calls')} calls):",
+                f"{settings.get('calls')} calls, counted per CPU-second of the process):",
                 "",
                 *_overhead_table(overhead["in_process"], False),
             ]

@@ -63,9 +63,9 @@ class Sizes:
 
 
 FULL = Sizes(
-    calls=3000,
-    rounds=7,
-    wrk=overhead.WrkSettings(duration=5, runs=3),
+    calls=1000,
+    rounds=15,
+    wrk=overhead.WrkSettings(duration=3, runs=7),
     page_sizes=(1, 10, 50),
     page_runs=5,
     worker_counts=(1, 2, 4),
@@ -331,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "command": command,
                 "benchmarks": list(selected),
+                "source": source,
                 "finished": results["finished"],
                 "duration_s": results["duration_s"],
                 "load_average_start": results["load_average_start"],

@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 # Names resolve on first use, so `distreload publish` does not pay for importing Starlette.
 _EXPORTS = {
-    "ClusterVersion": "broker",
-    "PublishError": "broker",
-    "PublishResult": "broker",
-    "Reload": "broker",
+    "ClusterVersion": "protocol",
+    "PublishError": "protocol",
+    "PublishResult": "protocol",
+    "Reload": "protocol",
     "ConfigError": "config",
     "DistReload": "middleware",
     "UniversalMiddleware": "middleware",
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .broker import ClusterVersion, PublishError, PublishResult, Reload
     from .config import ConfigError
     from .middleware import (
         DistReload,
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
         send_reload_signal,
         send_reload_signal_async,
     )
+    from .protocol import ClusterVersion, PublishError, PublishResult, Reload
 
 
 def __getattr__(name: str) -> Any:

@@ -17,223 +17,40 @@ import json
 import logging
 import os
 import random
-import re
-import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .config import Target, resolve_target
+from .protocol import (
+    _PUBLISH_SCRIPT,
+    _SEED_SCRIPT,
+    BadMessage,
+    ClusterVersion,
+    PublishError,
+    PublishResult,
+    Reload,
+    ReloadKind,
+    _describe_redis_error,
+    _one_line,
+    _publish_result,
+    _state_from_reply,
+    channel_name,
+    new_epoch,
+    parse_message,
+    presence_prefix,
+    state_key,
+    validate_publish_request,
+)
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
 logger = logging.getLogger(__name__)
-
-ReloadKind = Literal["reload", "css"]
-RELOAD_KINDS: tuple[ReloadKind, ...] = ("reload", "css")
-
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_VERSION = 2**53  # what a browser's JavaScript number still holds exactly
-MAX_PATHS = 100
-MAX_PATH_LENGTH = 2048
-_EPOCH_PATTERN = re.compile(r"[0-9a-f]{8,32}")
-_VERSION_TEXT_PATTERN = re.compile(r"([0-9a-f]{8,32})-([0-9]{1,16})")
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
-# The most a published message adds around its paths ('{"epoch":"...","version":...,"kind":"...","paths":').
-_MESSAGE_OVERHEAD = 100
-
-# Both scripts start by reading the state; a state key that is missing, or that something other than
-# distreload wrote (another type, a malformed epoch or version), counts as absent and is replaced, so stray
-# data can never stop reloads for good nor travel to the workers.
-_READ_STATE = """
-local function read_state(key)
-  local kind = redis.call('TYPE', key)
-  kind = type(kind) == 'table' and kind['ok'] or kind
-  if kind == 'none' then return nil end
-  if kind == 'hash' then
-    local state = redis.call('HMGET', key, 'epoch', 'version')
-    local epoch, version = state[1], state[2]
-    if type(epoch) == 'string' and type(version) == 'string'
-        and #epoch >= 8 and #epoch <= 32 and string.match(epoch, '^[0-9a-f]+$')
-        and #version <= 16 and string.match(version, '^[0-9]+$') then
-      return epoch, tonumber(version)
-    end
-  end
-  redis.call('DEL', key)
-  return nil
-end
-"""
-
-# Publish: create the state on first use, bump it and publish it, all at once. The message is built by
-# concatenation because cjson turns an empty list into an object; every piece was validated by the caller.
-_PUBLISH_SCRIPT = _READ_STATE + """
-local epoch = read_state(KEYS[1])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', 0)
-end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local message = '{"epoch":"' .. epoch .. '","version":' .. version ..
-  ',"kind":"' .. ARGV[2] .. '","paths":' .. ARGV[3] .. '}'
-local receivers = redis.call('PUBLISH', KEYS[2], message)
-return {epoch, version, receivers}
-"""
-
-# Seed: run by a worker after every (re)subscribe. A Redis restarted without persistence has no state;
-# the worker puts back what it knew, so browsers see no change and nothing reloads for the restart alone.
-_SEED_SCRIPT = _READ_STATE + """
-local epoch, version = read_state(KEYS[1])
-local known = tonumber(ARGV[2])
-if not epoch then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'version', known)
-  return {ARGV[1], known}
-end
-if epoch == ARGV[1] and known > version then
-  redis.call('HSET', KEYS[1], 'version', known)
-  version = known
-end
-return {epoch, version}
-"""
-
-
-def channel_name(namespace: str) -> str:
-    return f"distreload:{namespace}:reload"
-
-
-def state_key(namespace: str) -> str:
-    return f"distreload:{namespace}:state"
-
-
-def presence_prefix(namespace: str) -> str:
-    return f"distreload:{namespace}:presence:"
-
-
-def new_epoch() -> str:
-    return secrets.token_hex(8)
-
-
-@dataclass(frozen=True, slots=True, order=False)
-class ClusterVersion:
-    """How many reloads the cluster has seen since its state was created (the epoch)."""
-
-    epoch: str
-    number: int
-
-    def __str__(self) -> str:
-        return f"{self.epoch}-{self.number}"
-
-    @classmethod
-    def parse(cls, text: str | None) -> ClusterVersion | None:
-        """Read ``epoch-number`` as sent in ``Last-Event-ID``; None for anything malformed."""
-        if not text:
-            return None
-        match = _VERSION_TEXT_PATTERN.fullmatch(text.strip())
-        if match is None:
-            return None
-        number = int(match.group(2))
-        if number > MAX_VERSION:
-            return None
-        return cls(match.group(1), number)
-
-    def is_behind(self, current: ClusterVersion) -> bool:
-        """Whether a browser that saw ``self`` has missed a reload that ``current`` records.
-
-        Another epoch means Redis lost its state and started again: any reload counted since then was
-        missed; none counted (number 0) means only the restart happened, which is no reason to reload.
-        """
-        if self.epoch == current.epoch:
-            return self.number < current.number
-        return current.number > 0
-
-
-@dataclass(frozen=True, slots=True)
-class Reload:
-    """One reload as it travels: the cluster version it created, its kind and, for CSS, which sheets."""
-
-    version: ClusterVersion
-    kind: ReloadKind = "reload"
-    paths: tuple[str, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps({"version": str(self.version), "kind": self.kind, "paths": list(self.paths)},
-                          separators=(",", ":"))
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    """What a publish created, and how many worker processes (subscribers) received it."""
-
-    version: ClusterVersion
-    receivers: int
-
-
-class BadMessage(ValueError):
-    """Something on the channel that distreload did not write."""
-
-
-class PublishError(RuntimeError):
-    """The reload was not published (Redis unreachable, refused, or timed out)."""
-
-
-def validate_publish_request(kind: str, paths: Sequence[str]) -> tuple[ReloadKind, tuple[str, ...]]:
-    if kind not in RELOAD_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(RELOAD_KINDS)}, not {kind!r}")
-    if isinstance(paths, str):
-        raise ValueError("paths must be a list of URL paths, not one string")
-    if len(paths) > MAX_PATHS:
-        raise ValueError(f"at most {MAX_PATHS} paths per reload")
-    for path in paths:
-        if not is_same_origin_path(path):
-            raise ValueError(f"{path!r} is not a same-origin URL path (it must start with a single '/')")
-    # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
-    size = len(json.dumps(list(paths)).encode()) + _MESSAGE_OVERHEAD
-    if size > MAX_MESSAGE_BYTES:
-        raise ValueError(f"the paths make a {size} byte message; the limit is {MAX_MESSAGE_BYTES} bytes")
-    return kind, tuple(paths)  # mypy narrows kind to ReloadKind through the membership test above
-
-
-def is_same_origin_path(path: object) -> bool:
-    """A path a page can fetch from its own origin: '/x.css', never '//host/x.css' or 'javascript:'."""
-    return (
-        isinstance(path, str)
-        and 0 < len(path) <= MAX_PATH_LENGTH
-        and path.startswith("/")
-        and not path.startswith("//")
-        and _CONTROL_CHARACTERS.search(path) is None
-    )
-
-
-def parse_message(raw: bytes | str) -> Reload:
-    """Validate a message from the channel; raise BadMessage for anything distreload did not publish."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogateescape")
-    if not raw:
-        raise BadMessage("empty message")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise BadMessage(f"message of {len(raw)} bytes is over the {MAX_MESSAGE_BYTES} byte limit")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadMessage(f"not UTF-8 JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise BadMessage("not a JSON object")
-    epoch, number = data.get("epoch"), data.get("version")
-    kind, paths = data.get("kind"), data.get("paths", [])
-    if not isinstance(epoch, str) or not _EPOCH_PATTERN.fullmatch(epoch):
-        raise BadMessage("epoch missing or malformed")
-    if type(number) is not int or not 1 <= number <= MAX_VERSION:
-        raise BadMessage("version missing, not a whole number, or out of range")
-    if kind not in RELOAD_KINDS:
-        raise BadMessage("unknown kind")
-    if not isinstance(paths, list) or len(paths) > MAX_PATHS or not all(map(is_same_origin_path, paths)):
-        raise BadMessage("paths must be a short list of same-origin URL paths")
-    return Reload(ClusterVersion(epoch, number), kind, tuple(paths))
-
 
 class _RateLimitedWarning:
     """Warn about bad input at most once per interval, counting what was suppressed."""
@@ -580,38 +397,6 @@ class RedisBroker(Broker):
         }
         ttl = max(3, int(self.presence_interval * 3))
         await asyncio.wait_for(client.set(self._presence_key, json.dumps(record), ex=ttl), self.ping_timeout)
-
-
-def _state_from_reply(reply: Any) -> ClusterVersion:
-    try:
-        epoch_raw, number_raw = reply[0], reply[1]
-        epoch = epoch_raw.decode() if isinstance(epoch_raw, bytes) else str(epoch_raw)
-        number = int(number_raw)
-    except (TypeError, ValueError, IndexError, UnicodeDecodeError, AttributeError):
-        return ClusterVersion("0" * 16, 0)
-    if not _EPOCH_PATTERN.fullmatch(epoch) or not 0 <= number <= MAX_VERSION:
-        return ClusterVersion("0" * 16, 0)
-    return ClusterVersion(epoch, number)
-
-
-def _publish_result(reply: Any) -> PublishResult:
-    state = _state_from_reply(reply)
-    return PublishResult(state, receivers=int(reply[2]))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
-
-
-def _describe_redis_error(target: Target, exc: BaseException) -> str:
-    import redis.exceptions
-
-    text = f"could not publish to Redis at {target.display_url()}: {_one_line(exc)}"
-    if isinstance(exc, TimeoutError | redis.exceptions.TimeoutError):
-        # The command may have reached a Redis that is only slow: say so rather than claim either way.
-        text += " (no answer in time: the reload goes out if Redis runs it later)"
-    return text
 
 
 async def _close_quietly(closable: Any) -> None:

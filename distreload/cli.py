@@ -21,7 +21,7 @@ from . import __version__
 from .config import DEFAULT_PREFIX, ENV_NAMESPACE, ENV_REDIS_URL, ENV_TOKEN, ConfigError, Target
 
 if TYPE_CHECKING:
-    from .broker import PublishResult
+    from .protocol import PublishResult
 
 logger = logging.getLogger(__name__)
 
@@ -274,10 +274,10 @@ def _publisher(args: argparse.Namespace) -> Publisher:
     target = _redis_target(args)
 
     def publish(kind: str, paths: Sequence[str]) -> _Published:
-        from .broker import PublishError, publish_to_redis
+        from .protocol import PublishError, publish_over_resp
 
         try:
-            result: PublishResult = publish_to_redis(target, kind, paths)
+            result: PublishResult = publish_over_resp(target, kind, paths)
         except PublishError as exc:
             raise CommandError(str(exc)) from None
         except ValueError as exc:
@@ -381,7 +381,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _check_paths(paths: Iterable[str]) -> None:
-    from .broker import is_same_origin_path
+    from .protocol import is_same_origin_path
 
     for path in paths:
         if not is_same_origin_path(path):
@@ -417,7 +417,8 @@ def _print_reload(args: argparse.Namespace, version: str, kind: str, paths: Sequ
 
 
 def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
-    from .broker import BadMessage, channel_name, parse_message, sync_client
+    from .broker import sync_client
+    from .protocol import BadMessage, channel_name, parse_message
 
     target = _redis_target(args)
     channel = channel_name(target.namespace)
@@ -544,7 +545,8 @@ class WorkerPresence:
 
 def read_presence(target: Target) -> tuple[str | None, list[WorkerPresence]]:
     """The cluster version and every live worker's presence record in ``target``'s namespace."""
-    from .broker import presence_prefix, state_key, sync_client
+    from .broker import sync_client
+    from .protocol import presence_prefix, state_key
 
     client = sync_client(target.redis_url)
     try:

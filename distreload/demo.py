@@ -133,7 +133,7 @@ def create_app() -> ASGIApp:
                         media_type="text/css", headers={"cache-control": "no-store"})
 
     async def publish(request: Request) -> Response:
-        from .broker import PublishError
+        from .protocol import PublishError
 
         try:
             body = await request.json()
@@ -175,7 +175,8 @@ async def _workers_table(reloader: Any) -> str:
 
 
 async def _read_presence(target: Any) -> list[dict[str, Any]]:
-    from .broker import async_client, presence_prefix
+    from .broker import async_client
+    from .protocol import presence_prefix
 
     client = async_client(target.redis_url)
     try:
@@ -296,7 +297,8 @@ def _pick_ports(bind: str, first: int, count: int) -> list[int]:
 
 
 def _wait_until_serving(cluster: DemoCluster, ports: list[int], bind: str, workers: int) -> None:
-    from .broker import channel_name, sync_client
+    from .broker import sync_client
+    from .protocol import channel_name
 
     deadline = time.monotonic() + STARTUP_TIMEOUT
     address = "127.0.0.1" if bind in ("0.0.0.0", "") else bind

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .broker import Broker, ClusterVersion, PublishError, Reload
+from .broker import Broker
+from .protocol import ClusterVersion, PublishError, Reload
 
 logger = logging.getLogger(__name__)
 

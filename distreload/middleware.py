@@ -26,8 +26,9 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import config
-from .broker import Broker, ClusterVersion, PublishResult, Reload, get_broker
+from .broker import Broker, get_broker
 from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint, StreamHub
+from .protocol import ClusterVersion, PublishResult, Reload
 
 logger = logging.getLogger(__name__)
 
@@ -322,22 +323,29 @@ class DistReload:
             logger.error("distreload: on_reload failed", exc_info=task.exception())
 
 
-def _wants_injection(message: Message) -> bool:
-    """An HTML page with a body that is not compressed and not a download."""
+def _headers_to_keep(message: Message) -> list[tuple[bytes, bytes]] | None:
+    """The headers of an HTML page with a body, not compressed and not a download, minus the validators
+    (the page will carry a per-render tag: a 304 would bring back a stale copy of it); None for anything
+    that is not to be touched. One pass: every response of the app comes through here."""
     status = message.get("status", 200)
     if status < 200 or status == 204 or status == 304:
-        return False
+        return None
     is_html = False
-    for key, value in message.get("headers", ()):
-        name = key.lower()
+    kept: list[tuple[bytes, bytes]] = []
+    for header in message.get("headers", ()):
+        name = header[0].lower()
         if name == b"content-type":
-            is_html = b"html" in value.lower()  # text/html, application/xhtml+xml
+            is_html = b"html" in header[1].lower()  # text/html, application/xhtml+xml
         elif name == b"content-encoding":
-            if value.strip().lower() not in (b"", b"identity"):
-                return False
-        elif name == b"content-disposition" and b"attachment" in value.lower():
-            return False
-    return is_html
+            if header[1].strip().lower() not in (b"", b"identity"):
+                return None
+        elif name == b"content-disposition":
+            if b"attachment" in header[1].lower():
+                return None
+        elif name == b"etag" or name == b"last-modified":
+            continue
+        kept.append(header)
+    return kept if is_html else None
 
 
 class _Injector:
@@ -348,41 +356,39 @@ class _Injector:
     costs a few microseconds per chunk, not a scan and a copy of every byte.
     """
 
-    __slots__ = ("_send", "_owner", "_scope", "_start", "_active", "_done", "_tag", "_held",
+    __slots__ = ("_send", "_owner", "_scope", "_start", "_headers", "_active", "_done", "_tag", "_held",
                  "_holding_marker", "_already_present", "_declared_length")
 
     def __init__(self, send: Send, owner: DistReload, scope: Scope) -> None:
+        # Most responses are not HTML pages: set up only what deciding needs; the rest when one is.
         self._send = send
         self._owner = owner
         self._scope = scope
-        self._start: Message | None = None
         self._active = False
-        self._done = False
-        self._tag = b""
-        self._held = b""  # not sent yet: from a </body> on, or the few bytes that may begin one
-        self._holding_marker = False
-        self._already_present = False
-        self._declared_length = False
 
     async def send(self, message: Message) -> None:
         if not self._active:
-            if message["type"] == "http.response.start" and _wants_injection(message):
-                self._active = True
-                self._start = message
-                return
+            if message["type"] == "http.response.start":
+                headers = _headers_to_keep(message)
+                if headers is not None:
+                    self._active, self._done, self._headers = True, False, headers
+                    self._start: Message | None = message
+                    return
             await self._send(message)
             return
-        kind = message["type"]
         if self._done:
             await self._send(message)
             return
-        if kind != "http.response.body":
+        if message["type"] != "http.response.body":
             await self._flush_start(None)
             await self._send(message)
             return
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
         if self._start is not None:
+            if not more_body:
+                await self._send_whole_page(body)
+                return
             await self._flush_start(body)
         out = self._place(body, final=not more_body)
         if out is body and more_body:
@@ -390,32 +396,33 @@ class _Injector:
         elif out or not more_body:
             await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
 
+    async def _send_whole_page(self, body: bytes) -> None:
+        """The common case, a page in one message: place the tag and send, nothing held."""
+        start, self._start, self._done = self._start, None, True
+        assert start is not None
+        if PRESENT_MARKER in body:
+            tag = b""
+        else:
+            tag = self._owner.script_tag(self._scope)
+            index = _last_marker(body, after=0)
+            body = body + tag if index == -1 else body[:index] + tag + body[index:]
+        await self._send({**start, "headers": _with_length(self._headers, len(tag))})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
     async def _flush_start(self, first_body: bytes | None) -> None:
-        """Send the held response start with headers fixed for the tag."""
+        """Send the held response start with headers fixed for the tag (a streamed page)."""
         start, self._start = self._start, None
         if start is None:
             return
         self._tag = self._owner.script_tag(self._scope)
+        self._held, self._holding_marker = b"", False
         # A page that includes the script itself has it in its head: look through the first chunk.
-        if first_body is not None and PRESENT_MARKER in first_body:
-            self._already_present = True
+        self._already_present = first_body is not None and PRESENT_MARKER in first_body
         added = 0 if self._already_present else len(self._tag)
-        fixed: list[tuple[bytes, bytes]] = []
-        for key, value in start.get("headers", ()):
-            name = key.lower()
-            if name == b"content-length":
-                self._declared_length = True
-                try:
-                    value = str(int(value) + added).encode()
-                except ValueError:
-                    continue
-            elif name in (b"etag", b"last-modified"):
-                # The page now carries a per-render tag: a 304 would bring back a stale copy of it.
-                continue
-            fixed.append((key, value))
+        headers = _with_length(self._headers, added)
         # Only a length that promised room for the tag needs padding should the marker turn up later.
-        self._declared_length = self._declared_length and added > 0
-        await self._send({**start, "headers": fixed})
+        self._declared_length = added > 0 and headers is not self._headers
+        await self._send({**start, "headers": headers})
 
     def _place(self, chunk: bytes, *, final: bool) -> bytes:
         held = self._held
@@ -448,18 +455,36 @@ class _Injector:
         return b" " * len(self._tag) if self._declared_length else b""
 
 
-SCAN_WINDOW = 4096
+SCAN_WINDOW = 2048
 
 
 def _last_marker(data: bytes, *, after: int) -> int:
     """Index of the last ``</body`` (any case) starting at ``after`` or later within the scan window."""
     low = max(after, len(data) - SCAN_WINDOW)
-    found = data[low:].lower().rfind(BODY_MARKER)
+    window = data[low:]
+    if b"</b" not in window and b"</B" not in window:
+        return -1  # the usual chunk: two fast searches, no lowered copy
+    found = window.lower().rfind(BODY_MARKER)
     return -1 if found == -1 else low + found
+
+
+def _with_length(headers: list[tuple[bytes, bytes]], added: int) -> list[tuple[bytes, bytes]]:
+    """``headers`` with Content-Length grown by ``added``; the same list when there is none to change."""
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == b"content-length":
+            fixed = list(headers)
+            try:
+                fixed[index] = (name, str(int(value) + added).encode())
+            except ValueError:
+                del fixed[index]  # not a number: let the server frame the body itself
+            return fixed
+    return headers
 
 
 def _partial_marker_length(data: bytes) -> int:
     """How many bytes at the end of ``data`` could be the start of ``</body`` (0 to 5)."""
+    if data.find(b"<", max(0, len(data) - (len(BODY_MARKER) - 1))) == -1:
+        return 0
     tail = data[-(len(BODY_MARKER) - 1):].lower()
     for length in range(len(tail), 0, -1):
         if tail[-length:] == BODY_MARKER[:length]:

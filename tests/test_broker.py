@@ -18,23 +18,20 @@ import fakeredis
 import pytest
 import redis
 
-from distreload.broker import (
+from distreload.broker import MemoryBroker, RedisBroker, async_client, publish_to_redis
+from distreload.config import Target
+from distreload.protocol import (
     MAX_VERSION,
     BadMessage,
     ClusterVersion,
-    MemoryBroker,
     PublishError,
-    RedisBroker,
     Reload,
-    async_client,
     channel_name,
     parse_message,
     presence_prefix,
-    publish_to_redis,
     state_key,
     validate_publish_request,
 )
-from distreload.config import Target
 
 pytestmark = pytest.mark.anyio
 

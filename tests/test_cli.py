@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from distreload.broker import channel_name, parse_message, presence_prefix
 from distreload.cli import classify_changes, main
+from distreload.protocol import channel_name, parse_message, presence_prefix
 
 from .conftest import ROOT, ServerFactory, ServerProcess, free_port
 from .sse import SSEReader

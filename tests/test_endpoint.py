@@ -11,9 +11,10 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from distreload import DistReload
-from distreload.broker import ClusterVersion, MemoryBroker
+from distreload.broker import MemoryBroker
 from distreload.config import Target
 from distreload.endpoint import CLIENT_SCRIPT, HEARTBEAT, StreamHub, sse_event
+from distreload.protocol import ClusterVersion
 
 pytestmark = pytest.mark.anyio
 

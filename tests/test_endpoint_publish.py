@@ -13,9 +13,10 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from distreload.broker import MemoryBroker, Reload
+from distreload.broker import MemoryBroker
 from distreload.config import resolve_target
 from distreload.middleware import DistReload
+from distreload.protocol import Reload
 
 TOKEN = "s3cret-token"
 URL = "http://app/---distreload---/publish"

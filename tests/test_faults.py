@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from distreload.broker import MAX_MESSAGE_BYTES, ClusterVersion, channel_name, state_key
+from distreload.protocol import MAX_MESSAGE_BYTES, ClusterVersion, channel_name, state_key
 
 from .conftest import RedisProcess, ServerFactory, ServerProcess
 from .sse import SSEReader

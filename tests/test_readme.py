@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from distreload.broker import channel_name, parse_message
+from distreload.protocol import channel_name, parse_message
 
 from .conftest import ROOT, free_port, wait_for_port
 from .sse import SSEReader

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from distreload.broker import channel_name, state_key
+from distreload.protocol import channel_name, state_key
 
 from .conftest import RedisProcess, ServerFactory, ServerProcess, free_port, missing
 from .sse import SSEReader
