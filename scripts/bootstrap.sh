@@ -11,6 +11,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [[ ",$EXTRAS," == *",test,"* ]]; then
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
+  command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # the rediss:// tests make a certificate
+  command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)  # the benchmarks' HTTP load generator
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
