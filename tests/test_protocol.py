@@ -47,7 +47,8 @@ def test_publish_bumps_state_and_reaches_subscribers(shared_redis_url: str, name
 def locked_redis(own_redis: RedisProcess) -> Iterator[RedisProcess]:
     """A private server with an ACL user allowed only one namespace, and a unix socket."""
     own_redis.stop()
-    own_redis.extra_args = ["--unixsocket", str(own_redis.directory / "redis.sock"), "--unixsocketperm", "700"]
+    socket_path = str(own_redis.directory / "redis.sock")
+    own_redis.extra_args = ["--unixsocket", socket_path, "--unixsocketperm", "700"]
     own_redis.start()
     admin = redis.Redis(port=own_redis.port)
     admin.execute_command("ACL", "SETUSER", "shop", "on", ">s3cret", "~distreload:shop:*",
