@@ -144,7 +144,7 @@ async def test_page_without_body_close_gets_the_tag_appended() -> None:
 
 
 async def test_a_body_close_far_from_the_end_leaves_the_tag_at_the_end() -> None:
-    """Only each chunk's last 2 KiB are searched: a </body> followed by more than that (unusual: the
+    """Only each chunk's last 1 KiB is searched: a </body> followed by more than that (unusual: the
     last one ends a page) puts the tag at the end, where browsers still run it."""
     page = b"<html><body>x</body>" + b"<!-- trailing -->" * 1000 + b"</html>"
     app = wrap(raw_app(chunks=[page]))
