@@ -111,9 +111,7 @@ def _parser() -> _Parser:
                                                       "Redis (what a browser sees, proxies included)")
     listen.add_argument("--prefix", default=DEFAULT_PREFIX,
                         help=f"the app's reload prefix ({DEFAULT_PREFIX})")
-    listen.add_argument("--count", type=_positive_int, metavar="N", help="stop after N reloads")
-    listen.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
-    listen.add_argument("--json", action="store_true", help="print one JSON object per reload")
+    _add_bounded_output_options(listen, "reload")
 
     status = command(
         "status", "show live hosts, workers and browsers",
@@ -145,9 +143,7 @@ def _parser() -> _Parser:
                        help="the URL path --static-dir is served under (default: /static)")
     watch.add_argument("--debounce", type=_positive_int, default=300, metavar="MS",
                        help="changes closer together than this are published once (default: 300)")
-    watch.add_argument("--count", type=_positive_int, metavar="N", help="stop after N publishes")
-    watch.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
-    watch.add_argument("--json", action="store_true", help="print one JSON object per publish")
+    _add_bounded_output_options(watch, "publish")
 
     demo = command(
         "demo", "serve a demo cluster on this machine",
@@ -200,6 +196,13 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
     return value
+
+
+def _add_bounded_output_options(parser: argparse.ArgumentParser, event: str) -> None:
+    """--count/--timeout (so scripts and tests can bound a long-running command) and --json."""
+    parser.add_argument("--count", type=_positive_int, metavar="N", help=f"stop after N {event}s")
+    parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
+    parser.add_argument("--json", action="store_true", help=f"print one JSON object per {event}")
 
 
 def _add_redis_options(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ import yaml
 
 from .conftest import ROOT, free_port
 from .sse import SSEReader
+from .test_cluster import wait_for_workers
 
 COMPOSE = ROOT / "compose.yaml"
 
@@ -132,17 +133,6 @@ def test_the_app_host_command_serves_the_cluster(shared_redis_url: str, namespac
         log.unlink(missing_ok=True)
 
 
-def wait_for_workers(redis_url: str, namespace: str, count: int, timeout: float = 30) -> None:
-    import redis
-
-    channel = f"distreload:{namespace}:reload"
-    with redis.Redis.from_url(redis_url) as client:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if dict(client.pubsub_numsub(channel))[channel.encode()] >= count:
-                return
-            time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} workers subscribed")
 
 
 def _base_env() -> dict[str, str]:

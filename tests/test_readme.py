@@ -25,6 +25,7 @@ from distreload.protocol import channel_name, parse_message
 
 from .conftest import ROOT, free_port, wait_for_port
 from .sse import SSEReader
+from .test_cluster import wait_for_workers as wait_for_subscribers
 
 README = (ROOT / "README.md").read_text()
 
@@ -165,17 +166,6 @@ def page(port: int, timeout: float = 30) -> str:
             time.sleep(0.2)
 
 
-def wait_for_subscribers(redis_url: str, namespace: str, count: int, timeout: float = 30) -> None:
-    import redis
-
-    channel = channel_name(namespace)
-    with redis.Redis.from_url(redis_url) as client:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if dict(client.pubsub_numsub(channel))[channel.encode()] >= count:
-                return
-            time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} workers subscribed to {channel}")
 
 
 @pytest.fixture
