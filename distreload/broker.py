@@ -42,6 +42,7 @@ from .protocol import (
     new_epoch,
     parse_message,
     presence_prefix,
+    publish_over_resp,
     state_key,
     validate_publish_request,
 )
@@ -439,15 +440,11 @@ def sync_client(url: str) -> redis.Redis:
 
 
 def publish_to_redis(target: Target, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-    """Publish one reload to every worker sharing ``target``; raise PublishError when it did not go out."""
-    checked_kind, checked_paths = validate_publish_request(kind, paths)
-    client = sync_client(target.redis_url)
-    try:
-        reply = client.eval(_PUBLISH_SCRIPT, 2, state_key(target.namespace), channel_name(target.namespace),
-                            new_epoch(), checked_kind, json.dumps(list(checked_paths)))
-    except Exception as exc:
-        raise PublishError(_describe_redis_error(target, exc)) from exc
-    return _publish_result(reply)
+    """Publish one reload to every worker sharing ``target``; raise PublishError when it did not go out.
+
+    Synchronous and safe from any thread: the same one-connection exchange the command line uses.
+    """
+    return publish_over_resp(target, kind, paths)
 
 
 _brokers: dict[Target, Broker] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -118,8 +119,7 @@ class StreamHub:
         self._streams: MutableSet[_Stream] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         broker.add_listener(self.broadcast_reload)
-        previous_count = broker.stream_count
-        broker.stream_count = lambda: previous_count() + len(self._streams)
+        broker.stream_count = functools.partial(streams_held, broker)
         _live_hubs.add(self)
 
     def __len__(self) -> int:
@@ -178,6 +178,11 @@ class StreamHub:
 
 
 _live_hubs: weakref.WeakSet[StreamHub] = weakref.WeakSet()
+
+
+def streams_held(broker: Broker) -> int:
+    """Open streams of every app in this process that reloads through ``broker`` (for its presence)."""
+    return sum(len(hub) for hub in list(_live_hubs) if hub.broker is broker)
 
 
 def close_all_streams(reason: str = "shutdown") -> None:

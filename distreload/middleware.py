@@ -265,7 +265,8 @@ class DistReload:
             if self._started:
                 return
             if not self._explicit_build_id:
-                self.build_id = self.endpoint.build_id = compute_build_id()
+                # Both layers of patch_for_auto_reloading start on one broker: read the sources once.
+                self.build_id = self.endpoint.build_id = self.broker.build_id or compute_build_id()
             self.broker.build_id = self.build_id
             self.hub.reopen()
             # patch_for_auto_reloading stacks two layers on one broker: only the one that starts it speaks.

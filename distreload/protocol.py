@@ -332,7 +332,8 @@ def _first(query: dict[str, list[str]], name: str) -> str | None:
 
 def publish_over_resp(target: Target, kind: str = "reload", paths: Sequence[str] = (),
                       *, timeout: float = 5.0) -> PublishResult:
-    """Publish one reload like ``broker.publish_to_redis``, without importing redis-py."""
+    """Publish one reload to every worker sharing ``target``, without importing redis-py; raise
+    PublishError when it did not go out."""
     checked_kind, checked_paths = validate_publish_request(kind, paths)
     try:
         connection = _Connection(target.redis_url, timeout)
