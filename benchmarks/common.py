@@ -301,24 +301,15 @@ def source_state() -> dict[str, Any]:
             digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     state: dict[str, Any] = {"distreload_files_sha256": digest.hexdigest()[:16]}
     with contextlib.suppress(Exception):
-        state["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "distreload"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        state["uncommitted_changes_in_distreload"] = bool(changed)
+        state["commit"] = _git("rev-parse", "--short", "HEAD")
+        state["uncommitted_changes_in_distreload"] = bool(_git("status", "--porcelain", "--", "distreload"))
     return state
+
+
+def _git(*arguments: str) -> str:
+    done = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=10)
+    return done.stdout.strip()
 
 
 def machine_description() -> dict[str, Any]:
