@@ -101,7 +101,7 @@ def forget_namespace(namespace: str, url: str = REDIS_URL) -> None:
 
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
-        keys = list(client.scan_iter(match=f"distreload:{namespace}:*", count=1000))
+        keys = list(client.scan_iter(match=f"distreload:{{{namespace}}}:*", count=1000))
         if keys:
             client.delete(*keys)
     except Exception:
@@ -307,8 +307,9 @@ def source_state() -> dict[str, Any]:
 
 
 def _git(*arguments: str) -> str:
-    done = subprocess.run(["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True,
-                          timeout=10)
+    done = subprocess.run(
+        ["git", *arguments], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+    )
     return done.stdout.strip()
 
 

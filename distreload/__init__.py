@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Names resolve on first use, so `distreload publish` does not pay for importing Starlette.
 _EXPORTS = {
@@ -15,13 +15,13 @@ _EXPORTS = {
     "Reload": "protocol",
     "ConfigError": "config",
     "DistReload": "middleware",
-    "UniversalMiddleware": "middleware",
-    "auto_refresh_middleware": "middleware",
-    "html_injection_middleware": "middleware",
-    "patch_for_auto_reloading": "middleware",
-    "reloader_route_middleware": "middleware",
-    "send_reload_signal": "middleware",
-    "send_reload_signal_async": "middleware",
+    "UniversalMiddleware": "compat",
+    "auto_refresh_middleware": "compat",
+    "html_injection_middleware": "compat",
+    "patch_for_auto_reloading": "compat",
+    "reloader_route_middleware": "compat",
+    "send_reload_signal": "publisher",
+    "send_reload_signal_async": "publisher",
 }
 
 __all__ = [
@@ -42,18 +42,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .config import ConfigError
-    from .middleware import (
-        DistReload,
+    from .compat import (
         UniversalMiddleware,
         auto_refresh_middleware,
         html_injection_middleware,
         patch_for_auto_reloading,
         reloader_route_middleware,
-        send_reload_signal,
-        send_reload_signal_async,
     )
+    from .config import ConfigError
+    from .middleware import DistReload
     from .protocol import ClusterVersion, PublishError, PublishResult, Reload
+    from .publisher import send_reload_signal, send_reload_signal_async
 
 
 def __getattr__(name: str) -> Any:

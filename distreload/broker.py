@@ -1,12 +1,13 @@
-"""The cluster's reload state and its fan-out over Redis pub/sub.
+"""The cluster's reload state, as one worker process sees it, kept current through one subscription.
 
-State lives in one Redis hash per namespace (``epoch`` and ``version``); a publish bumps the version and
-publishes the new state in one Lua script, so the counter and the message never disagree. Pub/sub is
-at-most-once, so every (re)subscribe is followed by a read of the hash: a worker that was cut off while a
-reload went out still sees it. The epoch tells a Redis that lost its data (a new, random epoch) from
-garbage on the channel (a claim the hash does not back is ignored).
+State lives in one Redis hash per namespace (``epoch``, ``version`` and the ``last`` message); a publish
+bumps the version and publishes the new state in one Lua script, so the counter and the message never
+disagree. Pub/sub is at-most-once, so every (re)subscribe is followed by a read of the hash: a worker that
+was cut off while a reload went out still sees it. The epoch tells a Redis that lost its data (a new,
+random epoch) from garbage on the channel (a claim the hash does not back is ignored).
 
-Each worker process holds exactly one subscription, whatever the number of browsers it serves.
+Each worker process holds exactly one subscription per Redis and namespace, whatever the number of apps
+and browsers it serves: :func:`get_broker` hands every app of the process the same broker.
 """
 
 from __future__ import annotations
@@ -15,45 +16,56 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Target, resolve_target
+from .process import WorkerIdentity
 from .protocol import (
     _PUBLISH_SCRIPT,
     _SEED_SCRIPT,
+    PUBLISH_KEYS,
+    SEED_KEYS,
     BadMessage,
     ClusterVersion,
     PublishError,
     PublishResult,
     Reload,
-    ReloadKind,
-    _describe_redis_error,
-    _one_line,
-    _publish_result,
-    _state_from_reply,
+    ReloadRequest,
+    State,
     channel_name,
+    describe_publish_failure,
     new_epoch,
+    one_line,
     parse_message,
     presence_prefix,
-    publish_over_resp,
+    publish_arguments,
+    publish_result,
+    seed_arguments,
+    state_from_reply,
     state_key,
-    validate_publish_request,
 )
+from .redis_clients import async_client
 
 if TYPE_CHECKING:
-    import redis
     import redis.asyncio
 
 logger = logging.getLogger(__name__)
 
-class _RateLimitedWarning:
+
+class ReloadListener(Protocol):
+    """What a broker tells of every new version: in this package, an app's stream hub."""
+
+    def deliver(self, reload: Reload) -> None: ...
+
+    def __len__(self) -> int: ...  # the browser streams it holds, for presence
+
+
+class RateLimitedWarning:
     """Warn about bad input at most once per interval, counting what was suppressed."""
 
     def __init__(self, interval: float = 10.0) -> None:
@@ -73,63 +85,73 @@ class _RateLimitedWarning:
         logger.warning(message, *args)
 
 
-ReloadListener = Callable[[Reload], None]
-
-
-@dataclass
-class WorkerIdentity:
-    host: str = field(default_factory=socket.gethostname)
-    pid: int = field(default_factory=os.getpid)
-    started: float = field(default_factory=time.time)
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.pid}"
-
-
 class Broker:
-    """One process's view of the cluster's reload state, kept current through one subscription.
+    """One process's view of the cluster's reload state.
 
-    Listeners (the local stream hub, the user's ``on_reload``) are called on the event loop thread, once
-    per new version, in version order.
+    Listeners are held weakly and only while their app runs (:meth:`hold` at start-up, :meth:`release` at
+    shutdown): an app that is dropped without a shutdown leaves nothing behind. They are called on the
+    event loop thread, once per new version, in version order. The subscription runs while at least one
+    listener is held.
     """
+
+    talks_to_redis = False  # whether a publish waits on the network
 
     def __init__(self, target: Target) -> None:
         self.target = target
         self.version = ClusterVersion(new_epoch(), 0)
+        self.last: Reload | None = None
         self.identity = WorkerIdentity()
-        self.stream_count: Callable[[], int] = lambda: 0
         self.build_id = ""
-        self._listeners: list[ReloadListener] = []
+        self.announced = False  # whether an app said "distreload active" for this broker yet
+        self._listeners: weakref.WeakSet[ReloadListener] = weakref.WeakSet()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._warn_bad_message = _RateLimitedWarning()
 
     @property
     def connected(self) -> bool:
         return True
 
-    def add_listener(self, listener: ReloadListener) -> None:
-        if listener not in self._listeners:
-            self._listeners.append(listener)
+    @property
+    def listening(self) -> bool:
+        """Whether an app of this process is running on this broker (what a receiver count counts)."""
+        loop = self._loop
+        return loop is not None and not loop.is_closed() and len(self._listeners) > 0
 
-    def remove_listener(self, listener: ReloadListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+    def state(self) -> State:
+        """The version this worker is at, and the last reload it received."""
+        return State(self.version, self.last)
 
-    def is_running_here(self) -> bool:
-        """Whether start() already ran on the running event loop (and stop() has not undone it)."""
-        return self._loop is not None and self._loop is _running_loop()
+    def stream_count(self) -> int:
+        return sum(len(listener) for listener in list(self._listeners))
 
-    async def start(self) -> None:
-        """Bind to the running loop; idempotent. Never raises for an unreachable Redis."""
-        self._loop = asyncio.get_running_loop()
+    async def hold(self, listener: ReloadListener) -> None:
+        """Tell ``listener`` of every reload from now on; starts the subscription on the running loop."""
+        self._listeners.add(listener)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or not self._running():
+            self._loop = loop
+            await self._start()
 
-    async def stop(self) -> None:
-        self._loop = None
+    async def release(self, listener: ReloadListener) -> None:
+        """Stop telling ``listener``; the last one released ends the subscription."""
+        self._listeners.discard(listener)
+        if not self._listeners and self._loop is _running_loop():
+            await self._stop()
+            self._loop = None
 
-    async def publish(self, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
+    def _running(self) -> bool:
+        return self._loop is not None
+
+    async def _start(self) -> None:
+        """Start listening on the running loop. Never raises for an unreachable Redis."""
+
+    async def _stop(self) -> None:
+        """Stop listening."""
+
+    async def publish(self, request: ReloadRequest) -> PublishResult:
         raise NotImplementedError
 
-    def publish_threadsafe(self, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
+    def publish_blocking(self, request: ReloadRequest) -> PublishResult:
+        """Publish from a thread that is not running this broker's loop; raise PublishError."""
         raise NotImplementedError
 
     def _accept(self, reload: Reload) -> None:
@@ -137,52 +159,56 @@ class Broker:
         current = self.version
         if reload.version.epoch == current.epoch and reload.version.number <= current.number:
             return
-        self.version = reload.version
+        self.version, self.last = reload.version, reload
         logger.debug("reload %s (%s) reached %s", reload.version, reload.kind, self.identity)
         for listener in list(self._listeners):
             try:
-                listener(reload)
+                listener.deliver(reload)
             except Exception:
-                logger.exception("a reload listener failed")
+                logger.exception("distreload: a reload listener failed")
 
-    def _catch_up(self, state: ClusterVersion, *, first_contact: bool) -> None:
+    def _catch_up(self, state: State, *, first_contact: bool) -> None:
         """Align with the state read from Redis after a (re)subscribe."""
         current = self.version
-        if state == current:
+        if state.version == current:
             return
-        if first_contact or not current.is_behind(state):
+        if first_contact or not current.is_behind(state.version):
             # Nothing to reload for: a fresh worker adopts the cluster's state, and a Redis restarted
             # with no data (new epoch, no reload counted yet) is a change of bookkeeping only.
-            self.version = state
+            self.version, self.last = state.version, state.last
             return
-        self._accept(Reload(state, "reload"))
+        self._accept(state.reload_for(current))
 
 
 class MemoryBroker(Broker):
-    """The in-process twin used when no Redis is configured: same interface, one process only."""
+    """The in-process twin used when no Redis is configured: same interface, this process only."""
 
-    async def publish(self, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-        checked_kind, checked_paths = validate_publish_request(kind, paths)
-        return self._publish_here(checked_kind, checked_paths)
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        # Publishes may come from any thread: the counter, and the order in which versions are handed to
+        # the loop, are kept under one lock so that no version is lost or overtaken.
+        self._lock = threading.Lock()
+        self._published = self.version
 
-    def publish_threadsafe(self, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-        checked_kind, checked_paths = validate_publish_request(kind, paths)
-        loop = self._loop
-        if loop is None or loop.is_closed() or _running_loop() is loop:
-            return self._publish_here(checked_kind, checked_paths)
-        done = asyncio.run_coroutine_threadsafe(
-            _as_coroutine(self._publish_here, checked_kind, checked_paths), loop
-        )
-        return done.result(timeout=5)
+    async def publish(self, request: ReloadRequest) -> PublishResult:
+        return self._publish(request)
 
-    def _publish_here(self, kind: ReloadKind, paths: tuple[str, ...]) -> PublishResult:
-        version = ClusterVersion(self.version.epoch, self.version.number + 1)
-        self._accept(Reload(version, kind, paths))
-        return PublishResult(version, receivers=1)
+    def publish_blocking(self, request: ReloadRequest) -> PublishResult:
+        return self._publish(request)
 
-
-async def _as_coroutine(function: Callable[..., PublishResult], *args: Any) -> PublishResult:
-    return function(*args)
+    def _publish(self, request: ReloadRequest) -> PublishResult:
+        with self._lock:
+            published = self._published = ClusterVersion(self._published.epoch, self._published.number + 1)
+            reload = Reload(published, request.kind, request.paths, request.spread, request.match)
+            receivers = 1 if self.listening else 0
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                self.version, self.last = published, reload
+            elif _running_loop() is loop:
+                self._accept(reload)
+            else:
+                loop.call_soon_threadsafe(self._accept, reload)
+        return PublishResult(published, receivers)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -195,6 +221,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 class RedisBroker(Broker):
     """Keeps one pub/sub subscription alive: reconnects with backoff and jitter, pings with a deadline,
     catches up on the version after every subscribe, and publishes presence for ``distreload status``."""
+
+    talks_to_redis = True
 
     def __init__(
         self,
@@ -222,6 +250,7 @@ class RedisBroker(Broker):
         self._connected = False
         self._contacted = False
         self._outage_logged = False
+        self._warn_bad_message = RateLimitedWarning()
         self._channel = channel_name(target.namespace)
         self._state_key = state_key(target.namespace)
         self._presence_key = f"{presence_prefix(target.namespace)}{self.identity}"
@@ -230,14 +259,11 @@ class RedisBroker(Broker):
     def connected(self) -> bool:
         return self._connected
 
-    def is_running_here(self) -> bool:
-        return super().is_running_here() and self._task is not None and not self._task.done()
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.is_running_here():
-            return
-        self._loop = loop
         self._subscribed = asyncio.Event()
         self._client = self._client_factory()
         self._task = loop.create_task(self._run(), name=f"distreload listener {self.target.namespace}")
@@ -248,10 +274,14 @@ class RedisBroker(Broker):
         except TimeoutError:
             if not self._outage_logged:  # the listener has not said why yet (Redis slow rather than down)
                 self._outage_logged = True
-                logger.warning("distreload: worker %s: Redis at %s not reachable yet; serving pages and "
-                               "retrying in the background", self.identity, self.target.display_url())
+                logger.warning(
+                    "distreload: worker %s: Redis at %s not reachable yet; serving pages and "
+                    "retrying in the background",
+                    self.identity,
+                    self.target.display_url(),
+                )
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -264,26 +294,27 @@ class RedisBroker(Broker):
                     await asyncio.wait_for(client.delete(self._presence_key), 0.5)
             await _close_quietly(client)
         self._connected = False
-        self._loop = None
 
-    async def publish(self, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-        checked_kind, checked_paths = validate_publish_request(kind, paths)
+    async def publish(self, request: ReloadRequest) -> PublishResult:
         client = self._client if self._client is not None and self._loop is _running_loop() else None
         owned = client is None
         if client is None:
             client = async_client(self.target.redis_url)
         try:
-            reply = await client.eval(_PUBLISH_SCRIPT, 2, self._state_key, self._channel, new_epoch(),
-                                      checked_kind, json.dumps(list(checked_paths)))
+            reply = await client.eval(
+                _PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(self.target.namespace, request)
+            )
         except Exception as exc:
-            raise PublishError(_describe_redis_error(self.target, exc)) from exc
+            raise PublishError(describe_publish_failure(self.target.display_url(), exc)) from exc
         finally:
             if owned:
                 await _close_quietly(client)
-        return _publish_result(reply)
+        return publish_result(reply)
 
-    def publish_threadsafe(self, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-        return publish_to_redis(self.target, kind, paths)
+    def publish_blocking(self, request: ReloadRequest) -> PublishResult:
+        from .publisher import publish_blocking
+
+        return publish_blocking(self.target, request)
 
     async def _run(self) -> None:
         delay = 0.0
@@ -307,8 +338,13 @@ class RedisBroker(Broker):
             return
         self._outage_logged = True
         verb = "lost the connection to" if self._connected else "cannot reach"
-        logger.warning("distreload: worker %s %s Redis at %s (%s); serving pages and retrying with backoff",
-                       self.identity, verb, self.target.display_url(), _one_line(exc))
+        logger.warning(
+            "distreload: worker %s %s Redis at %s (%s); serving pages and retrying with backoff",
+            self.identity,
+            verb,
+            self.target.display_url(),
+            one_line(exc),
+        )
 
     async def _listen_once(self) -> None:
         assert self._client is not None
@@ -320,15 +356,23 @@ class RedisBroker(Broker):
             # Read the state only once Redis confirmed the subscription: a publish between the two is then
             # seen by one of them, never by neither.
             reply = await asyncio.wait_for(
-                client.eval(_SEED_SCRIPT, 1, self._state_key, self.version.epoch, str(self.version.number)),
+                client.eval(
+                    _SEED_SCRIPT,
+                    SEED_KEYS,
+                    *seed_arguments(self.target.namespace, self.version, sharded=False),
+                ),
                 self.ping_timeout,
             )
-            self._catch_up(_state_from_reply(reply), first_contact=not self._contacted)
+            self._catch_up(state_from_reply(reply), first_contact=not self._contacted)
             self._contacted = True
             self._connected = True
             if self._outage_logged:
-                logger.warning("distreload: worker %s connected to Redis at %s; at version %s",
-                               self.identity, self.target.display_url(), self.version)
+                logger.warning(
+                    "distreload: worker %s connected to Redis at %s; at version %s",
+                    self.identity,
+                    self.target.display_url(),
+                    self.version,
+                )
                 self._outage_logged = False
             await self._write_presence(client)
             self._subscribed.set()
@@ -376,12 +420,16 @@ class RedisBroker(Broker):
             return  # already seen (the catch-up after a subscribe can overtake the message)
         # Only the Lua script writes both the hash and the channel, so a claim the hash does not back
         # (a version from the future, another epoch) did not come from a distreload publish.
-        state = _state_from_reply(
+        state = state_from_reply(
             await asyncio.wait_for(client.hmget(self._state_key, ["epoch", "version"]), self.ping_timeout)
         )
-        if state.epoch != reload.version.epoch or state.number < reload.version.number:
-            self._warn_bad_message("distreload: ignored a message on %s: version %s is not backed by the "
-                                   "state in Redis (%s)", self._channel, reload.version, state)
+        if state.version.epoch != reload.version.epoch or state.version.number < reload.version.number:
+            self._warn_bad_message(
+                "distreload: ignored a message on %s: version %s is not backed by the state in Redis (%s)",
+                self._channel,
+                reload.version,
+                state.version,
+            )
             return
         self._accept(reload)
         # After the streams have it: `distreload status` shows each worker's version, keep it current.
@@ -408,59 +456,15 @@ async def _close_quietly(closable: Any) -> None:
         pass
 
 
-def _redis_options() -> dict[str, Any]:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    # distreload owns its reconnect loop: redis-py's own retries differ between versions and would hide
-    # an outage (or publish twice when a reply is lost).
-    return {"socket_connect_timeout": 2.0, "socket_timeout": 5.0, "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0}
-
-
-def async_client(url: str) -> redis.asyncio.Redis:
-    import redis.asyncio
-
-    return redis.asyncio.Redis.from_url(url, **_redis_options())
-
-
-_sync_clients: dict[str, redis.Redis] = {}
-_sync_clients_lock = threading.Lock()
-
-
-def sync_client(url: str) -> redis.Redis:
-    """A shared synchronous client per URL (redis-py's pool is thread-safe)."""
-    with _sync_clients_lock:
-        client = _sync_clients.get(url)
-        if client is None:
-            import redis
-
-            client = _sync_clients[url] = redis.Redis.from_url(url, **_redis_options())
-        return client
-
-
-def publish_to_redis(target: Target, kind: str = "reload", paths: Sequence[str] = ()) -> PublishResult:
-    """Publish one reload to every worker sharing ``target``; raise PublishError when it did not go out.
-
-    Synchronous and safe from any thread: the same one-connection exchange the command line uses.
-    """
-    return publish_over_resp(target, kind, paths)
-
-
 _brokers: dict[Target, Broker] = {}
 _brokers_lock = threading.Lock()
 
 
 def get_broker(redis_url: str | None = None, namespace: str | None = None) -> Broker:
-    """The process-wide broker for a target, created on first use."""
+    """The process-wide broker for a target (from the arguments, else the environment), made on first use."""
     target = resolve_target(redis_url, namespace)
     with _brokers_lock:
         broker = _brokers.get(target)
         if broker is None:
             broker = _brokers[target] = MemoryBroker(target) if target.is_memory else RedisBroker(target)
         return broker
-
-
-def known_brokers() -> list[Broker]:
-    with _brokers_lock:
-        return list(_brokers.values())

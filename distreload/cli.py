@@ -21,7 +21,7 @@ from . import __version__
 from .config import DEFAULT_PREFIX, ENV_NAMESPACE, ENV_REDIS_URL, ENV_TOKEN, ConfigError, Target
 
 if TYPE_CHECKING:
-    from .protocol import PublishResult
+    from .protocol import PublishResult, ReloadRequest
 
 logger = logging.getLogger(__name__)
 
@@ -67,86 +67,130 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="distreload", description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="distreload",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"distreload {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what distreload does (debug level)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
     def command(name: str, summary: str, description: str, epilog: str) -> _Parser:
-        sub: _Parser = commands.add_parser(name, help=summary, description=description, epilog=epilog,
-                                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub: _Parser = commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         return sub
 
     publish = command(
-        "publish", "reload every page of the cluster",
+        "publish",
+        "reload every page of the cluster",
         "Publish one reload to every worker that shares the Redis and namespace (--redis-url), or ask a\n"
         "running app to publish it (--url, for CI runners that cannot reach Redis). Prints the new cluster\n"
-        "version and how many worker processes received it.",
+        "version and how many worker processes received it. By default every page reloads; --morph,\n"
+        "--css and --images update pages in place instead, keeping scroll position and form state.",
         "examples:\n"
         "  distreload publish --redis-url redis://127.0.0.1:6379/0 --namespace shop\n"
+        "  distreload publish --morph                    apply the new HTML in place\n"
         "  distreload publish --css                      swap every stylesheet, keep the page\n"
         "  distreload publish --css /static/site.css     swap just this one\n"
-        "  distreload publish --url https://staging.example.com --token \"$DISTRELOAD_TOKEN\" --json\n\n"
+        "  distreload publish --images /static/logo.png  re-fetch one image everywhere\n"
+        "  distreload publish --spread 30 --match '/screens/lobby/*'   a fleet of screens, 30 s apart\n"
+        '  distreload publish --url https://staging.example.com --token "$DISTRELOAD_TOKEN" --json\n\n'
         "--url needs the app to run with a token (DISTRELOAD_TOKEN or token=): it serves\n"
-        "POST <prefix>/publish only then, and answers 401 to a missing or wrong token.")
+        "POST <prefix>/publish only then, and answers 401 to a missing or wrong token.",
+    )
     _add_publish_target_options(publish)
-    publish.add_argument("--css", nargs="*", metavar="PATH", default=None,
-                         help="a stylesheet-only swap: the pages keep their state and re-fetch the given "
-                              "stylesheets (URL paths such as /static/site.css; none given: all of them)")
+    _add_reload_options(publish)
     publish.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     listen = command(
-        "listen", "print reload events as they pass",
+        "listen",
+        "print reload events as they pass",
         "Subscribe to the reload channel (or to a running app's event stream with --url) and print every\n"
         "reload as it passes: a quick check that publisher, Redis, proxies and workers agree.",
         "examples:\n"
         "  distreload listen --redis-url redis://127.0.0.1:6379/0\n"
         "  distreload listen --count 1 --timeout 60       wait for the next reload, at most a minute\n"
         "  distreload listen --url http://127.0.0.1:8000   through the app (and any proxy in front of it)\n\n"
-        "With --count N the status is 1 if fewer than N reloads passed before --timeout.")
+        "With --count N the status is 1 if fewer than N reloads passed before --timeout.",
+    )
     _add_redis_options(listen)
-    listen.add_argument("--url", metavar="BASE", help="read the event stream of the app at BASE instead of "
-                                                      "Redis (what a browser sees, proxies included)")
-    listen.add_argument("--prefix", default=DEFAULT_PREFIX,
-                        help=f"the app's reload prefix ({DEFAULT_PREFIX})")
+    listen.add_argument(
+        "--url",
+        metavar="BASE",
+        help="read the event stream of the app at BASE instead of "
+        "Redis (what a browser sees, proxies included)",
+    )
+    listen.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"the app's reload prefix ({DEFAULT_PREFIX})"
+    )
     _add_bounded_output_options(listen, "reload")
 
     status = command(
-        "status", "show live hosts, workers and browsers",
+        "status",
+        "show live hosts, workers and browsers",
         "Show every worker process that is alive right now: its host, pid, how many browser streams it\n"
         "holds, the cluster version it is at, its build and how long it has run. Workers write their\n"
         "presence to Redis every 5 s with a 15 s expiry, so a killed worker disappears by itself.",
         "examples:\n"
         "  distreload status --redis-url redis://127.0.0.1:6379/0 --namespace shop\n"
         "  distreload status --json | jq '.workers[].pid'\n\n"
-        "A worker reports its VERSION again as soon as a reload reaches it.")
+        "A worker reports its VERSION again as soon as a reload reaches it.",
+    )
     _add_redis_options(status)
     status.add_argument("--json", action="store_true", help="print the table as one JSON object")
 
     watch = command(
-        "watch", "publish a reload whenever files change",
+        "watch",
+        "publish a reload whenever files change",
         "Watch files and directories and publish on every change (changes within --debounce are\n"
-        "published once): a change to .css files only is a stylesheet swap, anything else a full reload.\n"
-        "Template and asset edits then reload every host without restarting any worker.",
+        "published once), with the lightest kind that is enough: stylesheets (.css) are swapped, images\n"
+        "re-fetched, templates (under --templates) morphed into the pages in place; anything else reloads\n"
+        "the pages. Changes of several kinds in one batch reload the pages. Template and asset edits then\n"
+        "reach every host without restarting any worker.",
         "examples:\n"
         "  distreload watch templates\n"
-        "  distreload watch templates static --static-dir static --static-url /static\n\n"
+        "  distreload watch templates static --static-dir static --static-url /static\n"
+        "  distreload watch app/templates --templates app/templates\n\n"
         "With --static-dir, a changed static/css/site.css is announced as /static/css/site.css so pages\n"
-        "re-fetch that stylesheet only; without it pages re-fetch all their stylesheets.\n"
-        "Needs watchfiles: pip install 'distreload[watch]'.")
+        "re-fetch that stylesheet only (images likewise); without it pages re-fetch all of them.\n"
+        "Needs watchfiles: pip install 'distreload[watch]'.",
+    )
     watch.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to watch")
     _add_publish_target_options(watch)
+    _add_fleet_options(watch)
+    watch.add_argument(
+        "--templates",
+        metavar="DIR",
+        default="templates",
+        help="changes under DIR are morphed into the pages (default: templates)",
+    )
     watch.add_argument("--static-dir", metavar="DIR", help="the directory served under --static-url")
-    watch.add_argument("--static-url", metavar="URL", default="/static",
-                       help="the URL path --static-dir is served under (default: /static)")
-    watch.add_argument("--debounce", type=_positive_int, default=300, metavar="MS",
-                       help="changes closer together than this are published once (default: 300)")
+    watch.add_argument(
+        "--static-url",
+        metavar="URL",
+        default="/static",
+        help="the URL path --static-dir is served under (default: /static)",
+    )
+    watch.add_argument(
+        "--debounce",
+        type=_positive_int,
+        default=300,
+        metavar="MS",
+        help="changes closer together than this are published once (default: 300)",
+    )
     _add_bounded_output_options(watch, "publish")
 
     demo = command(
-        "demo", "serve a demo cluster on this machine",
+        "demo",
+        "serve a demo cluster on this machine",
         "Serve a demo app as several hosts (uvicorn processes) of several workers each on localhost, and\n"
         "print what to try next. With no --redis-url it runs an embedded Redis-protocol server (fakeredis)\n"
         "inside this command, so it works on a machine with no Redis installed. Ctrl-C stops everything.",
@@ -154,16 +198,23 @@ def _parser() -> _Parser:
         "  distreload demo\n"
         "  distreload demo --hosts 3 --workers 2 --port 9000\n"
         "  distreload demo --redis-url redis://127.0.0.1:6379/0\n\n"
-        "Needs uvicorn and fakeredis: pip install 'distreload[demo]'.")
-    demo.add_argument("--redis-url", metavar="URL", default=None,
-                      help="use this Redis instead of the embedded server")
+        "Needs uvicorn and fakeredis: pip install 'distreload[demo]'.",
+    )
+    demo.add_argument(
+        "--redis-url", metavar="URL", default=None, help="use this Redis instead of the embedded server"
+    )
     demo.add_argument("--namespace", default="demo", metavar="NS", help="namespace (default: demo)")
     demo.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS", help="address (default: 127.0.0.1)")
-    demo.add_argument("--port", type=_port, default=8000,
-                      help="first host's port; the next hosts use the ports after it (0: any free port)")
+    demo.add_argument(
+        "--port",
+        type=_port,
+        default=8000,
+        help="first host's port; the next hosts use the ports after it (0: any free port)",
+    )
     demo.add_argument("--hosts", type=_positive_int, default=2, metavar="N", help="app servers (default: 2)")
-    demo.add_argument("--workers", type=_positive_int, default=2, metavar="N",
-                      help="worker processes per host (default: 2)")
+    demo.add_argument(
+        "--workers", type=_positive_int, default=2, metavar="N", help="worker processes per host (default: 2)"
+    )
     demo.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop after SECONDS")
     return parser
 
@@ -175,6 +226,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
 
 
@@ -206,24 +267,107 @@ def _add_bounded_output_options(parser: argparse.ArgumentParser, event: str) -> 
 
 
 def _add_redis_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", metavar="URL", default=None,
-                        help=f"redis://, rediss:// or unix:// URL (default: ${ENV_REDIS_URL})")
-    parser.add_argument("--namespace", metavar="NS", default=None,
-                        help=f"apps sharing one Redis under different namespaces never reload each other "
-                             f"(default: ${ENV_NAMESPACE} or 'default')")
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        default=None,
+        help=f"redis://, rediss:// or unix:// URL (default: ${ENV_REDIS_URL})",
+    )
+    parser.add_argument(
+        "--namespace",
+        metavar="NS",
+        default=None,
+        help=f"apps sharing one Redis under different namespaces never reload each other "
+        f"(default: ${ENV_NAMESPACE} or 'default')",
+    )
 
 
 def _add_publish_target_options(parser: argparse.ArgumentParser) -> None:
     _add_redis_options(parser)
-    parser.add_argument("--url", metavar="BASE",
-                        help="publish through the app at BASE (POST <prefix>/publish) instead of Redis, "
-                             "e.g. https://staging.example.com")
-    parser.add_argument("--token", metavar="TOKEN", default=None,
-                        help=f"bearer token for --url (default: ${ENV_TOKEN})")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
-                        help=f"the app's reload prefix ({DEFAULT_PREFIX})")
-    parser.add_argument("--http-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for the app to answer (default: 10)")
+    parser.add_argument(
+        "--url",
+        metavar="BASE",
+        help="publish through the app at BASE (POST <prefix>/publish) instead of Redis, "
+        "e.g. https://staging.example.com",
+    )
+    parser.add_argument(
+        "--token", metavar="TOKEN", default=None, help=f"bearer token for --url (default: ${ENV_TOKEN})"
+    )
+    parser.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"the app's reload prefix ({DEFAULT_PREFIX})"
+    )
+    parser.add_argument(
+        "--http-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the app to answer (default: 10)",
+    )
+
+
+def _add_reload_options(parser: argparse.ArgumentParser) -> None:
+    """What the pages are to do: the kind (one of them) and the fleet options."""
+    kinds = parser.add_mutually_exclusive_group()
+    kinds.add_argument(
+        "--morph",
+        action="store_true",
+        help="each page fetches itself again and applies the new HTML in place (scroll, "
+        "focus, typed text and script state survive; a page that cannot be morphed "
+        "reloads)",
+    )
+    kinds.add_argument(
+        "--css",
+        nargs="*",
+        metavar="PATH",
+        default=None,
+        help="a stylesheet-only swap: the pages keep their state and re-fetch the given "
+        "stylesheets (URL paths such as /static/site.css; none given: all of them)",
+    )
+    kinds.add_argument(
+        "--images",
+        nargs="*",
+        metavar="PATH",
+        default=None,
+        help="re-fetch images in place (<img>, srcset, CSS backgrounds): the given URL paths, or all of them",
+    )
+    _add_fleet_options(parser)
+
+
+def _add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """Which pages follow a reload, and how spread out in time."""
+    parser.add_argument(
+        "--spread",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="each page waits a random time up to SECONDS first, so a fleet of screens does "
+        "not hit the app at once (default: 0)",
+    )
+    parser.add_argument(
+        "--match",
+        metavar="PATTERN",
+        default=None,
+        help="only pages whose path matches this glob follow the reload (* within a path "
+        "segment, ** across segments, ? one character), e.g. '/screens/lobby/*'",
+    )
+
+
+def _reload_request(args: argparse.Namespace) -> ReloadRequest:
+    from .protocol import reload_request
+
+    if getattr(args, "morph", False):
+        kind, paths, flag = "morph", (), "--morph"
+    elif getattr(args, "css", None) is not None:
+        kind, paths, flag = "css", tuple(args.css), "--css"
+    elif getattr(args, "images", None) is not None:
+        kind, paths, flag = "images", tuple(args.images), "--images"
+    else:
+        kind, paths, flag = "reload", (), ""
+    _check_paths(paths, flag)
+    try:
+        return reload_request(kind, paths, args.spread, args.match)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 # --- Targets ---------------------------------------------------------------------------------------------
@@ -256,12 +400,12 @@ class _Published:
 
     def describe(self, kind: str) -> str:
         plural = "" if self.receivers == 1 else "es"
-        what = "stylesheet swap" if kind == "css" else "reload"
+        what = {"css": "stylesheet swap", "images": "image swap", "morph": "morph"}.get(kind, "reload")
         where = f"through {self.endpoint}" if self.endpoint else f"to namespace {self.namespace!r}"
         return f"published {what} {self.version} {where}: received by {self.receivers} worker process{plural}"
 
 
-Publisher = Callable[[str, Sequence[str]], _Published]
+Publisher = Callable[["ReloadRequest"], _Published]
 
 
 def _publisher(args: argparse.Namespace) -> Publisher:
@@ -273,17 +417,16 @@ def _publisher(args: argparse.Namespace) -> Publisher:
         token = args.token if args.token is not None else os.environ.get(ENV_TOKEN, "")
         if not token:
             raise CommandError(f"--url needs the app's token: pass --token or set {ENV_TOKEN}")
-        return lambda kind, paths: _publish_over_http(endpoint, token, kind, paths, args.http_timeout)
+        return lambda request: _publish_over_http(endpoint, token, request, args.http_timeout)
     target = _redis_target(args)
 
-    def publish(kind: str, paths: Sequence[str]) -> _Published:
-        from .protocol import PublishError, publish_over_resp
+    def publish(request: ReloadRequest) -> _Published:
+        from .protocol import PublishError
+        from .publisher import publish_blocking
 
         try:
-            result: PublishResult = publish_over_resp(target, kind, paths)
+            result: PublishResult = publish_blocking(target, request)
         except PublishError as exc:
-            raise CommandError(str(exc)) from None
-        except ValueError as exc:
             raise CommandError(str(exc)) from None
         return _Published(str(result.version), result.receivers, namespace=target.namespace)
 
@@ -320,17 +463,23 @@ def _publish_endpoint(url: str, prefix: str) -> str:
     return _app_base(base, prefix) + "/publish"
 
 
-def _publish_over_http(endpoint: str, token: str, kind: str, paths: Sequence[str],
-                       timeout: float) -> _Published:
+def _publish_over_http(endpoint: str, token: str, request: ReloadRequest, timeout: float) -> _Published:
     import urllib.error
     import urllib.request
 
-    body = json.dumps({"kind": kind, "paths": list(paths)}).encode()
-    request = urllib.request.Request(endpoint, data=body, method="POST", headers={
-        "authorization": f"Bearer {token}", "content-type": "application/json",
-        "user-agent": f"distreload/{__version__}"})
+    body = request.to_json().encode()
+    http_request = urllib.request.Request(
+        endpoint,
+        data=body,
+        method="POST",
+        headers={
+            "authorization": f"Bearer {token}",
+            "content-type": "application/json",
+            "user-agent": f"distreload/{__version__}",
+        },
+    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(http_request, timeout=timeout) as response:
             answer = json.loads(response.read(64 * 1024) or b"{}")
     except urllib.error.HTTPError as exc:
         with exc:
@@ -353,8 +502,10 @@ def _describe_http_error(endpoint: str, status: int, body: bytes) -> str:
     if status == 401:
         return f"{endpoint} refused the token (401): it is missing or not the app's {ENV_TOKEN}"
     if status == 404:
-        return (f"{endpoint} not found (404): the app serves it only when it runs distreload with a token "
-                f"({ENV_TOKEN} or token=) and DISTRELOAD_ENABLED=1; check --prefix")
+        return (
+            f"{endpoint} not found (404): the app serves it only when it runs distreload with a token "
+            f"({ENV_TOKEN} or token=) and DISTRELOAD_ENABLED=1; check --prefix"
+        )
     if status == 503 and detail:
         return f"the app could not publish (503): {detail}"
     return f"{endpoint} answered {status}" + (f": {detail}" if detail else "")
@@ -371,25 +522,37 @@ def _reason(reason: object) -> str:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    kind, paths = ("css", tuple(args.css)) if args.css is not None else ("reload", ())
-    _check_paths(paths)
-    published = _publisher(args)(kind, paths)
+    request = _reload_request(args)
+    published = _publisher(args)(request)
     if args.json:
         where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
-        print(json.dumps({"version": published.version, "receivers": published.receivers, "kind": kind,
-                          "paths": list(paths), **where}))
+        print(
+            json.dumps(
+                {
+                    "version": published.version,
+                    "receivers": published.receivers,
+                    "kind": request.kind,
+                    "paths": list(request.paths),
+                    "spread": request.spread,
+                    "match": request.match,
+                    **where,
+                }
+            )
+        )
     else:
-        print(published.describe(kind))
+        print(published.describe(request.kind))
     return 0
 
 
-def _check_paths(paths: Iterable[str]) -> None:
+def _check_paths(paths: Iterable[str], flag: str) -> None:
     from .protocol import is_same_origin_path
 
     for path in paths:
         if not is_same_origin_path(path):
-            raise CommandError(f"--css: {path!r} is not a URL path of the app (it must start with one '/', "
-                               f"e.g. /static/site.css)")
+            raise CommandError(
+                f"{flag}: {path!r} is not a URL path of the app (it must start with one '/', "
+                f"e.g. /static/site.css)"
+            )
 
 
 # --- listen ----------------------------------------------------------------------------------------------
@@ -408,8 +571,9 @@ def _listen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_reload(args: argparse.Namespace, version: str, kind: str, paths: Sequence[str],
-                  source: str) -> None:
+def _print_reload(
+    args: argparse.Namespace, version: str, kind: str, paths: Sequence[str], source: str
+) -> None:
     if args.json:
         record = {"version": version, "kind": kind, "paths": list(paths), "source": source}
         print(json.dumps(record), flush=True)
@@ -420,8 +584,8 @@ def _print_reload(args: argparse.Namespace, version: str, kind: str, paths: Sequ
 
 
 def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
-    from .broker import sync_client
     from .protocol import BadMessage, channel_name, parse_message
+    from .redis_clients import sync_client
 
     target = _redis_target(args)
     channel = channel_name(target.namespace)
@@ -438,8 +602,9 @@ def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
                     raise TimeoutError("no answer to SUBSCRIBE within 5 s")
         except Exception as exc:
             raise CommandError(f"cannot subscribe at {target.display_url()}: {_one_line(exc)}") from None
-        print(f"listening on {channel} at {target.display_url()} (Ctrl-C to stop)",
-              file=sys.stderr, flush=True)
+        print(
+            f"listening on {channel} at {target.display_url()} (Ctrl-C to stop)", file=sys.stderr, flush=True
+        )
         while args.count is None or seen < args.count:
             wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if wait <= 0:
@@ -447,15 +612,17 @@ def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
             try:
                 message = pubsub.get_message(timeout=wait)
             except Exception as exc:
-                raise CommandError(f"lost the connection to Redis at {target.display_url()}: "
-                                   f"{_one_line(exc)}") from None
+                raise CommandError(
+                    f"lost the connection to Redis at {target.display_url()}: {_one_line(exc)}"
+                ) from None
             if message is None or message.get("type") != "message":
                 continue
             try:
                 reload = parse_message(message["data"])
             except BadMessage as exc:
-                print(f"ignored a message that distreload did not publish: {exc}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"ignored a message that distreload did not publish: {exc}", file=sys.stderr, flush=True
+                )
                 continue
             seen += 1
             _print_reload(args, str(reload.version), reload.kind, reload.paths, channel)
@@ -470,21 +637,29 @@ def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
 
     url = _app_base(args.url, args.prefix) + "/events"
     parts = urlsplit(url)
-    # Heartbeats come every 15 s by default: three missed in a row means a dead stream or a buffering proxy.
-    silence_limit = 45.0
+    # Until the hello says how often the worker sends heartbeats, allow for the default (15 s); after it,
+    # three missed in a row mean a dead stream or a buffering proxy.
+    silence_limit = 3 * 15.0 + 1.0
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     connection = connection_class(parts.netloc, timeout=10.0)
     seen = 0
     try:
         try:
-            connection.request("GET", parts.path, headers={"accept": "text/event-stream",
-                                                           "user-agent": f"distreload/{__version__}"})
+            connection.request(
+                "GET",
+                parts.path,
+                headers={"accept": "text/event-stream", "user-agent": f"distreload/{__version__}"},
+            )
+            # Kept: http.client hands the socket over to a response that ends with the connection.
+            stream_socket = connection.sock
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             raise CommandError(f"cannot reach the app at {url}: {_reason(exc)}") from None
         if response.status != 200:
-            raise CommandError(f"{url} answered {response.status}: is the app running distreload with "
-                               f"DISTRELOAD_ENABLED=1 under this --prefix?")
+            raise CommandError(
+                f"{url} answered {response.status}: is the app running distreload with "
+                f"DISTRELOAD_ENABLED=1 under this --prefix?"
+            )
         if "text/event-stream" not in (response.getheader("content-type") or ""):
             content_type = response.getheader("content-type")
             raise CommandError(f"{url} is not a distreload event stream ({content_type})")
@@ -496,15 +671,17 @@ def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     break
-            if connection.sock is not None:
-                connection.sock.settimeout(wait)
+            if stream_socket is not None:
+                stream_socket.settimeout(wait)
             try:
                 raw = response.readline()
             except TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline - 0.05:
                     break
-                raise CommandError(f"no heartbeat from {url} in {silence_limit:g} s (a proxy buffering "
-                                   f"the stream? nginx needs proxy_buffering off)") from None
+                raise CommandError(
+                    f"no heartbeat from {url} in {silence_limit:g} s (a proxy buffering "
+                    f"the stream? nginx needs proxy_buffering off)"
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
                 raise CommandError(f"lost the stream from {url}: {_reason(exc)}") from None
             if not raw:
@@ -519,13 +696,24 @@ def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
             event = {}
             if kind == "hello":
                 hello = json.loads(data)
-                print(f"connected to worker {hello.get('worker')} at version {hello.get('version')}",
-                      file=sys.stderr, flush=True)
+                heartbeat = hello.get("heartbeat")
+                if isinstance(heartbeat, int | float) and heartbeat > 0:
+                    silence_limit = 3 * float(heartbeat) + 1.0
+                print(
+                    f"connected to worker {hello.get('worker')} at version {hello.get('version')}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             elif kind == "reload":
                 reload = json.loads(data)
                 seen += 1
-                _print_reload(args, str(reload.get("version")), str(reload.get("kind")),
-                              [str(p) for p in reload.get("paths") or []], url)
+                _print_reload(
+                    args,
+                    str(reload.get("version")),
+                    str(reload.get("kind")),
+                    [str(p) for p in reload.get("paths") or []],
+                    url,
+                )
             elif kind == "shutdown":
                 raise CommandError(f"the worker behind {url} is shutting down")
     finally:
@@ -548,8 +736,8 @@ class WorkerPresence:
 
 def read_presence(target: Target) -> tuple[str | None, list[WorkerPresence]]:
     """The cluster version and every live worker's presence record in ``target``'s namespace."""
-    from .broker import sync_client
     from .protocol import presence_prefix, state_key
+    from .redis_clients import sync_client
 
     client = sync_client(target.redis_url)
     try:
@@ -557,8 +745,9 @@ def read_presence(target: Target) -> tuple[str | None, list[WorkerPresence]]:
         values = client.mget(keys) if keys else []
         epoch, number = client.hmget(state_key(target.namespace), ["epoch", "version"])
     except Exception as exc:
-        raise CommandError(f"cannot read the cluster from Redis at {target.display_url()}: "
-                           f"{_one_line(exc)}") from None
+        raise CommandError(
+            f"cannot read the cluster from Redis at {target.display_url()}: {_one_line(exc)}"
+        ) from None
     version = None
     if isinstance(epoch, bytes) and number is not None:
         version = f"{epoch.decode()}-{int(number)}"
@@ -568,10 +757,16 @@ def read_presence(target: Target) -> tuple[str | None, list[WorkerPresence]]:
             continue  # expired between SCAN and MGET
         try:
             record = json.loads(value)
-            workers.append(WorkerPresence(
-                host=str(record["host"]), pid=int(record["pid"]), streams=int(record.get("streams", 0)),
-                version=str(record.get("version", "")), build=str(record.get("build", "")),
-                started=float(record.get("started", 0.0))))
+            workers.append(
+                WorkerPresence(
+                    host=str(record["host"]),
+                    pid=int(record["pid"]),
+                    streams=int(record.get("streams", 0)),
+                    version=str(record.get("version", "")),
+                    build=str(record.get("build", "")),
+                    started=float(record.get("started", 0.0)),
+                )
+            )
         except (ValueError, KeyError, TypeError):
             continue
     workers.sort(key=lambda w: (w.host, w.pid))
@@ -585,27 +780,46 @@ def _status(args: argparse.Namespace) -> int:
     hosts = sorted({w.host for w in workers})
     streams = sum(w.streams for w in workers)
     if args.json:
-        print(json.dumps({
-            "namespace": target.namespace, "version": version, "hosts": hosts, "streams": streams,
-            "workers": [{"host": w.host, "pid": w.pid, "streams": w.streams, "version": w.version,
-                         "build": w.build, "started": w.started, "age": round(max(0.0, now - w.started), 1)}
-                        for w in workers],
-        }))
+        print(
+            json.dumps(
+                {
+                    "namespace": target.namespace,
+                    "version": version,
+                    "hosts": hosts,
+                    "streams": streams,
+                    "workers": [
+                        {
+                            "host": w.host,
+                            "pid": w.pid,
+                            "streams": w.streams,
+                            "version": w.version,
+                            "build": w.build,
+                            "started": w.started,
+                            "age": round(max(0.0, now - w.started), 1),
+                        }
+                        for w in workers
+                    ],
+                }
+            )
+        )
         return 0
     if not workers:
-        print(f"no live workers in namespace {target.namespace!r} at {target.display_url()} "
-              f"(cluster version {version or 'none yet'})")
+        print(
+            f"no live workers in namespace {target.namespace!r} at {target.display_url()} "
+            f"(cluster version {version or 'none yet'})"
+        )
         return 0
     rows = [("HOST", "PID", "BROWSERS", "VERSION", "BUILD", "AGE")]
     for w in workers:
-        rows.append((w.host, str(w.pid), str(w.streams), w.version, w.build or "-",
-                     _age(now - w.started)))
+        rows.append((w.host, str(w.pid), str(w.streams), w.version, w.build or "-", _age(now - w.started)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print(f"\n{len(hosts)} host{'s' * (len(hosts) != 1)}, {len(workers)} worker{'s' * (len(workers) != 1)}, "
-          f"{streams} browser stream{'s' * (streams != 1)}; cluster version {version or 'none yet'} "
-          f"(namespace {target.namespace!r})")
+    print(
+        f"\n{len(hosts)} host{'s' * (len(hosts) != 1)}, {len(workers)} worker{'s' * (len(workers) != 1)}, "
+        f"{streams} browser stream{'s' * (streams != 1)}; cluster version {version or 'none yet'} "
+        f"(namespace {target.namespace!r})"
+    )
     return 0
 
 
@@ -623,27 +837,45 @@ def _age(seconds: float) -> str:
 # --- watch -----------------------------------------------------------------------------------------------
 
 
-def classify_changes(changed: Iterable[str], static_dir: str | None,
-                     static_url: str) -> tuple[str, tuple[str, ...]]:
-    """What a batch of changed files calls for: a stylesheet swap when only .css files changed (with their
-    URL paths when they lie under ``static_dir``), else a full reload."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".bmp"})
+
+
+def classify_changes(
+    changed: Iterable[str], *, templates: str | None, static_dir: str | None, static_url: str
+) -> tuple[str, tuple[str, ...]]:
+    """The lightest reload that covers a batch of changed files, and the URL paths it names.
+
+    Stylesheets: a css swap; images: an image swap (with their URL paths when they lie under
+    ``static_dir``, else all of them); files under ``templates``: a morph; anything else, or changes that
+    call for different kinds, a full reload.
+    """
     from pathlib import Path
 
-    files = [Path(p) for p in changed]
-    if not files or any(f.suffix.lower() != ".css" for f in files):
+    files = [Path(p).resolve() for p in changed]
+    templates_root = Path(templates).resolve() if templates else None
+    kinds = set()
+    for file in files:
+        if file.suffix.lower() == ".css":
+            kinds.add("css")
+        elif file.suffix.lower() in IMAGE_SUFFIXES:
+            kinds.add("images")
+        elif templates_root is not None and file.is_relative_to(templates_root):
+            kinds.add("morph")
+        else:
+            kinds.add("reload")
+    if len(kinds) != 1 or kinds == {"reload"}:
         return "reload", ()
-    if static_dir is None:
-        return "css", ()
+    kind = kinds.pop()
+    if kind == "morph" or static_dir is None:
+        return kind, ()
     root = Path(static_dir).resolve()
     prefix = "/" + static_url.strip("/")
-    paths: list[str] = []
+    paths: set[str] = set()
     for file in files:
-        try:
-            relative = file.resolve().relative_to(root)
-        except ValueError:
-            return "css", ()  # a stylesheet outside the mapping: let the pages re-fetch them all
-        paths.append(("" if prefix == "/" else prefix) + "/" + relative.as_posix())
-    return "css", tuple(sorted(set(paths)))
+        if not file.is_relative_to(root):
+            return kind, ()  # a file outside the mapping: let the pages re-fetch them all
+        paths.add(("" if prefix == "/" else prefix) + "/" + file.relative_to(root).as_posix())
+    return kind, tuple(sorted(paths))
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -660,28 +892,57 @@ def _watch(args: argparse.Namespace) -> int:
             raise CommandError(f"no such file or directory: {path}")
     if args.static_dir is not None and not Path(args.static_dir).is_dir():
         raise CommandError(f"--static-dir: {args.static_dir!r} is not a directory")
+    template_dir = args.templates if Path(args.templates).is_dir() else None
     publish = _publisher(args)
+    options = _reload_request(args)  # --spread and --match apply to every publish
     stop = threading.Event()
     timer = threading.Timer(args.timeout, stop.set) if args.timeout else None
     if timer is not None:
         timer.daemon = True
         timer.start()
     published = 0
-    print(f"watching {', '.join(args.paths)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    watching = False
     try:
-        for changes in watch(*args.paths, debounce=args.debounce, step=50, stop_event=stop,
-                             raise_interrupt=False):
-            kind, paths = classify_changes((path for _, path in changes), args.static_dir, args.static_url)
+        # yield_on_timeout: the first (empty) batch comes once the watcher is in place, which is when
+        # "watching" is true; a change made after that line is seen.
+        for changes in watch(
+            *args.paths,
+            debounce=args.debounce,
+            step=50,
+            stop_event=stop,
+            raise_interrupt=False,
+            yield_on_timeout=True,
+            rust_timeout=200,
+        ):
+            if not watching:
+                watching = True
+                print(f"watching {', '.join(args.paths)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            if not changes:
+                continue
+            kind, paths = classify_changes(
+                (path for _, path in changes),
+                templates=template_dir,
+                static_dir=args.static_dir,
+                static_url=args.static_url,
+            )
+            from .protocol import reload_request
+
+            request = reload_request(kind, paths, options.spread, options.match)
             try:
-                result = publish(kind, paths)
+                result = publish(request)
             except CommandError as exc:
                 # One failed publish (Redis restarting, app redeploying) must not end the watch.
                 print(f"distreload watch: {exc}", file=sys.stderr, flush=True)
                 continue
             published += 1
             if args.json:
-                record = {"version": result.version, "receivers": result.receivers, "kind": kind,
-                          "paths": list(paths), "changed": sorted({p for _, p in changes})}
+                record = {
+                    "version": result.version,
+                    "receivers": result.receivers,
+                    "kind": kind,
+                    "paths": list(paths),
+                    "changed": sorted({p for _, p in changes}),
+                }
                 print(json.dumps(record), flush=True)
             else:
                 names = ", ".join(sorted({os.path.relpath(p) for _, p in changes})[:5])
@@ -701,8 +962,15 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import DemoError, run_demo
 
     try:
-        return run_demo(redis_url=args.redis_url, namespace=args.namespace, bind=args.bind, port=args.port,
-                        hosts=args.hosts, workers=args.workers, timeout=args.timeout)
+        return run_demo(
+            redis_url=args.redis_url,
+            namespace=args.namespace,
+            bind=args.bind,
+            port=args.port,
+            hosts=args.hosts,
+            workers=args.workers,
+            timeout=args.timeout,
+        )
     except DemoError as exc:
         raise CommandError(str(exc)) from None
 
@@ -717,7 +985,11 @@ def _one_line(exc: BaseException) -> str:
 
 _RUN_UNTIL_STOPPED = ("listen", "watch", "demo")
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "publish": _publish, "listen": _listen, "status": _status, "watch": _watch, "demo": _demo,
+    "publish": _publish,
+    "listen": _listen,
+    "status": _status,
+    "watch": _watch,
+    "demo": _demo,
 }
 
 

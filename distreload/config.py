@@ -24,7 +24,7 @@ _NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _PREFIX_PATTERN = re.compile(r"(/[A-Za-z0-9_.\-~]+)+")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _TRUE_WORDS = {"1", "true", "yes", "on"}
-_FALSE_WORDS = {"0", "false", "no", "off", ""}
+_FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 class ConfigError(ValueError):
@@ -57,8 +57,10 @@ def resolve_target(redis_url: str | None = None, namespace: str | None = None) -
         ns, ns_setting = namespace, "namespace"
     else:
         ns, ns_setting = os.environ.get(ENV_NAMESPACE, "").strip() or DEFAULT_NAMESPACE, ENV_NAMESPACE
-    return Target(redis_url=validate_redis_url(url or MEMORY_URL, url_setting),
-                  namespace=validate_namespace(ns, ns_setting))
+    return Target(
+        redis_url=validate_redis_url(url or MEMORY_URL, url_setting),
+        namespace=validate_namespace(ns, ns_setting),
+    )
 
 
 def validate_redis_url(url: str, setting: str = "redis_url") -> str:
@@ -75,7 +77,9 @@ def validate_redis_url(url: str, setting: str = "redis_url") -> str:
             "use redis://, rediss://, unix:// or memory://"
         )
     if parts.scheme == "unix" and not parts.path:
-        raise ConfigError(f"{setting}: {mask_password(url)!r} names no socket path (unix:///path/to/redis.sock)")
+        raise ConfigError(
+            f"{setting}: {mask_password(url)!r} names no socket path (unix:///path/to/redis.sock)"
+        )
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(f"{setting}: {mask_password(url)!r} names no host (redis://host:6379/0)")
     return url
@@ -97,11 +101,19 @@ def validate_prefix(prefix: str) -> str:
     return cleaned
 
 
-def resolve_enabled(enabled: bool | None = None) -> bool:
-    """Explicit argument, else ``DISTRELOAD_ENABLED``; off when neither says on."""
+def resolve_enabled(enabled: bool | None = None, *, default: bool = False) -> bool:
+    """Explicit argument, else ``DISTRELOAD_ENABLED``, else ``default``."""
     if enabled is not None:
         return enabled
+    from_environment = enabled_in_environment()
+    return default if from_environment is None else from_environment
+
+
+def enabled_in_environment() -> bool | None:
+    """What ``DISTRELOAD_ENABLED`` says: True, False, or None when it is unset or empty."""
     raw = os.environ.get(ENV_ENABLED, "").strip().lower()
+    if not raw:
+        return None
     if raw in _TRUE_WORDS:
         return True
     if raw in _FALSE_WORDS:

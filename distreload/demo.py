@@ -113,7 +113,8 @@ def create_app() -> ASGIApp:
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from .middleware import DistReload, send_reload_signal_async
+    from .middleware import DistReload
+    from .publisher import send_reload_signal_async
 
     host_name = os.environ.get(ENV_DEMO_HOST) or socket.gethostname()
 
@@ -122,15 +123,21 @@ def create_app() -> ASGIApp:
         links = [url for url in os.environ.get(ENV_DEMO_LINKS, "").split() if url]
         link_html = ", ".join(f'<a href="{html.escape(url)}">{html.escape(url)}</a>' for url in links)
         page = PAGE.format(
-            host=html.escape(host_name), pid=os.getpid(), rendered=time.strftime("%H:%M:%S"),
-            version=html.escape(str(version)), links=link_html or "every host of your cluster",
+            host=html.escape(host_name),
+            pid=os.getpid(),
+            rendered=time.strftime("%H:%M:%S"),
+            version=html.escape(str(version)),
+            links=link_html or "every host of your cluster",
             workers=await _workers_table(reloader),
         )
         return HTMLResponse(page, headers={"cache-control": "no-store"})
 
     async def style(request: Request) -> Response:
-        return Response(STYLE.format(hue=_accent_hue(reloader.broker.version.number)),
-                        media_type="text/css", headers={"cache-control": "no-store"})
+        return Response(
+            STYLE.format(hue=_accent_hue(reloader.broker.version.number)),
+            media_type="text/css",
+            headers={"cache-control": "no-store"},
+        )
 
     async def publish(request: Request) -> Response:
         from .protocol import PublishError
@@ -142,16 +149,26 @@ def create_app() -> ASGIApp:
             result = await send_reload_signal_async(kind, paths)
         except (ValueError, PublishError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"version": str(result.version), "receivers": result.receivers,
-                             "host": host_name, "pid": os.getpid()})
+        return JSONResponse(
+            {
+                "version": str(result.version),
+                "receivers": result.receivers,
+                "host": host_name,
+                "pid": os.getpid(),
+            }
+        )
 
     async def whoami(request: Request) -> Response:
         return JSONResponse({"host": host_name, "pid": os.getpid(), "version": str(reloader.broker.version)})
 
-    inner = Starlette(routes=[
-        Route("/", index), Route("/style.css", style), Route("/demo/publish", publish, methods=["POST"]),
-        Route("/demo/whoami", whoami),
-    ])
+    inner = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/style.css", style),
+            Route("/demo/publish", publish, methods=["POST"]),
+            Route("/demo/whoami", whoami),
+        ]
+    )
     reloader = DistReload(inner, enabled=True)
     return reloader
 
@@ -160,8 +177,14 @@ async def _workers_table(reloader: Any) -> str:
     """The live workers, read from the presence records every worker keeps in Redis."""
     broker = reloader.broker
     if broker.target.is_memory:
-        records = [{"host": broker.identity.host, "pid": broker.identity.pid, "streams": len(reloader.hub),
-                    "version": str(broker.version)}]
+        records = [
+            {
+                "host": broker.identity.host,
+                "pid": broker.identity.pid,
+                "streams": len(reloader.hub),
+                "version": str(broker.version),
+            }
+        ]
     else:
         records = await _read_presence(broker.target)
     rows = "".join(
@@ -170,13 +193,15 @@ async def _workers_table(reloader: Any) -> str:
         "</tr>"
         for r in records
     )
-    return ("<table id=\"workers\"><tr><th>machine</th><th>pid</th><th>browser streams</th>"
-            f"<th>version</th></tr>{rows}</table>")
+    return (
+        '<table id="workers"><tr><th>machine</th><th>pid</th><th>browser streams</th>'
+        f"<th>version</th></tr>{rows}</table>"
+    )
 
 
 async def _read_presence(target: Any) -> list[dict[str, Any]]:
-    from .broker import async_client
     from .protocol import presence_prefix
+    from .redis_clients import async_client
 
     client = async_client(target.redis_url)
     try:
@@ -232,11 +257,17 @@ class EmbeddedRedis:
             import lupa  # type: ignore[import-untyped]  # noqa: F401 - distreload publishes with Lua
             from fakeredis import TcpFakeServer
         except ImportError:
-            raise DemoError("the embedded Redis needs fakeredis with Lua: pip install 'distreload[demo]' "
-                            "(or pass --redis-url)") from None
+            raise DemoError(
+                "the embedded Redis needs fakeredis with Lua: pip install 'distreload[demo]' "
+                "(or pass --redis-url)"
+            ) from None
         server = TcpFakeServer((bind, 0), server_type="redis")
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                  name="distreload embedded redis", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="distreload embedded redis",
+            daemon=True,
+        )
         thread.start()
         return cls(server, thread)
 
@@ -274,7 +305,7 @@ class DemoCluster:
 
 
 def _check_redis(url: str) -> None:
-    from .broker import sync_client
+    from .redis_clients import sync_client
 
     try:
         sync_client(url).ping()
@@ -290,15 +321,17 @@ def _pick_ports(bind: str, first: int, count: int) -> list[int]:
             try:
                 probe.bind((bind, port))
             except OSError as exc:
-                raise DemoError(f"cannot listen on {bind}:{port} ({exc.strerror}): another server (or "
-                                f"demo) uses it; pass --port with a free port, or --port 0") from None
+                raise DemoError(
+                    f"cannot listen on {bind}:{port} ({exc.strerror}): another server (or "
+                    f"demo) uses it; pass --port with a free port, or --port 0"
+                ) from None
             ports.append(int(probe.getsockname()[1]))
     return ports
 
 
 def _wait_until_serving(cluster: DemoCluster, ports: list[int], bind: str, workers: int) -> None:
-    from .broker import sync_client
     from .protocol import channel_name
+    from .redis_clients import sync_client
 
     deadline = time.monotonic() + STARTUP_TIMEOUT
     address = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
@@ -389,8 +422,16 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_demo(*, redis_url: str | None = None, namespace: str = "demo", bind: str = "127.0.0.1",
-             port: int = 8000, hosts: int = 2, workers: int = 2, timeout: float | None = None) -> int:
+def run_demo(
+    *,
+    redis_url: str | None = None,
+    namespace: str = "demo",
+    bind: str = "127.0.0.1",
+    port: int = 8000,
+    hosts: int = 2,
+    workers: int = 2,
+    timeout: float | None = None,
+) -> int:
     """Serve the demo until Ctrl-C, SIGTERM or ``timeout``; returns the exit status."""
     from .config import validate_namespace, validate_redis_url
 
@@ -409,12 +450,31 @@ def run_demo(*, redis_url: str | None = None, namespace: str = "demo", bind: str
             try:
                 _check_redis(url)
                 for index, host_port in enumerate(ports):
-                    env = {**os.environ, "DISTRELOAD_ENABLED": "1", "DISTRELOAD_REDIS_URL": url,
-                           "DISTRELOAD_NAMESPACE": namespace, ENV_DEMO_HOST: f"host-{index + 1}",
-                           ENV_DEMO_LINKS: " ".join(cluster.urls)}
-                    command = [sys.executable, "-m", "uvicorn", "distreload.demo:app", "--host", bind,
-                               "--port", str(host_port), "--workers", str(workers), "--no-access-log",
-                               "--log-level", "warning", "--timeout-graceful-shutdown", "5"]
+                    env = {
+                        **os.environ,
+                        "DISTRELOAD_ENABLED": "1",
+                        "DISTRELOAD_REDIS_URL": url,
+                        "DISTRELOAD_NAMESPACE": namespace,
+                        ENV_DEMO_HOST: f"host-{index + 1}",
+                        ENV_DEMO_LINKS: " ".join(cluster.urls),
+                    }
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "distreload.demo:app",
+                        "--host",
+                        bind,
+                        "--port",
+                        str(host_port),
+                        "--workers",
+                        str(workers),
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                        "--timeout-graceful-shutdown",
+                        "5",
+                    ]
                     # Own session: a Ctrl-C reaches this command, which stops the servers in order.
                     cluster.processes.append(subprocess.Popen(command, env=env, start_new_session=True))
                 _wait_until_serving(cluster, ports, bind, workers)

@@ -1,37 +1,35 @@
-"""What travels through Redis, kept free of heavy imports: key and channel names, the Lua scripts, the
-message format and its validation, and the one exchange ``distreload publish`` needs, spoken directly in
-Redis's protocol (RESP).
+"""What travels through Redis: key and channel names, the Lua scripts, the message format and its
+validation. Free of heavy imports, so ``distreload publish`` starts fast.
 
-The command line runs from shells and CI jobs where start-up is the whole cost: importing redis-py (and
-asyncio with it) takes longer than the publish itself, so the command connects, authenticates, selects
-the database and runs the publish script over one plain (or TLS) socket.
+Every name of a namespace carries the namespace as a hash tag (``distreload:{shop}:state``): on a Redis
+Cluster the state, the channel and the presence keys then live in one slot, so one script can touch them
+all and a sharded channel stays on the shard that holds its state.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Literal, cast
 
-from .config import Target
-
-ReloadKind = Literal["reload", "css"]
-RELOAD_KINDS: tuple[ReloadKind, ...] = ("reload", "css")
+ReloadKind = Literal["reload", "css", "morph", "images"]
+RELOAD_KINDS: tuple[ReloadKind, ...] = ("reload", "css", "morph", "images")
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_VERSION = 2**53  # what a browser's JavaScript number still holds exactly
 MAX_PATHS = 100
 MAX_PATH_LENGTH = 2048
+MAX_SPREAD_SECONDS = 3600.0
+MAX_MATCH_LENGTH = 256
 _EPOCH_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 _VERSION_TEXT_PATTERN = re.compile(r"([0-9a-f]{8,32})-([0-9]{1,16})")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
-# The most a published message adds around its paths ('{"epoch":"...","version":...,"kind":"...","paths":').
-_MESSAGE_OVERHEAD = 100
+# The most a published message adds around its request ('{"epoch":"...","version":...,').
+_MESSAGE_OVERHEAD = 80
 
 # Both scripts start by reading the state; a state key that is missing, or that something other than
 # distreload wrote (another type, a malformed epoch or version), counts as absent and is replaced, so stray
@@ -42,12 +40,12 @@ local function read_state(key)
   kind = type(kind) == 'table' and kind['ok'] or kind
   if kind == 'none' then return nil end
   if kind == 'hash' then
-    local state = redis.call('HMGET', key, 'epoch', 'version')
+    local state = redis.call('HMGET', key, 'epoch', 'version', 'last')
     local epoch, version = state[1], state[2]
     if type(epoch) == 'string' and type(version) == 'string'
         and #epoch >= 8 and #epoch <= 32 and string.match(epoch, '^[0-9a-f]+$')
         and #version <= 16 and string.match(version, '^[0-9]+$') then
-      return epoch, tonumber(version)
+      return epoch, tonumber(version), state[3] or ''
     end
   end
   redis.call('DEL', key)
@@ -55,48 +53,61 @@ local function read_state(key)
 end
 """
 
-# Publish: create the state on first use, bump it and publish it, all at once. The message is built by
-# concatenation because cjson turns an empty list into an object; every piece was validated by the caller.
-_PUBLISH_SCRIPT = _READ_STATE + """
+# Publish: create the state on first use, bump it, keep the message as the state's last one (what a worker
+# that missed it replays) and publish it, all at once. ARGV[2] is the request as a JSON object, validated
+# by the caller; the message is that object with the epoch and version put in front. The workers record in
+# the state how they subscribe ('mode'): 'sharded' on a Redis Cluster, where the message goes out with
+# SPUBLISH and stays on the shard that holds the state, else a plain PUBLISH. So a publisher need not know
+# the topology it publishes to.
+_PUBLISH_SCRIPT = (
+    _READ_STATE
+    + """
 local epoch = read_state(KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', 0)
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local message = '{"epoch":"' .. epoch .. '","version":' .. version ..
-  ',"kind":"' .. ARGV[2] .. '","paths":' .. ARGV[3] .. '}'
-local receivers = redis.call('PUBLISH', KEYS[2], message)
+local message = '{"epoch":"' .. epoch .. '","version":' .. version .. ',' .. string.sub(ARGV[2], 2)
+redis.call('HSET', KEYS[1], 'last', message)
+local command = redis.call('HGET', KEYS[1], 'mode') == 'sharded' and 'SPUBLISH' or 'PUBLISH'
+local receivers = redis.call(command, KEYS[2], message)
 return {epoch, version, receivers}
 """
+)
 
 # Seed: run by a worker after every (re)subscribe. A Redis restarted without persistence has no state;
 # the worker puts back what it knew, so browsers see no change and nothing reloads for the restart alone.
-_SEED_SCRIPT = _READ_STATE + """
-local epoch, version = read_state(KEYS[1])
+# ARGV[3] is how the worker subscribed ('sharded' or 'plain'), for the publish script.
+_SEED_SCRIPT = (
+    _READ_STATE
+    + """
+local epoch, version, last = read_state(KEYS[1])
 local known = tonumber(ARGV[2])
 if not epoch then
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'version', known)
-  return {ARGV[1], known}
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'version', known, 'mode', ARGV[3])
+  return {ARGV[1], known, ''}
 end
+redis.call('HSET', KEYS[1], 'mode', ARGV[3])
 if epoch == ARGV[1] and known > version then
   redis.call('HSET', KEYS[1], 'version', known)
   version = known
 end
-return {epoch, version}
+return {epoch, version, last}
 """
+)
 
 
 def channel_name(namespace: str) -> str:
-    return f"distreload:{namespace}:reload"
+    return f"distreload:{{{namespace}}}:reload"
 
 
 def state_key(namespace: str) -> str:
-    return f"distreload:{namespace}:state"
+    return f"distreload:{{{namespace}}}:state"
 
 
 def presence_prefix(namespace: str) -> str:
-    return f"distreload:{namespace}:presence:"
+    return f"distreload:{{{namespace}}}:presence:"
 
 
 def new_epoch() -> str:
@@ -136,18 +147,49 @@ class ClusterVersion:
             return self.number < current.number
         return current.number > 0
 
+    def follows(self, seen: ClusterVersion) -> bool:
+        """Whether this is the very next version after ``seen`` (nothing else was missed between)."""
+        return self.epoch == seen.epoch and self.number == seen.number + 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadRequest:
+    """What a publisher asks every page to do, validated (see :func:`reload_request`)."""
+
+    kind: ReloadKind = "reload"
+    paths: tuple[str, ...] = ()
+    spread: float = 0.0
+    match: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"kind": self.kind, "paths": list(self.paths), "spread": self.spread, "match": self.match},
+            separators=(",", ":"),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Reload:
-    """One reload as it travels: the cluster version it created, its kind and, for CSS, which sheets."""
+    """One reload as it travels: the cluster version it created and what the pages are to do."""
 
     version: ClusterVersion
     kind: ReloadKind = "reload"
     paths: tuple[str, ...] = ()
+    spread: float = 0.0
+    match: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"version": str(self.version), "kind": self.kind, "paths": list(self.paths)},
-                          separators=(",", ":"))
+        """The data of the ``reload`` event a browser receives."""
+        return json.dumps(
+            {
+                "version": str(self.version),
+                "kind": self.kind,
+                "paths": list(self.paths),
+                "spread": self.spread,
+                "match": self.match,
+            },
+            separators=(",", ":"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +208,11 @@ class PublishError(RuntimeError):
     """The reload was not published (Redis unreachable, refused, or timed out)."""
 
 
-def validate_publish_request(kind: str, paths: Sequence[str]) -> tuple[ReloadKind, tuple[str, ...]]:
+def reload_request(
+    kind: object = "reload", paths: Sequence[object] = (), spread: object = 0.0, match: object = None
+) -> ReloadRequest:
+    """Check what a publisher asked for; ValueError with a one-line reason for anything a page could
+    not follow, before anything is sent."""
     if kind not in RELOAD_KINDS:
         raise ValueError(f"kind must be one of {', '.join(RELOAD_KINDS)}, not {kind!r}")
     if isinstance(paths, str):
@@ -176,11 +222,29 @@ def validate_publish_request(kind: str, paths: Sequence[str]) -> tuple[ReloadKin
     for path in paths:
         if not is_same_origin_path(path):
             raise ValueError(f"{path!r} is not a same-origin URL path (it must start with a single '/')")
+    if (
+        isinstance(spread, bool)
+        or not isinstance(spread, int | float)
+        or not math.isfinite(spread)
+        or not 0 <= spread <= MAX_SPREAD_SECONDS
+    ):
+        raise ValueError(
+            f"spread must be a number of seconds from 0 to {MAX_SPREAD_SECONDS:g}, not {spread!r}"
+        )
+    if match is None:
+        match = ""
+    if match != "" and not is_path_pattern(match):
+        raise ValueError(
+            f"match {match!r} must be a URL path pattern starting with '/' "
+            f"(at most {MAX_MATCH_LENGTH} characters, e.g. '/screens/lobby/*')"
+        )
+    # Each value was checked above; the casts only tell the type checker what the checks proved.
+    request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), float(spread), cast(str, match))
     # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
-    size = len(json.dumps(list(paths)).encode()) + _MESSAGE_OVERHEAD
+    size = len(request.to_json().encode()) + _MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
         raise ValueError(f"the paths make a {size} byte message; the limit is {MAX_MESSAGE_BYTES} bytes")
-    return kind, tuple(paths)  # mypy narrows kind to ReloadKind through the membership test above
+    return request
 
 
 def is_same_origin_path(path: object) -> bool:
@@ -191,6 +255,16 @@ def is_same_origin_path(path: object) -> bool:
         and path.startswith("/")
         and not path.startswith("//")
         and _CONTROL_CHARACTERS.search(path) is None
+    )
+
+
+def is_path_pattern(pattern: object) -> bool:
+    """A glob on a page's path: starts with '/', short, no control characters or backslashes."""
+    return (
+        isinstance(pattern, str)
+        and 0 < len(pattern) <= MAX_MATCH_LENGTH
+        and pattern.startswith("/")
+        and _CONTROL_CHARACTERS.search(pattern) is None
     )
 
 
@@ -209,147 +283,92 @@ def parse_message(raw: bytes | str) -> Reload:
     if not isinstance(data, dict):
         raise BadMessage("not a JSON object")
     epoch, number = data.get("epoch"), data.get("version")
-    kind, paths = data.get("kind"), data.get("paths", [])
     if not isinstance(epoch, str) or not _EPOCH_PATTERN.fullmatch(epoch):
         raise BadMessage("epoch missing or malformed")
     if type(number) is not int or not 1 <= number <= MAX_VERSION:
         raise BadMessage("version missing, not a whole number, or out of range")
-    if kind not in RELOAD_KINDS:
-        raise BadMessage("unknown kind")
+    paths = data.get("paths", [])
     if not isinstance(paths, list) or len(paths) > MAX_PATHS or not all(map(is_same_origin_path, paths)):
         raise BadMessage("paths must be a short list of same-origin URL paths")
-    return Reload(ClusterVersion(epoch, number), kind, tuple(paths))
+    try:
+        request = reload_request(data.get("kind"), paths, data.get("spread", 0.0), data.get("match"))
+    except (ValueError, TypeError) as exc:
+        raise BadMessage(str(exc)) from None
+    return Reload(ClusterVersion(epoch, number), request.kind, request.paths, request.spread, request.match)
 
 
-def _state_from_reply(reply: Any) -> ClusterVersion:
+@dataclass(frozen=True, slots=True)
+class State:
+    """The state hash as a script returned it: the version and the last message published."""
+
+    version: ClusterVersion
+    last: Reload | None = None
+
+    def reload_for(self, seen: ClusterVersion) -> Reload:
+        """What a worker or page that saw ``seen`` is to do: the last message when it missed only that
+        one, else a full reload (what else was missed is not kept)."""
+        if self.last is not None and self.last.version == self.version and self.version.follows(seen):
+            return self.last
+        return Reload(self.version)
+
+
+UNKNOWN_VERSION = ClusterVersion("0" * 16, 0)
+
+
+def state_from_reply(reply: Any) -> State:
+    """Read ``{epoch, version[, last]}`` as the scripts return it; anything malformed reads as version 0."""
     try:
         epoch_raw, number_raw = reply[0], reply[1]
         epoch = epoch_raw.decode() if isinstance(epoch_raw, bytes) else str(epoch_raw)
         number = int(number_raw)
     except (TypeError, ValueError, IndexError, UnicodeDecodeError, AttributeError):
-        return ClusterVersion("0" * 16, 0)
+        return State(UNKNOWN_VERSION)
     if not _EPOCH_PATTERN.fullmatch(epoch) or not 0 <= number <= MAX_VERSION:
-        return ClusterVersion("0" * 16, 0)
-    return ClusterVersion(epoch, number)
+        return State(UNKNOWN_VERSION)
+    last = None
+    raw_last = reply[2] if len(reply) > 2 else None
+    if isinstance(raw_last, bytes | str) and raw_last:
+        try:
+            last = parse_message(raw_last)
+        except BadMessage:
+            last = None
+    return State(ClusterVersion(epoch, number), last)
 
 
-def _publish_result(reply: Any) -> PublishResult:
-    state = _state_from_reply(reply)
-    return PublishResult(state, receivers=int(reply[2]))
+def publish_result(reply: Any) -> PublishResult:
+    try:
+        receivers = int(reply[2])
+    except (TypeError, ValueError, IndexError):
+        receivers = 0
+    return PublishResult(state_from_reply(reply).version, receivers)
 
 
-def _one_line(exc: BaseException) -> str:
+PUBLISH_KEYS = 2  # how many of the publish script's arguments are keys
+SEED_KEYS = 1
+
+
+def publish_arguments(namespace: str, request: ReloadRequest) -> list[str]:
+    """The publish script's keys, then its ARGV (``EVAL script PUBLISH_KEYS *arguments``)."""
+    return [state_key(namespace), channel_name(namespace), new_epoch(), request.to_json()]
+
+
+def seed_arguments(namespace: str, known: ClusterVersion, *, sharded: bool) -> list[str]:
+    """The seed script's keys, then its ARGV (``EVAL script SEED_KEYS *arguments``)."""
+    return [state_key(namespace), known.epoch, str(known.number), "sharded" if sharded else "plain"]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of text: its class and the first line of its message."""
     text = str(exc).strip().splitlines()
     return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
 
 
-def _describe_redis_error(target: Target, exc: BaseException) -> str:
-    text = f"could not publish to Redis at {target.display_url()}: {_one_line(exc)}"
+def describe_publish_failure(display_url: str, exc: BaseException) -> str:
+    """The one line a failed publish raises with (as :class:`PublishError`)."""
+    text = f"could not publish to Redis at {display_url}: {one_line(exc)}"
     # redis-py's TimeoutError is not the built-in one; both mean the same here (checked by name so that
     # this module need not import redis-py).
     if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":
         # The command may have reached a Redis that is only slow: say so rather than claim either way.
         text += " (no answer in time: the reload goes out if Redis runs it later)"
     return text
-
-
-# --- A minimal RESP client: connect, AUTH, SELECT, EVAL -----------------------------------------------
-
-
-class ReplyError(Exception):
-    """Redis answered with an error (``-ERR ...``)."""
-
-
-class _Connection:
-    def __init__(self, url: str, timeout: float) -> None:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        self.username: str | None = unquote(parts.username) if parts.username else _first(query, "username")
-        self.password: str | None = unquote(parts.password) if parts.password else _first(query, "password")
-        if parts.scheme == "unix":
-            self.database = int((query.get("db") or ["0"])[0])
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            sock.connect(parts.path)
-        else:
-            path = parts.path.strip("/")
-            self.database = int(path or (query.get("db") or ["0"])[0])
-            sock = socket.create_connection((parts.hostname or "localhost", parts.port or 6379), timeout)
-            if parts.scheme == "rediss":
-                import ssl
-
-                # The same TLS options redis-py reads from the URL, so one URL serves workers and CLI.
-                context = ssl.create_default_context(cafile=_first(query, "ssl_ca_certs"))
-                certfile = _first(query, "ssl_certfile")
-                if certfile:
-                    context.load_cert_chain(certfile, _first(query, "ssl_keyfile"))
-                if _first(query, "ssl_check_hostname") in ("false", "False", "0"):
-                    context.check_hostname = False
-                requirement = _first(query, "ssl_cert_reqs")
-                if requirement in ("none", "CERT_NONE"):
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                elif requirement in ("optional", "CERT_OPTIONAL"):
-                    context.verify_mode = ssl.CERT_OPTIONAL
-                sock = context.wrap_socket(sock, server_hostname=parts.hostname)
-        self.socket = sock
-        self.reader = sock.makefile("rb")
-
-    def command(self, *arguments: str | bytes) -> Any:
-        encoded = [a.encode() if isinstance(a, str) else a for a in arguments]
-        request = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
-        self.socket.sendall(request)
-        return self._reply()
-
-    def _reply(self) -> Any:
-        line = self.reader.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("Redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise ReplyError(rest.decode(errors="replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.reader.read(size + 2)[:-2]
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [self._reply() for _ in range(count)]
-        raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
-
-    def close(self) -> None:
-        self.reader.close()
-        self.socket.close()
-
-
-def _first(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[0] if values else None
-
-
-def publish_over_resp(target: Target, kind: str = "reload", paths: Sequence[str] = (),
-                      *, timeout: float = 5.0) -> PublishResult:
-    """Publish one reload to every worker sharing ``target``, without importing redis-py; raise
-    PublishError when it did not go out."""
-    checked_kind, checked_paths = validate_publish_request(kind, paths)
-    try:
-        connection = _Connection(target.redis_url, timeout)
-        try:
-            if connection.password is not None:
-                if connection.username:
-                    connection.command("AUTH", connection.username, connection.password)
-                else:
-                    connection.command("AUTH", connection.password)
-            if connection.database:
-                connection.command("SELECT", str(connection.database))
-            reply = connection.command("EVAL", _PUBLISH_SCRIPT, "2", state_key(target.namespace),
-                                       channel_name(target.namespace), new_epoch(), checked_kind,
-                                       json.dumps(list(checked_paths)))
-        finally:
-            connection.close()
-    except (OSError, ReplyError, ValueError) as exc:
-        raise PublishError(_describe_redis_error(target, exc)) from exc
-    return _publish_result(reply)

@@ -10,6 +10,10 @@ EXTRAS="${DISTRELOAD_EXTRAS:-test,dev}"
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [[ ",$EXTRAS," == *",test,"* ]]; then
+  command -v redis-sentinel >/dev/null 2>&1 || need_apt+=(redis-sentinel)  # the Sentinel failover tests
+  command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)  # redis-cli --cluster create
+  command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)  # packet loss between test hosts
+  command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)  # network namespaces as test hosts
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # the rediss:// tests make a certificate
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)  # the benchmarks' HTTP load generator
@@ -17,8 +21,8 @@ fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
     echo "bootstrap: please install ${need_apt[*]} (Debian/Ubuntu: sudo apt-get install ${need_apt[*]})" >&2
   fi

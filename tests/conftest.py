@@ -25,8 +25,13 @@ ROOT = TESTS.parent
 SHARED_REDIS_URL = os.environ.get("DISTRELOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("DISTRELOAD_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -97,9 +102,23 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         assert binary is not None
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(self.port, 10, self.process)
 
     def stop(self) -> None:
@@ -170,26 +189,68 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """
     started: list[ServerProcess] = []
 
-    def start(app: str, *, workers: int = 1, server: str = "uvicorn", env: dict[str, str] | None = None,
-              extra_args: list[str] | None = None, port: int | None = None, cwd: Path | None = None,
-              wait: bool = True) -> ServerProcess:
+    def start(
+        app: str,
+        *,
+        workers: int = 1,
+        server: str = "uvicorn",
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        port: int | None = None,
+        cwd: Path | None = None,
+        wait: bool = True,
+    ) -> ServerProcess:
         port = port or free_port()
         if server == "uvicorn":
-            command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-                       "--workers", str(workers), "--no-access-log"]
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-log",
+            ]
         elif server == "gunicorn":
-            command = [sys.executable, "-m", "gunicorn", app, "-k", "uvicorn_worker.UvicornWorker",
-                       "-w", str(workers), "-b", f"127.0.0.1:{port}", "--graceful-timeout", "30"]
+            command = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                app,
+                "-k",
+                "uvicorn_worker.UvicornWorker",
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--graceful-timeout",
+                "30",
+            ]
         else:
             raise ValueError(server)
         command += extra_args or []
         python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        full_env = {**os.environ, "PYTHONPATH": python_path,
-                    "DISTRELOAD_ENABLED": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": python_path,
+            "DISTRELOAD_ENABLED": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         log_path = tmp_path / f"server-{port}.log"
         with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                       cwd=str(cwd or ROOT), start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(cwd or ROOT),
+                start_new_session=True,
+            )
         handle = ServerProcess(port=port, process=process, log_path=log_path)
         started.append(handle)
         if wait:
@@ -235,6 +296,7 @@ def open_sse() -> Iterator[Callable[..., object]]:
 
 
 # --- Chromium through Playwright (tests/test_client.py) --------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[object]:

@@ -37,8 +37,10 @@ class SSEReader:
         self._lock = threading.Condition()
         self._sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
         extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
-        request = (f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                   f"Accept: text/event-stream\r\n{extra}\r\n")
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"Accept: text/event-stream\r\n{extra}\r\n"
+        )
         self._sock.sendall(request.encode())
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -135,5 +137,5 @@ def _dechunk(raw: bytes) -> tuple[str, bytes, bool]:
             return out.decode(), b"", True
         if len(raw) < line_end + 2 + size + 2:
             return out.decode(), raw, False
-        out += raw[line_end + 2: line_end + 2 + size]
-        raw = raw[line_end + 2 + size + 2:]
+        out += raw[line_end + 2 : line_end + 2 + size]
+        raw = raw[line_end + 2 + size + 2 :]

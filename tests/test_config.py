@@ -34,26 +34,33 @@ def test_environment_gives_defaults_and_arguments_win(monkeypatch: pytest.Monkey
     assert explicit == Target("rediss://arg-host:6380", "from-arg")
 
 
-@pytest.mark.parametrize("url", [
-    "redis://localhost:6379/0",
-    "rediss://user:secret@redis.example.test:6380/1",
-    "redis://:secret@127.0.0.1",
-    "unix:///run/redis/redis.sock?db=2",
-    "memory://",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://user:secret@redis.example.test:6380/1",
+        "redis://:secret@127.0.0.1",
+        "unix:///run/redis/redis.sock?db=2",
+        "memory://",
+    ],
+)
 def test_supported_urls(url: str) -> None:
     assert resolve_target(url).redis_url == url
 
 
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("http://localhost:6379", "has scheme 'http'"),
-    ("localhost:6379", "has scheme 'localhost'"),
-    ("redis://", "names no host"),
-    ("unix://", "names no socket path"),
-    ("redis://host:port", "is not a valid URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://localhost:6379", "has scheme 'http'"),
+        ("localhost:6379", "has scheme 'localhost'"),
+        ("redis://", "names no host"),
+        ("unix://", "names no socket path"),
+        ("redis://host:port", "is not a valid URL"),
+    ],
+)
 def test_bad_url_is_one_line_naming_the_setting(
-        url: str, fragment: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url: str, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ConfigError) as raised:
         resolve_target(url)
     assert str(raised.value).startswith("redis_url: ") and fragment in str(raised.value)
@@ -85,10 +92,20 @@ def test_mask_password() -> None:
     assert Target("redis://:pw@h", "n").display_url() == "redis://:***@h"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("1", True), ("true", True), ("YES", True), (" on ", True),
-    ("0", False), ("false", False), ("no", False), ("off", False), ("", False),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+        ("", False),
+    ],
+)
 def test_enabled_words(raw: str, expected: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTRELOAD_ENABLED", raw)
     assert resolve_enabled() is expected
@@ -100,6 +117,18 @@ def test_enabled_is_off_when_unset_and_bad_words_are_errors(monkeypatch: pytest.
     monkeypatch.setenv("DISTRELOAD_ENABLED", "perhaps")
     with pytest.raises(ConfigError, match="^DISTRELOAD_ENABLED: 'perhaps'"):
         resolve_enabled()
+
+
+def test_a_default_applies_only_when_neither_argument_nor_environment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DISTRELOAD_ENABLED", raising=False)
+    assert resolve_enabled(default=True) is True  # the drop-in's default: using it is the opt-in
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "")
+    assert resolve_enabled(default=True) is True
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "0")
+    assert resolve_enabled(default=True) is False
+    assert resolve_enabled(True, default=False) is True
 
 
 def test_prefix_validation() -> None:

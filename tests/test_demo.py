@@ -48,11 +48,19 @@ class RunningDemo:
         return time.monotonic() - started
 
 
-def start_demo(command: list[str], *, timeout: float = 90.0,
-               env: dict[str, str] | None = None) -> RunningDemo:
+def start_demo(
+    command: list[str], *, timeout: float = 90.0, env: dict[str, str] | None = None
+) -> RunningDemo:
     """Start the demo and read its instructions (the last line says how to stop it)."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               start_new_session=True, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
     assert process.stdout is not None
     output: list[str] = []
     deadline = time.monotonic() + timeout
@@ -94,8 +102,9 @@ def get(url: str) -> tuple[str, dict[str, str]]:
 
 
 def post_json(url: str, body: dict[str, str]) -> dict[str, object]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         answer: dict[str, object] = json.load(response)
         return answer
@@ -107,8 +116,9 @@ def port_is_closed(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_demo_runs_a_cluster_with_no_redis_installed(demos: Callable[..., RunningDemo],
-                                                     open_sse: Callable[..., SSEReader]) -> None:
+def test_demo_runs_a_cluster_with_no_redis_installed(
+    demos: Callable[..., RunningDemo], open_sse: Callable[..., SSEReader]
+) -> None:
     demo = demos("--port", "0", "--hosts", "2", "--workers", "2", "--timeout", "120")
     text = "".join(demo.output)
     assert "2 hosts x 2 workers" in text and "embedded Redis-protocol server (fakeredis)" in text
@@ -122,8 +132,17 @@ def test_demo_runs_a_cluster_with_no_redis_installed(demos: Callable[..., Runnin
     readers = [open_sse(port) for port in demo.ports for _ in range(3)]
     assert all(reader.wait_for("hello") for reader in readers)
 
-    cli = [sys.executable, "-m", "distreload", "publish", "--redis-url", demo.redis_url, "--namespace",
-           demo.namespace, "--json"]
+    cli = [
+        sys.executable,
+        "-m",
+        "distreload",
+        "publish",
+        "--redis-url",
+        demo.redis_url,
+        "--namespace",
+        demo.namespace,
+        "--json",
+    ]
     published = subprocess.run(cli, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert published.returncode == 0, published.stderr
     result = json.loads(published.stdout)
@@ -136,13 +155,33 @@ def test_demo_runs_a_cluster_with_no_redis_installed(demos: Callable[..., Runnin
     assert answer["receivers"] == 4 and answer["host"] == "host-2"
     for reader in readers:
         css = reader.wait_for("reload", 2)[1].json()
-        assert css == {"version": answer["version"], "kind": "css", "paths": ["/style.css"]}
+        assert css == {
+            "version": answer["version"],
+            "kind": "css",
+            "paths": ["/style.css"],
+            "spread": 0.0,
+            "match": "",
+        }
     style_after, _ = get(demo.urls[0] + "style.css")
     assert style_after != style_before  # the swap is visible: the accent colour moved
 
-    status = subprocess.run([sys.executable, "-m", "distreload", "status", "--redis-url", demo.redis_url,
-                             "--namespace", demo.namespace, "--json"], capture_output=True, text=True,
-                            timeout=30, cwd=ROOT)
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distreload",
+            "status",
+            "--redis-url",
+            demo.redis_url,
+            "--namespace",
+            demo.namespace,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert len(json.loads(status.stdout)["workers"]) == 4
 
     took = demo.stop()
@@ -153,10 +192,23 @@ def test_demo_runs_a_cluster_with_no_redis_installed(demos: Callable[..., Runnin
 
 
 @pytest.mark.redis
-def test_demo_uses_a_given_redis(demos: Callable[..., RunningDemo], shared_redis_url: str,
-                                 namespace: str) -> None:
-    demo = demos("--port", "0", "--hosts", "1", "--workers", "2", "--redis-url", shared_redis_url,
-                 "--namespace", namespace, "--timeout", "120")
+def test_demo_uses_a_given_redis(
+    demos: Callable[..., RunningDemo], shared_redis_url: str, namespace: str
+) -> None:
+    demo = demos(
+        "--port",
+        "0",
+        "--hosts",
+        "1",
+        "--workers",
+        "2",
+        "--redis-url",
+        shared_redis_url,
+        "--namespace",
+        namespace,
+        "--timeout",
+        "120",
+    )
     assert f"reloads travel through Redis at {shared_redis_url}" in "".join(demo.output)
     assert demo.redis_url == shared_redis_url and demo.namespace == namespace
     answer = post_json(demo.urls[0] + "demo/publish", {"kind": "reload"})
@@ -168,8 +220,13 @@ def test_demo_on_a_port_in_use_is_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "distreload", "demo", "--port", str(port)],
-                              capture_output=True, text=True, timeout=30, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, "-m", "distreload", "demo", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+        )
     assert done.returncode == 1
     assert done.stderr.startswith(f"distreload demo: cannot listen on 127.0.0.1:{port} ")
     assert done.stderr.count("\n") == 1
@@ -179,9 +236,22 @@ def test_demo_with_an_unreachable_redis_is_one_line() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "distreload", "demo", "--port", "0", "--redis-url",
-                           f"redis://127.0.0.1:{port}/0"],
-                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distreload",
+            "demo",
+            "--port",
+            "0",
+            "--redis-url",
+            f"redis://127.0.0.1:{port}/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert done.returncode == 1
     assert done.stderr.startswith(f"distreload demo: cannot reach Redis at redis://127.0.0.1:{port}/0")
     assert done.stderr.count("\n") == 1
@@ -214,21 +284,26 @@ def test_demo_app_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_importing_the_demo_module_builds_nothing() -> None:
-    code = ("import sys, distreload.demo as d; print(d._app is None, 'starlette' in sys.modules)")
+    code = "import sys, distreload.demo as d; print(d._app is None, 'starlette' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "True False", done.stderr
 
 
 @pytest.mark.browser
 def test_demo_page_buttons_swap_the_stylesheet_in_place_and_reload_every_tab(
-        demos: Callable[..., RunningDemo], new_context: Callable[..., Any]) -> None:
+    demos: Callable[..., RunningDemo], new_context: Callable[..., Any]
+) -> None:
     demo = demos("--port", "0", "--hosts", "2", "--workers", "1", "--timeout", "120")
     tabs = []
     for url in demo.urls:
         page = new_context().new_page()
         navigations: list[str] = []
-        page.on("framenavigated", lambda frame, page=page, seen=navigations: seen.append(frame.url)
-                if frame == page.main_frame else None)
+        page.on(
+            "framenavigated",
+            lambda frame, page=page, seen=navigations: (
+                seen.append(frame.url) if frame == page.main_frame else None
+            ),
+        )
         page.goto(url)
         page.wait_for_function("window.__distreload && window.__distreload.connected", timeout=20_000)
         tabs.append((page, navigations))
@@ -240,8 +315,9 @@ def test_demo_page_buttons_swap_the_stylesheet_in_place_and_reload_every_tab(
     before = [accent(page) for page, _ in tabs]
     first.click("#css")
     for page, _ in tabs:  # both hosts' tabs pick up the new colour without reloading
-        page.wait_for_function(f"getComputedStyle(document.querySelector('h1')).color !== {before[0]!r}",
-                               timeout=10_000)
+        page.wait_for_function(
+            f"getComputedStyle(document.querySelector('h1')).color !== {before[0]!r}", timeout=10_000
+        )
     assert all(len(navigations) == 1 for _, navigations in tabs)
     assert accent(first) != before[0]
 

@@ -1,20 +1,22 @@
-"""The reload endpoint and its stream hub, driven through ASGI with recording ``send`` functions."""
+"""The reload endpoint, driven through ASGI with recording ``send`` functions."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from distreload import DistReload
 from distreload.broker import MemoryBroker
 from distreload.config import Target
-from distreload.endpoint import CLIENT_SCRIPT, HEARTBEAT, StreamHub, sse_event
-from distreload.protocol import ClusterVersion
+from distreload.endpoint import CLIENT_SCRIPT
+from distreload.hub import HEARTBEAT, sse_event
+from distreload.protocol import ClusterVersion, Reload, ReloadRequest
+
+from .asgi import complete, request, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -26,79 +28,21 @@ async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture
 async def app() -> AsyncIterator[DistReload]:
-    distreload = DistReload(not_found, enabled=True, broker=MemoryBroker(Target("memory://", "test")),
-                            build_id="build1", heartbeat_interval=0.05, token="s3cret")
+    distreload = DistReload(
+        not_found,
+        enabled=True,
+        broker=MemoryBroker(Target("memory://", "test")),
+        build_id="build1",
+        heartbeat_interval=0.05,
+        token="s3cret",
+    )
     await distreload.ensure_started()
     yield distreload
     await distreload.shutdown()
 
 
-@dataclass
-class Client:
-    """One request in flight: its messages, and a way to hang up."""
-
-    sent: list[Message] = field(default_factory=list)
-    hang_up: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    request_body: bytes = b""
-
-    @property
-    def status(self) -> int:
-        return int(self.sent[0]["status"])
-
-    @property
-    def headers(self) -> dict[bytes, bytes]:
-        return dict(self.sent[0]["headers"])
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.sent[1:])
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.sent) and self.sent[-1]["type"] == "http.response.body" and \
-            not self.sent[-1].get("more_body", False)
-
-
-def request(app: DistReload, method: str, path: str, *, headers: dict[str, str] | None = None,
-            query: str = "", body: bytes = b"", root_path: str = "") -> Client:
-    client = Client(request_body=body)
-    delivered = False
-
-    async def receive() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await client.hang_up.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        client.sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            client.hang_up.set()  # as a server does once the response is complete
-
-    scope: dict[str, Any] = {
-        "type": "http", "method": method, "path": root_path + path, "root_path": root_path,
-        "query_string": query.encode(),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-    }
-    client.task = asyncio.ensure_future(app(scope, receive, send))
-    return client
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-async def complete(client: Client) -> Client:
-    assert client.task is not None
-    await asyncio.wait_for(client.task, 5)
-    return client
-
-
 # --- Readiness, script, unknown paths -------------------------------------------------------------------
+
 
 async def test_readiness_probe_answers_with_version_and_build(app: DistReload) -> None:
     head = await complete(request(app, "HEAD", "/---distreload---"))
@@ -114,20 +58,30 @@ async def test_client_script_is_the_package_file_and_cacheable(app: DistReload) 
     assert script.status == 200 and script.body == CLIENT_SCRIPT
     assert script.headers[b"content-type"] == b"text/javascript; charset=utf-8"
     assert b"max-age" in script.headers[b"cache-control"]
-    again = await complete(request(app, "GET", "/---distreload---/client.js",
-                                   headers={"If-None-Match": script.headers[b"etag"].decode()}))
+    again = await complete(
+        request(
+            app,
+            "GET",
+            "/---distreload---/client.js",
+            headers={"If-None-Match": script.headers[b"etag"].decode()},
+        )
+    )
     assert again.status == 304 and again.body == b""
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/---distreload---/nope", 404),
-    ("GET", "/---distreload---/events/extra", 404),
-    ("POST", "/---distreload---/events", 405),
-    ("DELETE", "/---distreload---", 405),
-    ("GET", "/---distreload---/publish", 405),
-])
-async def test_unknown_paths_and_methods_under_the_prefix(app: DistReload, method: str, path: str,
-                                                          status: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/---distreload---/nope", 404),
+        ("GET", "/---distreload---/events/extra", 404),
+        ("POST", "/---distreload---/events", 405),
+        ("DELETE", "/---distreload---", 405),
+        ("GET", "/---distreload---/publish", 405),
+    ],
+)
+async def test_unknown_paths_and_methods_under_the_prefix(
+    app: DistReload, method: str, path: str, status: int
+) -> None:
     answer = await complete(request(app, method, path))
     assert answer.status == status and answer.body.startswith(b"distreload: ")
 
@@ -140,6 +94,7 @@ async def test_paths_outside_the_prefix_belong_to_the_app(app: DistReload) -> No
 
 # --- The event stream -----------------------------------------------------------------------------------
 
+
 async def test_stream_starts_with_hello_and_is_not_buffered_by_proxies(app: DistReload) -> None:
     stream = request(app, "GET", "/---distreload---/events", headers={"Accept": "text/event-stream"})
     await settle()
@@ -149,7 +104,7 @@ async def test_stream_starts_with_hello_and_is_not_buffered_by_proxies(app: Dist
     assert b"no-cache" in stream.headers[b"cache-control"]
     version = str(app.broker.version)
     assert stream.body.startswith(b"retry: 1000\n\nevent: hello\nid: " + version.encode() + b"\n")
-    assert len(app.hub) == 1
+    assert app.hub is not None and len(app.hub) == 1
     stream.hang_up.set()
     await complete(stream)
     assert len(app.hub) == 0
@@ -158,13 +113,14 @@ async def test_stream_starts_with_hello_and_is_not_buffered_by_proxies(app: Dist
 async def test_every_stream_gets_each_reload_once_and_in_order(app: DistReload) -> None:
     streams = [request(app, "GET", "/---distreload---/events") for _ in range(50)]
     await settle()
-    first = await app.broker.publish()
-    second = await app.broker.publish("css", ["/static/site.css"])
+    first = await app.broker.publish(ReloadRequest())
+    second = await app.broker.publish(ReloadRequest("css", ("/static/site.css",)))
+    await settle()
     for stream in streams:
         body = stream.body
         assert body.count(b"event: reload") == 2
         assert body.index(f"id: {first.version}".encode()) < body.index(f"id: {second.version}".encode())
-        assert b'"kind":"css","paths":["/static/site.css"]' in body
+        assert b'"kind":"css","paths":["/static/site.css"],"spread":0.0,"match":""' in body
         stream.hang_up.set()
     await asyncio.gather(*(complete(s) for s in streams))
 
@@ -172,9 +128,10 @@ async def test_every_stream_gets_each_reload_once_and_in_order(app: DistReload) 
 @pytest.mark.parametrize("how", ["header", "query"])
 async def test_reconnect_behind_the_cluster_gets_the_reload_at_once(app: DistReload, how: str) -> None:
     old = str(app.broker.version)
-    await app.broker.publish()
-    options: dict[str, Any] = ({"headers": {"Last-Event-ID": old}} if how == "header"
-                               else {"query": f"last_event_id={old}"})
+    await app.broker.publish(ReloadRequest())
+    options: dict[str, Any] = (
+        {"headers": {"Last-Event-ID": old}} if how == "header" else {"query": f"last_event_id={old}"}
+    )
     stream = request(app, "GET", "/---distreload---/events", **options)
     await settle()
     assert stream.body.count(b"event: reload") == 1
@@ -183,15 +140,40 @@ async def test_reconnect_behind_the_cluster_gets_the_reload_at_once(app: DistRel
     await complete(stream)
 
 
-@pytest.mark.parametrize("last_event_id", [
-    "", "garbage", "-1", "0123456789abcdef--5", "0123456789abcdef-99999999999999999999", "\u00e9", "x" * 5000,
-])
+async def test_a_reconnect_that_missed_only_the_last_reload_gets_it_as_it_was(app: DistReload) -> None:
+    seen = str(app.broker.version)
+    published = await app.broker.publish(ReloadRequest("morph", (), 5.0, "/kiosk/*"))
+    stream = request(app, "GET", "/---distreload---/events", headers={"Last-Event-ID": seen})
+    await settle()
+    expected = Reload(published.version, "morph", (), 5.0, "/kiosk/*").to_json()
+    assert f"event: reload\nid: {published.version}\ndata: {expected}\n\n".encode() in stream.body
+    stream.hang_up.set()
+    await complete(stream)
+
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    [
+        "",
+        "garbage",
+        "-1",
+        "0123456789abcdef--5",
+        "0123456789abcdef-99999999999999999999",
+        "\u00e9",
+        "x" * 5000,
+    ],
+)
 async def test_malformed_last_event_id_is_treated_as_absent(app: DistReload, last_event_id: str) -> None:
-    await app.broker.publish()
-    stream = request(app, "GET", "/---distreload---/events",
-                     query="last_event_id=" + last_event_id.encode().hex())
-    stream2 = request(app, "GET", "/---distreload---/events",
-                      headers={"Last-Event-ID": last_event_id.encode("utf-8").decode("latin-1")})
+    await app.broker.publish(ReloadRequest())
+    stream = request(
+        app, "GET", "/---distreload---/events", query="last_event_id=" + last_event_id.encode().hex()
+    )
+    stream2 = request(
+        app,
+        "GET",
+        "/---distreload---/events",
+        headers={"Last-Event-ID": last_event_id.encode("utf-8").decode("latin-1")},
+    )
     await settle()
     for each in (stream, stream2):
         assert each.status == 200 and b"event: hello" in each.body and b"event: reload" not in each.body
@@ -200,12 +182,15 @@ async def test_malformed_last_event_id_is_treated_as_absent(app: DistReload, las
 
 
 async def test_a_reconnect_that_is_current_or_from_another_epoch_with_nothing_new_does_not_reload(
-        app: DistReload) -> None:
-    await app.broker.publish()
+    app: DistReload,
+) -> None:
+    await app.broker.publish(ReloadRequest())
     current = str(app.broker.version)
     other_epoch = "fedcba9876543210-7"
-    streams = [request(app, "GET", "/---distreload---/events", headers={"Last-Event-ID": value})
-               for value in (current, other_epoch)]
+    streams = [
+        request(app, "GET", "/---distreload---/events", headers={"Last-Event-ID": value})
+        for value in (current, other_epoch)
+    ]
     await settle()
     assert b"event: reload" not in streams[0].body
     assert b"event: reload" in streams[1].body  # the cluster counted a reload this browser never saw
@@ -225,6 +210,7 @@ async def test_heartbeats_keep_idle_streams_alive(app: DistReload) -> None:
 async def test_closing_ends_every_stream_and_refuses_new_ones(app: DistReload) -> None:
     streams = [request(app, "GET", "/---distreload---/events") for _ in range(20)]
     await settle()
+    assert app.hub is not None
     app.hub.close_all()
     await asyncio.gather(*(complete(s) for s in streams))
     for stream in streams:
@@ -233,62 +219,95 @@ async def test_closing_ends_every_stream_and_refuses_new_ones(app: DistReload) -
     assert late.status == 503 and late.headers[b"retry-after"] == b"1"
 
 
-async def test_a_client_that_stopped_reading_gets_its_events_in_order_later() -> None:
-    """A send that has to wait is finished by a task of that stream's own; others are not held up."""
-    hub = StreamHub(MemoryBroker(Target("memory://", "test")), heartbeat_interval=60)
-    gate = asyncio.Event()
-    slow: list[bytes] = []
-    fast: list[bytes] = []
-
-    async def slow_send(message: Message) -> None:
-        await gate.wait()
-        slow.append(message["body"])
-
-    async def fast_send(message: Message) -> None:
-        fast.append(message["body"])
-
-    hub.open(slow_send, b"first")
-    hub.open(fast_send, b"first")
-    hub.broadcast(b"second")
-    hub.broadcast(b"third")
-    assert fast == [b"first", b"second", b"third"] and slow == []
-    gate.set()
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert slow == [b"first", b"second", b"third"]
-    hub.close_all()
-
-
-async def test_a_stream_whose_send_fails_is_dropped() -> None:
-    hub = StreamHub(MemoryBroker(Target("memory://", "test")), heartbeat_interval=60)
-
-    async def broken_send(message: Message) -> None:
-        raise OSError("connection reset")
-
-    hub.open(broken_send, b"first")
-    hub.broadcast(b"x")
-    assert len(hub) == 0
-    hub.close_all()
-
-
 # --- Publishing over HTTP (needs the token) -------------------------------------------------------------
+
 
 async def test_publish_needs_the_right_bearer_token(app: DistReload) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
         denied = await complete(request(app, "POST", "/---distreload---/publish", headers=headers))
         assert denied.status == 401
     before = app.broker.version.number
-    allowed = await complete(request(app, "POST", "/---distreload---/publish",
-                                     headers={"Authorization": "Bearer s3cret"},
-                                     body=b'{"kind": "css", "paths": ["/a.css"]}'))
+    allowed = await complete(
+        request(
+            app,
+            "POST",
+            "/---distreload---/publish",
+            headers={"Authorization": "Bearer s3cret"},
+            body=b'{"kind": "css", "paths": ["/a.css"]}',
+        )
+    )
     assert allowed.status == 200 and app.broker.version.number == before + 1
-    bad = await complete(request(app, "POST", "/---distreload---/publish",
-                                 headers={"Authorization": "Bearer s3cret"}, body=b'{"kind": "boom"}'))
-    assert bad.status == 400 and app.broker.version.number == before + 1
+    for body in (
+        b'{"kind": "boom"}',
+        b'{"spread": -1}',
+        b'{"match": "no-slash"}',
+        b'{"paths": "/a.css"}',
+        b'{"kynd": "css"}',
+        b"[1]",
+        b"not json",
+    ):
+        bad = await complete(
+            request(
+                app,
+                "POST",
+                "/---distreload---/publish",
+                headers={"Authorization": "Bearer s3cret"},
+                body=body,
+            )
+        )
+        assert bad.status == 400 and app.broker.version.number == before + 1
+        assert b"\n" not in bad.body.rstrip(b"\n")
+    fleet = await complete(
+        request(
+            app,
+            "POST",
+            "/---distreload---/publish",
+            headers={"Authorization": "Bearer s3cret"},
+            body=b'{"kind": "images", "paths": ["/logo.png"], "spread": 3, "match": "/tv/*"}',
+        )
+    )
+    assert fleet.status == 200
+    assert app.broker.last == Reload(app.broker.version, "images", ("/logo.png",), 3.0, "/tv/*")
 
 
 async def test_publish_does_not_exist_without_a_token() -> None:
     app = DistReload(not_found, enabled=True, broker=MemoryBroker(Target("memory://", "test")), build_id="b")
-    answer = await complete(request(app, "POST", "/---distreload---/publish",
-                                    headers={"Authorization": "Bearer anything"}))
+    answer = await complete(
+        request(app, "POST", "/---distreload---/publish", headers={"Authorization": "Bearer anything"})
+    )
     assert answer.status == 404
+
+
+async def test_publish_token_from_the_environment_any_scheme_case_and_size_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISTRELOAD_TOKEN", "from-env")
+    app = DistReload(not_found, enabled=True, broker=MemoryBroker(Target("memory://", "test")), build_id="b")
+    await app.ensure_started()
+    try:
+        ok = await complete(
+            request(
+                app,
+                "POST",
+                "/---distreload---/publish",
+                headers={"Authorization": "bEaReR from-env"},
+                body=b"{}",
+            )
+        )
+        assert ok.status == 200 and b'"receivers": 1' in ok.body
+        huge = await complete(
+            request(
+                app,
+                "POST",
+                "/---distreload---/publish",
+                headers={"Authorization": "Bearer from-env"},
+                body=b" " * (65 * 1024),
+            )
+        )
+        assert huge.status == 413
+        wrong_method = await complete(
+            request(app, "PUT", "/---distreload---/publish", headers={"Authorization": "Bearer from-env"})
+        )
+        assert wrong_method.status == 405 and wrong_method.headers[b"allow"] == b"POST"
+    finally:
+        await app.shutdown()

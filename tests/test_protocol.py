@@ -1,112 +1,252 @@
-"""The light protocol module: what ``distreload publish`` runs, against real redis-server processes."""
+"""The wire format: messages, versions, publish requests, and the Lua scripts run against real Redis
+servers and fakeredis (unique namespaces; the shared server is never flushed)."""
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
+from typing import Any
 
+import fakeredis
 import pytest
 import redis
 
-from distreload.config import Target
 from distreload.protocol import (
+    _PUBLISH_SCRIPT,
+    _SEED_SCRIPT,
+    MAX_VERSION,
+    PUBLISH_KEYS,
+    SEED_KEYS,
+    BadMessage,
     ClusterVersion,
-    PublishError,
+    Reload,
+    ReloadRequest,
+    State,
     channel_name,
-    publish_over_resp,
+    parse_message,
+    presence_prefix,
+    publish_arguments,
+    publish_result,
+    reload_request,
+    seed_arguments,
+    state_from_reply,
     state_key,
 )
 
-from .conftest import RedisProcess
+EPOCH = "0123456789abcdef"
+OTHER_EPOCH = "fedcba9876543210"
 
-pytestmark = pytest.mark.redis
+
+def message(**fields: Any) -> bytes:
+    data: dict[str, Any] = {"epoch": EPOCH, "version": 3, "kind": "reload", "paths": []}
+    data.update(fields)
+    return json.dumps(data).encode()
 
 
-def test_publish_bumps_state_and_reaches_subscribers(shared_redis_url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(shared_redis_url)
+def test_a_well_formed_message_parses_with_every_kind_and_option() -> None:
+    assert parse_message(message()) == Reload(ClusterVersion(EPOCH, 3), "reload", ())
+    assert parse_message(message(kind="css", paths=["/static/a.css"])).paths == ("/static/a.css",)
+    fleet = parse_message(message(kind="morph", spread=2.5, match="/screens/lobby/*"))
+    assert (fleet.kind, fleet.spread, fleet.match) == ("morph", 2.5, "/screens/lobby/*")
+    assert parse_message(message(kind="images", paths=["/logo.png"])).kind == "images"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe\xfd",
+        b"[1, 2]",
+        b'"text"',
+        b"null",
+        message(epoch="XYZ"),
+        message(epoch=7),
+        message(version=-1),
+        message(version=0),
+        message(version=MAX_VERSION + 1),
+        message(version=10**30),
+        message(version=True),
+        message(version=3.0),
+        message(version="3"),
+        message(kind="explode"),
+        message(kind=None),
+        message(paths="/a.css"),
+        message(paths=["//evil.example/a.css"]),
+        message(paths=["javascript:alert(1)"]),
+        message(paths=["/a\nb.css"]),
+        message(paths=["/a.css"] * 101),
+        message(spread=-1),
+        message(spread="soon"),
+        message(spread=True),
+        message(spread=10**6),
+        message(match="lobby/*"),
+        message(match=5),
+        message(match="/" + "a" * 300),
+        message(match="/a\\b"),
+        b"{" + b" " * (70 * 1024) + b"}",
+    ],
+    ids=repr,
+)
+def test_anything_else_is_a_bad_message(raw: bytes) -> None:
+    with pytest.raises(BadMessage):
+        parse_message(raw)
+
+
+def test_cluster_version_text_round_trip_and_malformed_ids() -> None:
+    version = ClusterVersion(EPOCH, 12)
+    assert ClusterVersion.parse(str(version)) == version
+    for bad in (
+        None,
+        "",
+        "12",
+        "zz-1",
+        f"{EPOCH}-",
+        f"{EPOCH}--1",
+        f"{EPOCH}-1x",
+        f"{EPOCH}-99999999999999999",
+        "<script>-1",
+    ):
+        assert ClusterVersion.parse(bad) is None
+
+
+def test_is_behind_within_an_epoch_and_across_a_new_one() -> None:
+    assert ClusterVersion(EPOCH, 1).is_behind(ClusterVersion(EPOCH, 2))
+    assert not ClusterVersion(EPOCH, 2).is_behind(ClusterVersion(EPOCH, 2))
+    assert not ClusterVersion(EPOCH, 3).is_behind(ClusterVersion(EPOCH, 2))
+    # Redis lost its state: a new epoch with no reload counted is only bookkeeping...
+    assert not ClusterVersion(EPOCH, 9).is_behind(ClusterVersion(OTHER_EPOCH, 0))
+    # ...but a reload counted in the new epoch was missed.
+    assert ClusterVersion(EPOCH, 9).is_behind(ClusterVersion(OTHER_EPOCH, 1))
+
+
+def test_publish_requests_are_validated_before_anything_is_sent() -> None:
+    assert reload_request("css", ["/a.css"]) == ReloadRequest("css", ("/a.css",))
+    assert reload_request("morph", spread=3, match="/kiosk/**") == ReloadRequest(
+        "morph", (), 3.0, "/kiosk/**"
+    )
+    for kind, paths, spread, match in (
+        ("nope", [], 0, None),
+        ("css", "/a.css", 0, None),
+        ("css", ["http://x/a.css"], 0, None),
+        ("css", ["/a"] * 101, 0, None),
+        ("reload", [], -0.1, None),
+        ("reload", [], float("nan"), None),
+        ("reload", [], 3601, None),
+        ("reload", [], 0, "kiosk"),
+        ("css", ["/" + "a" * 2047] * 40, 0, None),
+    ):
+        with pytest.raises(ValueError):
+            reload_request(kind, paths, spread, match)
+
+
+def test_what_a_worker_that_missed_reloads_is_told() -> None:
+    last = Reload(ClusterVersion(EPOCH, 5), "css", ("/a.css",))
+    state = State(ClusterVersion(EPOCH, 5), last)
+    assert state.reload_for(ClusterVersion(EPOCH, 4)) == last  # missed only the last one: replay it
+    assert state.reload_for(ClusterVersion(EPOCH, 3)) == Reload(ClusterVersion(EPOCH, 5))  # more: reload all
+    assert state.reload_for(ClusterVersion(OTHER_EPOCH, 4)) == Reload(ClusterVersion(EPOCH, 5))
+    assert State(ClusterVersion(EPOCH, 5)).reload_for(ClusterVersion(EPOCH, 4)) == Reload(
+        ClusterVersion(EPOCH, 5)
+    )
+
+
+def test_malformed_script_replies_read_as_version_zero() -> None:
+    for reply in (None, [], [b"XYZ", 1], [EPOCH.encode(), b"x"], [EPOCH.encode(), -1], 7):
+        assert state_from_reply(reply).version.number == 0
+    assert state_from_reply([EPOCH.encode(), 2, b"not json"]) == State(ClusterVersion(EPOCH, 2))
+    assert publish_result([EPOCH.encode(), 2, b"nan"]).receivers == 0
+
+
+def test_every_name_of_a_namespace_shares_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    names = [state_key("shop"), channel_name("shop"), presence_prefix("shop") + "host:1"]
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert key_slot(state_key("shop").encode()) != key_slot(state_key("blog").encode())
+
+
+# --- The scripts, against fakeredis and a real server ---------------------------------------------------
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def client(request: pytest.FixtureRequest, namespace: str) -> Iterator[redis.Redis]:
+    if request.param == "fakeredis":
+        connection: redis.Redis = fakeredis.FakeRedis()
+    else:
+        connection = redis.Redis.from_url(request.getfixturevalue("shared_redis_url"))
+    yield connection
+    connection.delete(state_key(namespace))
+    connection.close()
+
+
+def run_publish(client: redis.Redis, namespace: str, request: ReloadRequest | None = None) -> Any:
+    request = request or ReloadRequest()
+    return client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(namespace, request))
+
+
+def test_publish_creates_bumps_and_remembers_the_last_message(client: redis.Redis, namespace: str) -> None:
     pubsub = client.pubsub()
     pubsub.subscribe(channel_name(namespace))
     try:
-        first = publish_over_resp(Target(shared_redis_url, namespace))
-        second = publish_over_resp(Target(shared_redis_url, namespace), "css", ["/static/a.css"])
+        first = publish_result(run_publish(client, namespace))
+        second = publish_result(run_publish(client, namespace, ReloadRequest("morph", (), 1.5, "/a/*")))
         assert first.receivers == 1 and second.version == ClusterVersion(first.version.epoch, 2)
-        messages = [m for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"]
-        assert [json.loads(m["data"]) for m in messages] == [
-            {"epoch": first.version.epoch, "version": 1, "kind": "reload", "paths": []},
-            {"epoch": first.version.epoch, "version": 2, "kind": "css", "paths": ["/static/a.css"]},
+        received = [
+            m["data"] for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"
         ]
+        assert [json.loads(m) for m in received] == [
+            {
+                "epoch": first.version.epoch,
+                "version": 1,
+                "kind": "reload",
+                "paths": [],
+                "spread": 0.0,
+                "match": "",
+            },
+            {
+                "epoch": first.version.epoch,
+                "version": 2,
+                "kind": "morph",
+                "paths": [],
+                "spread": 1.5,
+                "match": "/a/*",
+            },
+        ]
+        assert client.hget(state_key(namespace), "last") == received[-1]
     finally:
         pubsub.close()
+
+
+def test_publish_replaces_state_that_distreload_did_not_write(client: redis.Redis, namespace: str) -> None:
+    for junk in ({"epoch": "NOT HEX", "version": "1"}, {"epoch": EPOCH, "version": "-5"}):
         client.delete(state_key(namespace))
-        client.close()
+        client.hset(state_key(namespace), mapping=junk)
+        result = publish_result(run_publish(client, namespace))
+        assert result.version.number == 1 and result.version.epoch != junk["epoch"]
+    client.delete(state_key(namespace))
+    client.set(state_key(namespace), "a string")
+    assert publish_result(run_publish(client, namespace)).version.number == 1
 
 
-@pytest.fixture
-def locked_redis(own_redis: RedisProcess) -> Iterator[RedisProcess]:
-    """A private server with an ACL user allowed only one namespace, and a unix socket."""
-    own_redis.stop()
-    socket_path = str(own_redis.directory / "redis.sock")
-    own_redis.extra_args = ["--unixsocket", socket_path, "--unixsocketperm", "700"]
-    own_redis.start()
-    admin = redis.Redis(port=own_redis.port)
-    admin.execute_command("ACL", "SETUSER", "shop", "on", ">s3cret", "~distreload:shop:*",
-                          "&distreload:shop:*", "+@all")
-    admin.close()
-    yield own_redis
-
-
-def test_acl_user_database_and_unix_socket(locked_redis: RedisProcess) -> None:
-    port = locked_redis.port
-    result = publish_over_resp(Target(f"redis://shop:s3cret@127.0.0.1:{port}/3", "shop"))
-    assert result.version.number == 1
-    assert redis.Redis(port=port, db=3).hget(state_key("shop"), "version") == b"1"  # SELECT happened
-    sock = locked_redis.directory / "redis.sock"
-    again = publish_over_resp(Target(f"unix://shop:s3cret@{sock}?db=3", "shop"))
-    assert again.version == ClusterVersion(result.version.epoch, 2)
-
-
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("redis://shop:wrong@127.0.0.1:{port}/0", "WRONGPASS"),
-    ("redis://127.0.0.1:{port}/0", "NOPERM"),  # the default user may not touch another app's keys
-])
-def test_refusals_are_one_line_with_the_password_masked(
-        locked_redis: RedisProcess, url: str, fragment: str) -> None:
-    admin = redis.Redis(port=locked_redis.port)
-    admin.execute_command("ACL", "SETUSER", "default", "resetkeys", "resetchannels")
-    admin.close()
-    with pytest.raises(PublishError) as raised:
-        publish_over_resp(Target(url.format(port=locked_redis.port), "shop"))
-    message = str(raised.value)
-    assert fragment in message and "\n" not in message and "wrong" not in message
-
-
-def test_a_server_that_hangs_up_or_speaks_nonsense_is_a_publish_error() -> None:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    replies = iter([b"", b"?what\r\n"])
-
-    def serve() -> None:
-        for reply in replies:
-            connection, _ = listener.accept()
-            with connection:
-                connection.recv(65536)
-                connection.sendall(reply)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        for expected in ("closed the connection", "unexpected reply"):
-            with pytest.raises(PublishError, match=expected):
-                publish_over_resp(Target(f"redis://127.0.0.1:{port}/0", "x"), timeout=2)
-    finally:
-        thread.join(5)
-        listener.close()
-
-
-def test_bad_paths_are_refused_before_connecting() -> None:
-    with pytest.raises(ValueError, match="same-origin"):
-        publish_over_resp(Target("redis://127.0.0.1:1/0", "x"), "css", ["https://evil.example/a.css"])
+def test_seed_puts_back_a_lost_state_and_records_how_workers_subscribe(
+    client: redis.Redis, namespace: str
+) -> None:
+    known = ClusterVersion(EPOCH, 7)
+    state = state_from_reply(
+        client.eval(_SEED_SCRIPT, SEED_KEYS, *seed_arguments(namespace, known, sharded=False))
+    )
+    assert state == State(known)  # nothing there: what the worker knew is put back
+    assert client.hget(state_key(namespace), "mode") == b"plain"
+    run_publish(client, namespace)
+    state = state_from_reply(
+        client.eval(_SEED_SCRIPT, SEED_KEYS, *seed_arguments(namespace, known, sharded=False))
+    )
+    assert state.version == ClusterVersion(EPOCH, 8) and state.last is not None
+    assert state.last.version == ClusterVersion(EPOCH, 8)
+    # A worker that knew more of the same epoch (its Redis came back behind it) moves the state forward.
+    ahead = ClusterVersion(EPOCH, 20)
+    state = state_from_reply(
+        client.eval(_SEED_SCRIPT, SEED_KEYS, *seed_arguments(namespace, ahead, sharded=False))
+    )
+    assert state.version == ahead

@@ -17,8 +17,10 @@ app = FastAPI()
 
 @app.get("/page/{name}", response_class=HTMLResponse)
 async def page(name: str) -> str:
-    return (f"<!doctype html><html><head><title>restart {name}</title></head>"
-            f'<body><p id="code">{CODE}</p><p id="worker">{os.getpid()}</p></body></html>')
+    return (
+        f"<!doctype html><html><head><title>restart {name}</title></head>"
+        f'<body><p id="code">{CODE}</p><p id="worker">{os.getpid()}</p></body></html>'
+    )
 
 
 app = patch_for_auto_reloading(app)  # type: ignore[assignment]

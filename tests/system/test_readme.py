@@ -23,16 +23,17 @@ import pytest
 
 from distreload.protocol import channel_name, parse_message
 
-from .conftest import ROOT, free_port, wait_for_port
-from .sse import SSEReader
+from ..conftest import ROOT, free_port, wait_for_port
+from ..sse import SSEReader
 from .test_cluster import wait_for_workers as wait_for_subscribers
 
 README = (ROOT / "README.md").read_text()
 
 DEMO = "bash scripts/demo.sh"
 TESTS = "bash scripts/test.sh"
-EXAMPLE_SERVER = ("DISTRELOAD_ENABLED=1 DISTRELOAD_REDIS_URL=redis://127.0.0.1:6379/0 "
-                  "uvicorn examples.app:app --workers 2")
+EXAMPLE_SERVER = (
+    "DISTRELOAD_ENABLED=1 DISTRELOAD_REDIS_URL=redis://127.0.0.1:6379/0 uvicorn examples.app:app --workers 2"
+)
 EXAMPLE_PUBLISH = "distreload publish --redis-url redis://127.0.0.1:6379/0"
 HELP = "python -m distreload --help"
 PUBLISH_CSS = "distreload publish --css /static/site.css"
@@ -42,13 +43,17 @@ STATUS = "distreload status"
 WATCH = "distreload watch templates static --static-dir static --static-url /static"
 DEMO_OPTIONS = "distreload demo --hosts 3 --workers 2 --port 9000"
 UVICORN_RELOAD = "DISTRELOAD_ENABLED=1 uvicorn examples.app:app --reload"
-GUNICORN_RELOAD = ("DISTRELOAD_ENABLED=1 DISTRELOAD_REDIS_URL=redis://127.0.0.1:6379/0 "
-                   "gunicorn examples.app:app -k uvicorn_worker.UvicornWorker -w 2 --reload")
+GUNICORN_RELOAD = (
+    "DISTRELOAD_ENABLED=1 DISTRELOAD_REDIS_URL=redis://127.0.0.1:6379/0 "
+    "gunicorn examples.app:app -k uvicorn_worker.UvicornWorker -w 2 --reload"
+)
 COMPOSE_UP = "docker compose up --build"
 COMPOSE_PUBLISH = "distreload publish --redis-url redis://127.0.0.1:6380/0 --namespace compose"
 CI_PUBLISH = 'distreload publish --url "$STAGING_URL" --token "$DISTRELOAD_TOKEN"'
-DEPLOY_HOOK = ('distreload publish --redis-url "$DISTRELOAD_REDIS_URL" --namespace "$DISTRELOAD_NAMESPACE" '
-               '|| echo "no reload sent"')
+DEPLOY_HOOK = (
+    'distreload publish --redis-url "$DISTRELOAD_REDIS_URL" --namespace "$DISTRELOAD_NAMESPACE" '
+    '|| echo "no reload sent"'
+)
 
 RUNS = {
     DEMO: "test_quick_start_demo",
@@ -76,8 +81,12 @@ def code_blocks(language: str) -> list[str]:
 
 
 def readme_commands() -> list[str]:
-    return [line.strip() for block in code_blocks("bash") for line in block.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        line.strip()
+        for block in code_blocks("bash")
+        for line in block.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_every_readme_command_is_run_by_a_test() -> None:
@@ -98,8 +107,14 @@ def shell_env(**extra: str) -> dict[str, str]:
 
 
 def run(command: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=timeout,
-                          env=shell_env(**env), cwd=ROOT)
+    return subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=shell_env(**env),
+        cwd=ROOT,
+    )
 
 
 class Background:
@@ -107,9 +122,15 @@ class Background:
 
     def __init__(self, command: str, cwd: Path = ROOT, **env: str) -> None:
         self.command = command
-        self.process = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=shell_env(**env), cwd=cwd,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            ["bash", "-c", command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=shell_env(**env),
+            cwd=cwd,
+            start_new_session=True,
+        )
 
     def read_until(self, marker: str, timeout: float = 60) -> str:
         assert self.process.stdout is not None
@@ -164,8 +185,6 @@ def page(port: int, timeout: float = 30) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
 
 
 @pytest.fixture
@@ -228,8 +247,12 @@ def test_the_ten_line_example_is_examples_app_py() -> None:
 
 
 @pytest.mark.redis
-def test_ten_line_example_on_two_workers(background: Callable[..., Background], shared_redis_url: str,
-                                         namespace: str, open_sse: Callable[..., SSEReader]) -> None:
+def test_ten_line_example_on_two_workers(
+    background: Callable[..., Background],
+    shared_redis_url: str,
+    namespace: str,
+    open_sse: Callable[..., SSEReader],
+) -> None:
     assert shared_redis_url == "redis://127.0.0.1:6379/0"  # the URL the README's commands name
     port = free_port()
     server = background(f"{EXAMPLE_SERVER} --port {port}", DISTRELOAD_NAMESPACE=namespace)
@@ -261,11 +284,19 @@ def test_ten_line_example_on_two_workers(background: Callable[..., Background], 
 def test_configuration_example_runs() -> None:
     # In a process of its own: the example sets the process-wide default Redis for send_reload_signal().
     block = code_blocks("python")[1]
-    check = ("\nfrom distreload import DistReload\n"
-             "assert isinstance(app, DistReload) and app.enabled and app.prefix == '/---distreload---'\n"
-             "print(app.broker.target.namespace, app.endpoint.token, app.client_options)\n")
-    done = subprocess.run([sys.executable, "-c", block + check], capture_output=True, text=True, timeout=30,
-                          env=shell_env(), cwd=ROOT)
+    check = (
+        "\nfrom distreload import DistReload\n"
+        "assert isinstance(app, DistReload) and app.enabled and app.prefix == '/---distreload---'\n"
+        "print(app.broker.target.namespace, app.endpoint.token, app.tag.client_options)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", block + check],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=shell_env(),
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "shop a-long-random-string {'silent': True}\n"
 
@@ -276,8 +307,14 @@ def test_migration_import_works() -> None:
     exec(compile(block, "README.md", "exec"), {})  # noqa: S102
     import distreload
 
-    for name in ("patch_for_auto_reloading", "send_reload_signal", "auto_refresh_middleware",
-                 "html_injection_middleware", "reloader_route_middleware", "UniversalMiddleware"):
+    for name in (
+        "patch_for_auto_reloading",
+        "send_reload_signal",
+        "auto_refresh_middleware",
+        "html_injection_middleware",
+        "reloader_route_middleware",
+        "UniversalMiddleware",
+    ):
         assert f"`{name}`" in README
         assert hasattr(distreload, name)
 
@@ -314,8 +351,9 @@ def test_cli_reference_publish(shared_redis_url: str, namespace: str, channel: C
 
 
 @pytest.mark.redis
-def test_cli_reference_listen(background: Callable[..., Background], shared_redis_url: str,
-                              namespace: str) -> None:
+def test_cli_reference_listen(
+    background: Callable[..., Background], shared_redis_url: str, namespace: str
+) -> None:
     env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
     listener = background(LISTEN, **env)
     listener.read_until("listening on")
@@ -327,14 +365,20 @@ def test_cli_reference_listen(background: Callable[..., Background], shared_redi
 
 
 @pytest.mark.redis
-def test_cli_reference_watch(background: Callable[..., Background], shared_redis_url: str, namespace: str,
-                             channel: Callable[..., bytes], tmp_path: Path) -> None:
+def test_cli_reference_watch(
+    background: Callable[..., Background],
+    shared_redis_url: str,
+    namespace: str,
+    channel: Callable[..., bytes],
+    tmp_path: Path,
+) -> None:
     (tmp_path / "templates").mkdir()
     (tmp_path / "static").mkdir()
     stylesheet = tmp_path / "static" / "site.css"
     stylesheet.write_text("body { color: red }")
-    watcher = background(WATCH, cwd=tmp_path, DISTRELOAD_REDIS_URL=shared_redis_url,
-                         DISTRELOAD_NAMESPACE=namespace)
+    watcher = background(
+        WATCH, cwd=tmp_path, DISTRELOAD_REDIS_URL=shared_redis_url, DISTRELOAD_NAMESPACE=namespace
+    )
     watcher.read_until("watching templates, static")
     for attempt in range(5):
         stylesheet.write_text(f"body {{ color: blue }} /* {attempt} */")
@@ -363,8 +407,9 @@ def test_cli_reference_demo(background: Callable[..., Background]) -> None:
 # --- recipes ---------------------------------------------------------------------------------------------
 
 
-def test_recipe_uvicorn_reload(background: Callable[..., Background],
-                               open_sse: Callable[..., SSEReader]) -> None:
+def test_recipe_uvicorn_reload(
+    background: Callable[..., Background], open_sse: Callable[..., SSEReader]
+) -> None:
     port = free_port()
     server = background(f"{UVICORN_RELOAD} --port {port}")
     assert "data-distreload=" in page(port)
@@ -376,8 +421,9 @@ def test_recipe_uvicorn_reload(background: Callable[..., Background],
 
 
 @pytest.mark.redis
-def test_recipe_gunicorn_reload(background: Callable[..., Background], shared_redis_url: str,
-                                namespace: str) -> None:
+def test_recipe_gunicorn_reload(
+    background: Callable[..., Background], shared_redis_url: str, namespace: str
+) -> None:
     port = free_port()
     background(f"{GUNICORN_RELOAD} -b 127.0.0.1:{port}", DISTRELOAD_NAMESPACE=namespace)
     wait_for_port(port, 30)
@@ -394,21 +440,22 @@ def test_recipe_several_hosts(shared_redis_url: str, namespace: str) -> None:
     import yaml
 
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    assert (ROOT / "tests" / "test_compose.py").is_file()
+    assert (ROOT / "tests" / "system" / "test_compose.py").is_file()
     assert compose["services"]["redis"]["ports"] == ["127.0.0.1:6380:6379"]
     assert compose["services"]["host-a"]["environment"]["DISTRELOAD_NAMESPACE"] == "compose"
     assert COMPOSE_PUBLISH.startswith("distreload publish --redis-url redis://127.0.0.1:6380/0 ")
     same_on_this_machine = COMPOSE_PUBLISH.replace("redis://127.0.0.1:6380/0", shared_redis_url).replace(
-        "--namespace compose", f"--namespace {namespace}")
+        "--namespace compose", f"--namespace {namespace}"
+    )
     done = run(same_on_this_machine)
     assert done.returncode == 0 and done.stdout.startswith("published reload "), done.stderr
 
 
-def test_recipe_ci_job(background: Callable[..., Background],
-                       open_sse: Callable[..., SSEReader]) -> None:
+def test_recipe_ci_job(background: Callable[..., Background], open_sse: Callable[..., SSEReader]) -> None:
     port = free_port()
-    background(f"uvicorn examples.app:app --port {port}", DISTRELOAD_ENABLED="1",
-               DISTRELOAD_TOKEN="ci-secret")
+    background(
+        f"uvicorn examples.app:app --port {port}", DISTRELOAD_ENABLED="1", DISTRELOAD_TOKEN="ci-secret"
+    )
     page(port)
     reader = open_sse(port)
     reader.wait_for("hello")
@@ -424,8 +471,9 @@ def test_recipe_deploy_hook(shared_redis_url: str, namespace: str, channel: Call
     done = run(DEPLOY_HOOK, DISTRELOAD_REDIS_URL=shared_redis_url, DISTRELOAD_NAMESPACE=namespace)
     assert done.returncode == 0 and done.stdout.startswith("published reload "), done.stderr
     assert parse_message(channel()).kind == "reload"
-    down = run(DEPLOY_HOOK, DISTRELOAD_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-               DISTRELOAD_NAMESPACE=namespace)
+    down = run(
+        DEPLOY_HOOK, DISTRELOAD_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", DISTRELOAD_NAMESPACE=namespace
+    )
     assert down.returncode == 0 and down.stdout == "no reload sent\n"
     assert down.stderr.startswith("distreload publish: could not publish to Redis")
 

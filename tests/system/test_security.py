@@ -22,8 +22,8 @@ import redis
 
 from distreload.protocol import channel_name, state_key
 
-from .conftest import RedisProcess, ServerFactory, ServerProcess, free_port, missing
-from .sse import SSEReader
+from ..conftest import RedisProcess, ServerFactory, ServerProcess, free_port, missing
+from ..sse import SSEReader
 from .test_cluster import wait_for_workers
 from .test_faults import readers_everywhere
 
@@ -35,8 +35,14 @@ PREFIX = "/---distreload---"
 VERSION_TEXT = re.compile(r"[0-9a-f]{8,32}-[0-9]{1,16}")
 
 
-def request(server: ServerProcess, path: str, *, method: str = "GET", body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    server: ServerProcess,
+    path: str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     prepared = urllib.request.Request(server.base_url + path, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(prepared, timeout=10) as response:
@@ -47,9 +53,23 @@ def request(server: ServerProcess, path: str, *, method: str = "GET", body: byte
 
 
 def cli_publish(redis_url: str, namespace: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "distreload", "publish", "--redis-url", redis_url,
-                           "--namespace", namespace, "--json", *extra],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distreload",
+            "publish",
+            "--redis-url",
+            redis_url,
+            "--namespace",
+            namespace,
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def client_names(redis_url: str) -> list[str]:
@@ -61,12 +81,27 @@ def client_names(redis_url: str) -> list[str]:
 
 # --- Off unless enabled -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("setting", ["", "0", "off"])
+
+@pytest.mark.parametrize(
+    ("app", "setting"),
+    [
+        ("examples.app:app", ""),  # DistReload(app): off unless enabled
+        (APP, "0"),  # the drop-in is on by default, as fastapi-reloader is: off only when told
+        (APP, "off"),
+    ],
+)
 def test_disabled_serves_no_script_no_endpoint_and_touches_no_redis(
-        start_server: ServerFactory, own_redis: RedisProcess, namespace: str, setting: str) -> None:
-    server = start_server(APP, workers=2, env={"DISTRELOAD_ENABLED": setting,
-                                               "DISTRELOAD_REDIS_URL": own_redis.url,
-                                               "DISTRELOAD_NAMESPACE": namespace})
+    start_server: ServerFactory, own_redis: RedisProcess, namespace: str, app: str, setting: str
+) -> None:
+    server = start_server(
+        app,
+        workers=2,
+        env={
+            "DISTRELOAD_ENABLED": setting,
+            "DISTRELOAD_REDIS_URL": own_redis.url,
+            "DISTRELOAD_NAMESPACE": namespace,
+        },
+    )
     status, _, page = request(server, "/")
     assert status == 200
     assert b"<script" not in page and b"data-distreload" not in page
@@ -75,30 +110,45 @@ def test_disabled_serves_no_script_no_endpoint_and_touches_no_redis(
         assert status == 404, path
         assert body == b'{"detail":"Not Found"}'  # the app's own 404: distreload is not there at all
         assert "x-distreload-version" not in headers
-    status, _, _ = request(server, f"{PREFIX}/publish", method="POST", body=b"{}",
-                           headers={"Authorization": "Bearer anything"})
+    status, _, _ = request(
+        server, f"{PREFIX}/publish", method="POST", body=b"{}", headers={"Authorization": "Bearer anything"}
+    )
     assert status == 404
     time.sleep(1)
     assert client_names(own_redis.url) == []  # no subscription, no presence, not one connection
-    assert "distreload" not in server.log().lower()  # and nothing to alarm anyone in the log
+    said = [line for line in server.log().splitlines() if "distreload" in line.lower()]
+    if setting:
+        assert said == []  # turned off on purpose: nothing in a server's default log
+    else:
+        # Off because nobody turned it on: one line per worker says so, and how to turn it on.
+        assert len(said) == 2 and all("DISTRELOAD_ENABLED=1" in line for line in said), said
 
 
-def test_enabled_says_so_in_one_line_per_worker(start_server: ServerFactory, own_redis: RedisProcess,
-                                                namespace: str, tmp_path: Path) -> None:
+def test_enabled_says_so_in_one_line_per_worker(
+    start_server: ServerFactory, own_redis: RedisProcess, namespace: str, tmp_path: Path
+) -> None:
     # uvicorn's own logging configuration leaves the root logger alone; an app that logs at INFO sees this:
     log_config = tmp_path / "logging.json"
-    log_config.write_text(json.dumps({
-        "version": 1, "disable_existing_loggers": False,
-        "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
-        "loggers": {"distreload": {"handlers": ["console"], "level": "INFO", "propagate": False}},
-    }))
+    log_config.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "disable_existing_loggers": False,
+                "handlers": {"console": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}},
+                "loggers": {"distreload": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+            }
+        )
+    )
     password_url = own_redis.url.replace("redis://", "redis://:hunter2@")
     own_redis.stop()
     own_redis.extra_args = ["--requirepass", "hunter2"]
     own_redis.start()
-    server = start_server(APP, workers=2, env={"DISTRELOAD_REDIS_URL": password_url,
-                                               "DISTRELOAD_NAMESPACE": namespace},
-                          extra_args=["--log-config", str(log_config)])
+    server = start_server(
+        APP,
+        workers=2,
+        env={"DISTRELOAD_REDIS_URL": password_url, "DISTRELOAD_NAMESPACE": namespace},
+        extra_args=["--log-config", str(log_config)],
+    )
     wait_for_workers(password_url, namespace, 2)
     lines = [line for line in server.log().splitlines() if "distreload" in line]
     active = [line for line in lines if line.startswith("distreload active")]
@@ -108,7 +158,9 @@ def test_enabled_says_so_in_one_line_per_worker(start_server: ServerFactory, own
     assert "hunter2" not in server.log()
 
 
-def test_enabled_logs_one_line_and_disabled_logs_nothing_in_process(caplog: pytest.LogCaptureFixture) -> None:
+def test_enabled_logs_one_warning_and_turned_off_only_an_info_line(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from starlette.applications import Starlette
 
     from distreload import DistReload
@@ -127,15 +179,18 @@ def test_enabled_logs_one_line_and_disabled_logs_nothing_in_process(caplog: pyte
         thread.join(30)
         assert failures == []
 
+    from distreload import middleware
+
+    monkeypatch.setattr(middleware, "_said_off", False)
     with caplog.at_level(logging.DEBUG, logger="distreload"):
         run_lifespan(DistReload(Starlette(), enabled=False, redis_url="memory://"))
-        assert [r for r in caplog.records if r.name.startswith("distreload")] == []
+        assert [r.levelno for r in caplog.records if r.name.startswith("distreload")] == [logging.INFO]
+        caplog.clear()
         run_lifespan(DistReload(Starlette(), enabled=True, redis_url="memory://"))
     records = [r for r in caplog.records if r.name.startswith("distreload")]
     assert len(records) == 1
     assert records[0].levelno == logging.WARNING  # shown by a server's default logging
     assert records[0].getMessage().startswith("distreload active: endpoint /---distreload---")
-
 
 
 def _capture(failures: list[BaseException], action: Callable[[], object]) -> None:
@@ -147,11 +202,18 @@ def _capture(failures: list[BaseException], action: Callable[[], object]) -> Non
 
 # --- The endpoint: read-only stream, token for publishing, nothing else -------------------------------------
 
+
 def test_the_stream_only_reads_and_publishing_needs_the_token(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-        namespace: str) -> None:
-    server = start_server(APP, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": namespace,
-                                    "DISTRELOAD_TOKEN": "correct-horse"})
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess, namespace: str
+) -> None:
+    server = start_server(
+        APP,
+        env={
+            "DISTRELOAD_REDIS_URL": own_redis.url,
+            "DISTRELOAD_NAMESPACE": namespace,
+            "DISTRELOAD_TOKEN": "correct-horse",
+        },
+    )
     wait_for_workers(own_redis.url, namespace, 1)
     watcher = open_sse(server.port)
     watcher.wait_for("hello")
@@ -163,14 +225,21 @@ def test_the_stream_only_reads_and_publishing_needs_the_token(
         assert status == 405 and headers["allow"] == "GET"
     # Whatever a stream request carries, it changes nothing.
     for query in ("?kind=reload", "?version=ffffffffffffffff-99&publish=1", "?last_event_id=%3Cscript%3E"):
-        reader = open_sse(server.port, path=f"{PREFIX}/events{query}",
-                          headers={"Last-Event-ID": "ffffffffffffffff-999999"})
+        reader = open_sse(
+            server.port, path=f"{PREFIX}/events{query}", headers={"Last-Event-ID": "ffffffffffffffff-999999"}
+        )
         reader.wait_for("hello")
         reader.close()
-    for authorization in ({}, {"Authorization": "Bearer wrong-horse"}, {"Authorization": "correct-horse"},
-                          {"Authorization": "Basic Y29ycmVjdC1ob3JzZQ=="}, {"Authorization": "Bearer "}):
-        status, headers, _ = request(server, f"{PREFIX}/publish", method="POST", body=b"{}",
-                                     headers=authorization)
+    for authorization in (
+        {},
+        {"Authorization": "Bearer wrong-horse"},
+        {"Authorization": "correct-horse"},
+        {"Authorization": "Basic Y29ycmVjdC1ob3JzZQ=="},
+        {"Authorization": "Bearer "},
+    ):
+        status, headers, _ = request(
+            server, f"{PREFIX}/publish", method="POST", body=b"{}", headers=authorization
+        )
         assert status == 401 and headers["www-authenticate"] == "Bearer"
     time.sleep(0.5)
     assert watcher.of("reload") == []
@@ -178,13 +247,29 @@ def test_the_stream_only_reads_and_publishing_needs_the_token(
         assert client.hgetall(state_key(namespace)) == before
 
     token = {"Authorization": "Bearer correct-horse"}
-    for paths in (["//evil.example/x.css"], ["https://evil.example/x.css"], ["javascript:alert(1)"],
-                  ["x.css"], ["/a\nb.css"], "/x.css"):
-        status, _, _ = request(server, f"{PREFIX}/publish", method="POST", headers=token,
-                               body=json.dumps({"kind": "css", "paths": paths}).encode())
+    for paths in (
+        ["//evil.example/x.css"],
+        ["https://evil.example/x.css"],
+        ["javascript:alert(1)"],
+        ["x.css"],
+        ["/a\nb.css"],
+        "/x.css",
+    ):
+        status, _, _ = request(
+            server,
+            f"{PREFIX}/publish",
+            method="POST",
+            headers=token,
+            body=json.dumps({"kind": "css", "paths": paths}).encode(),
+        )
         assert status == 400, paths
-    status, _, body = request(server, f"{PREFIX}/publish", method="POST", headers=token,
-                              body=b'{"kind": "css", "paths": ["/static/site.css"]}')
+    status, _, body = request(
+        server,
+        f"{PREFIX}/publish",
+        method="POST",
+        headers=token,
+        body=b'{"kind": "css", "paths": ["/static/site.css"]}',
+    )
     assert status == 200
     version = json.loads(body)["version"]
     event = watcher.wait_for("reload")[0]
@@ -193,8 +278,14 @@ def test_the_stream_only_reads_and_publishing_needs_the_token(
 
 def test_unknown_paths_under_the_prefix_are_404_from_distreload(start_server: ServerFactory) -> None:
     server = start_server(APP)  # no Redis needed: memory broker
-    for path in (f"{PREFIX}/nope", f"{PREFIX}/events/extra", f"{PREFIX}/client.js/x", f"{PREFIX}//events",
-                 f"{PREFIX}/publish", f"{PREFIX}/%2e%2e/json"):
+    for path in (
+        f"{PREFIX}/nope",
+        f"{PREFIX}/events/extra",
+        f"{PREFIX}/client.js/x",
+        f"{PREFIX}//events",
+        f"{PREFIX}/publish",
+        f"{PREFIX}/%2e%2e/json",
+    ):
         status, headers, body = request(server, path)
         assert status == 404, path
         assert body == b"distreload: no such endpoint\n"
@@ -207,12 +298,16 @@ def test_unknown_paths_under_the_prefix_are_404_from_distreload(start_server: Se
 
 # --- Namespaces, ACL users, TLS ---------------------------------------------------------------------------
 
+
 def test_namespaces_sharing_one_redis_never_reload_each_other(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess) -> None:
-    shop = start_server(APP, workers=2, env={"DISTRELOAD_REDIS_URL": own_redis.url,
-                                             "DISTRELOAD_NAMESPACE": "shop"})
-    blog = start_server(APP, workers=2, env={"DISTRELOAD_REDIS_URL": own_redis.url,
-                                             "DISTRELOAD_NAMESPACE": "blog"})
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess
+) -> None:
+    shop = start_server(
+        APP, workers=2, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": "shop"}
+    )
+    blog = start_server(
+        APP, workers=2, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": "blog"}
+    )
     wait_for_workers(own_redis.url, "shop", 2)
     wait_for_workers(own_redis.url, "blog", 2)
     shop_readers = readers_everywhere(open_sse, shop)
@@ -236,10 +331,22 @@ def acl_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     """A Redis with no default user: ``shop`` may use only namespace shop's keys and channels."""
     if shutil.which("redis-server") is None:
         missing("the redis-server binary")
-    server = RedisProcess(port=free_port(), directory=tmp_path, extra_args=[
-        "--user", "default", "off",
-        "--user", "shop", "on", ">shop-s3cret", "~distreload:shop:*", "&distreload:shop:*", "+@all",
-    ])
+    server = RedisProcess(
+        port=free_port(),
+        directory=tmp_path,
+        extra_args=[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "shop",
+            "on",
+            ">shop-s3cret",
+            "~distreload:{shop}:*",
+            "&distreload:{shop}:*",
+            "+@all",
+        ],
+    )
     server.start()
     try:
         yield server
@@ -248,7 +355,8 @@ def acl_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 def test_acl_username_and_password_urls_work_and_never_show_the_password(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], acl_redis: RedisProcess) -> None:
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], acl_redis: RedisProcess
+) -> None:
     url = f"redis://shop:shop-s3cret@127.0.0.1:{acl_redis.port}/0"
     server = start_server(APP, workers=2, env={"DISTRELOAD_REDIS_URL": url, "DISTRELOAD_NAMESPACE": "shop"})
     wait_for_workers(url, "shop", 2)
@@ -269,8 +377,13 @@ def test_acl_username_and_password_urls_work_and_never_show_the_password(
     assert "not-the-password" not in wrong.stderr and "shop:***@" in wrong.stderr
 
     # A worker started with the wrong password serves pages and says why it cannot subscribe, masked.
-    bad = start_server(APP, env={"DISTRELOAD_REDIS_URL": url.replace("shop-s3cret", "not-the-password"),
-                                 "DISTRELOAD_NAMESPACE": "shop"})
+    bad = start_server(
+        APP,
+        env={
+            "DISTRELOAD_REDIS_URL": url.replace("shop-s3cret", "not-the-password"),
+            "DISTRELOAD_NAMESPACE": "shop",
+        },
+    )
     status, _, page = request(bad, "/")
     assert status == 200 and b"data-distreload" in page
     deadline = time.monotonic() + 10
@@ -285,14 +398,48 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisProcess, Path]]:
     if shutil.which("redis-server") is None or shutil.which("openssl") is None:
         missing("redis-server and openssl")
     cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
-    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                           "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                           "-addext", "subjectAltName=IP:127.0.0.1"], capture_output=True, timeout=60)
+    made = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        capture_output=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     port = free_port()
-    server = RedisProcess(port=port, directory=tmp_path, extra_args=[
-        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-        "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"])
+    server = RedisProcess(
+        port=port,
+        directory=tmp_path,
+        extra_args=[
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
     server.start()
     try:
         yield server, cert
@@ -300,8 +447,12 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisProcess, Path]]:
         server.stop()
 
 
-def test_rediss_urls_work_end_to_end(start_server: ServerFactory, open_sse: Callable[..., SSEReader],
-                                     tls_redis: tuple[RedisProcess, Path], namespace: str) -> None:
+def test_rediss_urls_work_end_to_end(
+    start_server: ServerFactory,
+    open_sse: Callable[..., SSEReader],
+    tls_redis: tuple[RedisProcess, Path],
+    namespace: str,
+) -> None:
     server_process, cert = tls_redis
     url = f"rediss://127.0.0.1:{server_process.port}/0?ssl_ca_certs={cert}"
     env = {"DISTRELOAD_REDIS_URL": url, "DISTRELOAD_NAMESPACE": namespace}
@@ -323,14 +474,17 @@ def test_rediss_urls_work_end_to_end(start_server: ServerFactory, open_sse: Call
 
 # --- Nothing from Redis reaches a page as markup -----------------------------------------------------------
 
+
 def test_junk_state_in_redis_never_reaches_a_page(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-        namespace: str) -> None:
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess, namespace: str
+) -> None:
     with redis.Redis.from_url(own_redis.url) as client:
-        client.hset(state_key(namespace), mapping={"epoch": '"><script>alert(1)</script>',
-                                                   "version": "1e400"})
-        server = start_server(APP, env={"DISTRELOAD_REDIS_URL": own_redis.url,
-                                        "DISTRELOAD_NAMESPACE": namespace})
+        client.hset(
+            state_key(namespace), mapping={"epoch": '"><script>alert(1)</script>', "version": "1e400"}
+        )
+        server = start_server(
+            APP, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": namespace}
+        )
         wait_for_workers(own_redis.url, namespace, 1)
         status, _, page = request(server, "/")
         assert status == 200 and b"alert(1)" not in page
@@ -343,8 +497,10 @@ def test_junk_state_in_redis_never_reaches_a_page(
         epoch = client.hget(state_key(namespace), "epoch")
         assert epoch is not None and re.fullmatch(rb"[0-9a-f]{8,32}", epoch)
         for path in ("/x.css\n<script>alert(1)</script>", "//evil.example/x.css", "javascript:alert(1)"):
-            client.publish(channel_name(namespace), json.dumps(
-                {"epoch": epoch.decode(), "version": 1, "kind": "css", "paths": [path]}))
+            client.publish(
+                channel_name(namespace),
+                json.dumps({"epoch": epoch.decode(), "version": 1, "kind": "css", "paths": [path]}),
+            )
     time.sleep(1)
     assert reader.of("reload") == []
     assert "alert(1)" not in json.dumps([event.data for event in reader.events])

@@ -11,8 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-from .conftest import ServerFactory, ServerProcess
-from .sse import SSEReader
+from distreload.protocol import channel_name
+
+from ..conftest import ServerFactory, ServerProcess
+from ..sse import SSEReader
 
 pytestmark = pytest.mark.redis
 
@@ -28,8 +30,9 @@ def every_worker_answering(server: ServerProcess, workers: int, timeout: float =
         time.sleep(0.01)
 
 
-def readers_on_every_worker(open_sse: Callable[..., SSEReader], server: ServerProcess, workers: int,
-                            attempts: int = 200) -> list[SSEReader]:
+def readers_on_every_worker(
+    open_sse: Callable[..., SSEReader], server: ServerProcess, workers: int, attempts: int = 200
+) -> list[SSEReader]:
     """Open streams until every worker process of ``server`` holds at least one (the kernel hands a
     shared listening socket's connections out unevenly, so this may take many tries)."""
     every_worker_answering(server, workers)
@@ -50,7 +53,7 @@ def wait_for_workers(redis_url: str, namespace: str, count: int, timeout: float 
 
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout
-    channel = f"distreload:{namespace}:reload"
+    channel = channel_name(namespace)
     while time.monotonic() < deadline:
         subscribers = dict(client.pubsub_numsub(channel))[channel.encode()]
         if subscribers >= count:
@@ -68,14 +71,28 @@ def two_hosts(start_server: ServerFactory, shared_redis_url: str, namespace: str
 
 
 def test_cli_publish_reaches_every_worker_of_both_hosts_exactly_once(
-        two_hosts: list[ServerProcess], shared_redis_url: str, namespace: str,
-        open_sse: Callable[..., SSEReader]) -> None:
+    two_hosts: list[ServerProcess], shared_redis_url: str, namespace: str, open_sse: Callable[..., SSEReader]
+) -> None:
     readers = [r for host in two_hosts for r in readers_on_every_worker(open_sse, host, 2)]
     workers = {r.wait_for("hello")[0].json()["worker"] for r in readers}
     assert len(workers) == 4
 
-    done = subprocess.run([sys.executable, "-m", "distreload", "publish", "--redis-url", shared_redis_url,
-                           "--namespace", namespace, "--json"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distreload",
+            "publish",
+            "--redis-url",
+            shared_redis_url,
+            "--namespace",
+            namespace,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["receivers"] == 4
@@ -83,14 +100,21 @@ def test_cli_publish_reaches_every_worker_of_both_hosts_exactly_once(
     for reader in readers:
         reload = reader.wait_for("reload")[0]
         assert reload.id == result["version"]
-        assert reload.json() == {"version": result["version"], "kind": "reload", "paths": []}
+        assert reload.json() == {
+            "version": result["version"],
+            "kind": "reload",
+            "paths": [],
+            "spread": 0.0,
+            "match": "",
+        }
     time.sleep(0.5)
     assert all(len(reader.of("reload")) == 1 for reader in readers)
 
 
 @pytest.mark.parametrize("route", ["/trigger", "/trigger-sync"])
 def test_publish_from_inside_one_worker_reaches_all_of_them(
-        two_hosts: list[ServerProcess], route: str, open_sse: Callable[..., SSEReader]) -> None:
+    two_hosts: list[ServerProcess], route: str, open_sse: Callable[..., SSEReader]
+) -> None:
     readers = [r for host in two_hosts for r in readers_on_every_worker(open_sse, host, 2)]
     request = urllib.request.Request(two_hosts[0].base_url + route, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -103,7 +127,8 @@ def test_publish_from_inside_one_worker_reaches_all_of_them(
 
 
 def test_reconnect_with_an_old_last_event_id_gets_the_reload_at_once(
-        two_hosts: list[ServerProcess], open_sse: Callable[..., SSEReader]) -> None:
+    two_hosts: list[ServerProcess], open_sse: Callable[..., SSEReader]
+) -> None:
     first = open_sse(two_hosts[0].port)
     old = first.wait_for("hello")[0].id
     first.close()
@@ -119,8 +144,9 @@ def test_reconnect_with_an_old_last_event_id_gets_the_reload_at_once(
     assert current.of("reload") == []
 
 
-def test_stopping_a_server_with_open_streams_is_prompt(two_hosts: list[ServerProcess],
-                                                       open_sse: Callable[..., SSEReader]) -> None:
+def test_stopping_a_server_with_open_streams_is_prompt(
+    two_hosts: list[ServerProcess], open_sse: Callable[..., SSEReader]
+) -> None:
     readers = readers_on_every_worker(open_sse, two_hosts[0], 2)
     took = two_hosts[0].stop()
     assert took < 5, two_hosts[0].log()

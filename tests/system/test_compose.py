@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import ROOT, free_port
-from .sse import SSEReader
+from ..conftest import ROOT, free_port
+from ..sse import SSEReader
 from .test_cluster import wait_for_workers
 
 COMPOSE = ROOT / "compose.yaml"
@@ -88,42 +88,70 @@ def test_proxy_configuration_fits_event_streams() -> None:
     upstream = re.search(r"upstream app \{(.*?)\}", config, re.S)
     assert upstream is not None
     servers = re.findall(r"server ([\w-]+):(\d+);", upstream.group(1))
-    app_ports = {name: s["command"][s["command"].index("-b") + 1].rsplit(":", 1)[1]
-                 for name, s in app_services().items()}
+    app_ports = {
+        name: s["command"][s["command"].index("-b") + 1].rsplit(":", 1)[1]
+        for name, s in app_services().items()
+    }
     assert dict(servers) == app_ports
     events = re.search(r"location /---distreload---/events \{(.*?)\}", config, re.S)
     assert events is not None
-    for directive in ("proxy_buffering off;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
-                      "proxy_read_timeout 1h;"):
+    for directive in (
+        "proxy_buffering off;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_read_timeout 1h;",
+    ):
         assert directive in events.group(1)
     assert config.count("{") == config.count("}")
 
 
 @pytest.mark.redis
-def test_the_app_host_command_serves_the_cluster(shared_redis_url: str, namespace: str,
-                                                 open_sse: Callable[..., SSEReader]) -> None:
+def test_the_app_host_command_serves_the_cluster(
+    shared_redis_url: str, namespace: str, open_sse: Callable[..., SSEReader]
+) -> None:
     """Run host-a's command as compose would, with the address and Redis of this machine."""
     service = app_services()["host-a"]
     command = list(service["command"])
     port = free_port()
     command[command.index("-b") + 1] = f"127.0.0.1:{port}"
-    environment = {**service["environment"], "DISTRELOAD_REDIS_URL": shared_redis_url,
-                   "DISTRELOAD_NAMESPACE": namespace}
+    environment = {
+        **service["environment"],
+        "DISTRELOAD_REDIS_URL": shared_redis_url,
+        "DISTRELOAD_NAMESPACE": namespace,
+    }
     gunicorn = [sys.executable, "-m", "gunicorn", *command[1:]]
     log = ROOT / ".pytest_cache" / f"compose-host-{port}.log"
     log.parent.mkdir(exist_ok=True)
     with log.open("wb") as output:
-        process = subprocess.Popen(gunicorn, env={**_base_env(), **environment}, stdout=output,
-                                   stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        process = subprocess.Popen(
+            gunicorn,
+            env={**_base_env(), **environment},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
     try:
         page = _wait_for_page(f"http://127.0.0.1:{port}/", process)
         assert '<b id="host">host-a</b>' in page and "data-distreload=" in page
         reader = open_sse(port)
         reader.wait_for("hello")
         wait_for_workers(shared_redis_url, namespace, 2)
-        publish = subprocess.run([sys.executable, "-m", "distreload", "publish", "--url",
-                                  f"http://127.0.0.1:{port}", "--token", environment["DISTRELOAD_TOKEN"]],
-                                 capture_output=True, text=True, timeout=30)
+        publish = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distreload",
+                "publish",
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "--token",
+                environment["DISTRELOAD_TOKEN"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert publish.returncode == 0, publish.stderr
         assert "received by 2 worker processes" in publish.stdout
         assert reader.wait_for("reload")
@@ -131,8 +159,6 @@ def test_the_app_host_command_serves_the_cluster(shared_redis_url: str, namespac
         process.terminate()
         process.wait(20)
         log.unlink(missing_ok=True)
-
-
 
 
 def _base_env() -> dict[str, str]:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import ServerFactory, ServerProcess, missing
+from ..conftest import ServerFactory, ServerProcess, missing
 from .test_cluster import wait_for_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -56,8 +56,9 @@ class StreamSwarm:
         self.port = port
         self.selector = selectors.DefaultSelector()
         self.received: dict[socket.socket, bytearray] = {}
-        self.request = (f"GET {EVENTS} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                        "Accept: text/event-stream\r\n\r\n").encode()
+        self.request = (
+            f"GET {EVENTS} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
         self.closed_by_server = 0
 
     def open(self, count: int, timeout: float = 120.0) -> None:
@@ -71,8 +72,11 @@ class StreamSwarm:
                 self.received[sock] = bytearray()
                 self.selector.register(sock, selectors.EVENT_WRITE)
                 batch.append(sock)
-            self.pump_until(lambda batch=batch: all(b"event: hello" in self.received[s] for s in batch),
-                            deadline - time.monotonic(), "a batch of streams saying hello")
+            self.pump_until(
+                lambda batch=batch: all(b"event: hello" in self.received[s] for s in batch),
+                deadline - time.monotonic(),
+                "a batch of streams saying hello",
+            )
 
     def pump_until(self, done: Callable[[], bool], timeout: float, what: str) -> float:
         started = time.monotonic()
@@ -157,10 +161,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def test_5000_streams_on_two_workers_leave_ordinary_requests_fast(
-        start_server: ServerFactory, swarm: Callable[[int], StreamSwarm], shared_redis_url: str,
-        namespace: str) -> None:
-    server = start_server(APP, workers=2, env={"DISTRELOAD_REDIS_URL": shared_redis_url,
-                                               "DISTRELOAD_NAMESPACE": namespace})
+    start_server: ServerFactory, swarm: Callable[[int], StreamSwarm], shared_redis_url: str, namespace: str
+) -> None:
+    server = start_server(
+        APP, workers=2, env={"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
+    )
     wait_for_workers(shared_redis_url, namespace, 2)
     request_latencies(server, 20)  # warm up both workers
     idle = request_latencies(server)
@@ -174,8 +179,22 @@ def test_5000_streams_on_two_workers_leave_ordinary_requests_fast(
     per_worker = streams.workers()
     busy = request_latencies(server)
 
-    done = subprocess.run([sys.executable, "-m", "distreload", "publish", "--redis-url", shared_redis_url,
-                           "--namespace", namespace, "--json"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distreload",
+            "publish",
+            "--redis-url",
+            shared_redis_url,
+            "--namespace",
+            namespace,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["receivers"] == 2
     fan_out = streams.pump_until(lambda: streams.count(b"event: reload")[1] == 5000, 60, "the reload")
@@ -195,8 +214,8 @@ def test_5000_streams_on_two_workers_leave_ordinary_requests_fast(
 
 
 def test_stopping_a_worker_with_1000_open_streams_is_prompt(
-        start_server: ServerFactory, swarm: Callable[[int], StreamSwarm], shared_redis_url: str,
-        namespace: str) -> None:
+    start_server: ServerFactory, swarm: Callable[[int], StreamSwarm], shared_redis_url: str, namespace: str
+) -> None:
     env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
     server = start_server(APP, env=env)
     wait_for_workers(shared_redis_url, namespace, 1)
@@ -209,8 +228,10 @@ def test_stopping_a_worker_with_1000_open_streams_is_prompt(
     server.process.send_signal(signal.SIGTERM)
     took = streams.pump_until(lambda: server.process.poll() is not None, 15, "the server exiting")
     streams.pump_until(lambda: streams.closed_by_server == 1000, 10, "every stream closed")
-    print(f"\nSIGTERM to exit with 1000 open streams: {took:.2f} s "
-          f"({time.monotonic() - started:.2f} s until every stream was closed)")
+    print(
+        f"\nSIGTERM to exit with 1000 open streams: {took:.2f} s "
+        f"({time.monotonic() - started:.2f} s until every stream was closed)"
+    )
     # uvicorn finishes its shutdown, then exits by the signal it received.
     assert server.process.returncode in (0, -signal.SIGTERM), server.log()
     assert "Finished server process" in server.log() and "Traceback" not in server.log()

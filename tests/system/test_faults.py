@@ -25,8 +25,8 @@ import redis
 
 from distreload.protocol import MAX_MESSAGE_BYTES, ClusterVersion, channel_name, state_key
 
-from .conftest import RedisProcess, ServerFactory, ServerProcess
-from .sse import SSEReader
+from ..conftest import RedisProcess, ServerFactory, ServerProcess
+from ..sse import SSEReader
 from .test_cluster import readers_on_every_worker, wait_for_workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -35,8 +35,9 @@ APP = "tests.apps.cluster_app:app"
 PREFIX = "/---distreload---"
 
 
-def readers_everywhere(open_sse: Callable[..., SSEReader], server: ServerProcess,
-                       workers: int = 2) -> list[SSEReader]:
+def readers_everywhere(
+    open_sse: Callable[..., SSEReader], server: ServerProcess, workers: int = 2
+) -> list[SSEReader]:
     """SSE readers on every worker process of ``server``.
 
     A worker accepts connections only after its start-up (which subscribes first), and the kernel hands a
@@ -65,10 +66,26 @@ IGNORED = "ignored a message"
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
-def cli_publish(redis_url: str, namespace: str, *extra: str,
-                timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "distreload", "publish", "--redis-url", redis_url,
-                           "--namespace", namespace, *extra], capture_output=True, text=True, timeout=timeout)
+
+def cli_publish(
+    redis_url: str, namespace: str, *extra: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distreload",
+            "publish",
+            "--redis-url",
+            redis_url,
+            "--namespace",
+            namespace,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def publish_ok(redis_url: str, namespace: str) -> dict[str, object]:
@@ -102,8 +119,12 @@ def worker_of(reader: SSEReader) -> str:
 
 def log_count(servers: list[ServerProcess], worker: str, text: str) -> int:
     """How many lines of the servers' logs mention ``worker`` and ``text``."""
-    return sum(1 for server in servers for line in server.log().splitlines()
-               if f"worker {worker}" in line and text in line)
+    return sum(
+        1
+        for server in servers
+        for line in server.log().splitlines()
+        if f"worker {worker}" in line and text in line
+    )
 
 
 def reload_ids(reader: SSEReader) -> list[str | None]:
@@ -141,8 +162,15 @@ def shared_state(redis_url: str, namespace: str) -> ClusterVersion:
 class Cluster:
     """Two uvicorn processes x two workers on one Redis, with SSE readers on every worker."""
 
-    def __init__(self, start_server: ServerFactory, open_sse: Callable[..., SSEReader], redis_url: str,
-                 namespace: str, *, wait: bool = True) -> None:
+    def __init__(
+        self,
+        start_server: ServerFactory,
+        open_sse: Callable[..., SSEReader],
+        redis_url: str,
+        namespace: str,
+        *,
+        wait: bool = True,
+    ) -> None:
         env = {"DISTRELOAD_REDIS_URL": redis_url, "DISTRELOAD_NAMESPACE": namespace}
         self.redis_url, self.namespace = redis_url, namespace
         self.servers = [start_server(APP, workers=2, env=env) for _ in range(2)]
@@ -165,13 +193,17 @@ class Cluster:
         return log_count(self.servers, worker, text)
 
     def wait_for_log(self, text: str, timeout: float) -> float:
-        return wait_until(lambda: all(self.log_count(w, text) >= 1 for w in self.workers), timeout,
-                          f"every worker logging {text!r}")
+        return wait_until(
+            lambda: all(self.log_count(w, text) >= 1 for w in self.workers),
+            timeout,
+            f"every worker logging {text!r}",
+        )
 
 
 @pytest.fixture
-def cluster(start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-            namespace: str) -> Cluster:
+def cluster(
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess, namespace: str
+) -> Cluster:
     return Cluster(start_server, open_sse, own_redis.url, namespace)
 
 
@@ -273,9 +305,10 @@ def partition(own_redis: RedisProcess) -> Iterator[Partition]:
 
 # --- Redis down, restarted, killed ----------------------------------------------------------------------
 
+
 def test_redis_down_at_start_pages_served_and_cluster_works_once_it_is_up(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-        namespace: str) -> None:
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess, namespace: str
+) -> None:
     own_redis.stop()
     env = {"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": namespace}
     servers = []
@@ -325,7 +358,8 @@ def _subscribers(redis_url: str, namespace: str) -> int:
 
 
 def test_redis_restart_without_persistence_recovers_without_a_reload(
-        cluster: Cluster, own_redis: RedisProcess) -> None:
+    cluster: Cluster, own_redis: RedisProcess
+) -> None:
     first = publish_ok(cluster.redis_url, cluster.namespace)
     cluster.assert_reloads([str(first["version"])])
 
@@ -345,7 +379,8 @@ def test_redis_restart_without_persistence_recovers_without_a_reload(
     second = publish_ok(cluster.redis_url, cluster.namespace)
     assert second["receivers"] == 4
     assert ClusterVersion.parse(str(second["version"])) == ClusterVersion(
-        str(first["version"]).split("-")[0], 2)
+        str(first["version"]).split("-")[0], 2
+    )
     cluster.assert_reloads([str(first["version"]), str(second["version"])])
 
     for worker in cluster.workers:
@@ -355,7 +390,8 @@ def test_redis_restart_without_persistence_recovers_without_a_reload(
 
 
 def test_publish_racing_a_redis_restart_reaches_every_stream_exactly_once(
-        cluster: Cluster, own_redis: RedisProcess) -> None:
+    cluster: Cluster, own_redis: RedisProcess
+) -> None:
     own_redis.stop()
     own_redis.start()
     # Published before the workers are back: a new epoch, received by none or some of them over pub/sub;
@@ -389,8 +425,12 @@ FREEZE_SECONDS = 10
 
 @pytest.mark.parametrize("how", ["sigstop", "debug-sleep", "client-pause"])
 def test_frozen_redis_is_detected_by_the_ping_deadline_and_recovered(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-        namespace: str, how: str) -> None:
+    start_server: ServerFactory,
+    open_sse: Callable[..., SSEReader],
+    own_redis: RedisProcess,
+    namespace: str,
+    how: str,
+) -> None:
     if how == "debug-sleep":  # Redis 7 refuses DEBUG unless told otherwise
         own_redis.stop()
         own_redis.extra_args = ["--enable-debug-command", "local"]
@@ -405,9 +445,11 @@ def test_frozen_redis_is_detected_by_the_ping_deadline_and_recovered(
     if how == "sigstop":
         own_redis.freeze()
     elif how == "debug-sleep":
+
         def sleep_redis() -> None:
             with redis.Redis.from_url(own_redis.url, socket_timeout=FREEZE_SECONDS + 10) as client:
                 client.execute_command("DEBUG", "SLEEP", FREEZE_SECONDS)
+
         sleeper = threading.Thread(target=sleep_redis)
         sleeper.start()
     else:
@@ -424,8 +466,10 @@ def test_frozen_redis_is_detected_by_the_ping_deadline_and_recovered(
     elif sleeper is not None:
         sleeper.join(FREEZE_SECONDS + 15)
     recovered = cluster.wait_for_log(BACK, 30)
-    print(f"{how}: every worker resubscribed {recovered:.2f} s after Redis answered again "
-          f"(backoff capped at 5 s)")
+    print(
+        f"{how}: every worker resubscribed {recovered:.2f} s after Redis answered again "
+        f"(backoff capped at 5 s)"
+    )
 
     cluster.assert_reloads([str(first["version"])])  # the freeze alone reloads nothing
     second = publish_ok(cluster.redis_url, cluster.namespace)
@@ -437,12 +481,18 @@ def test_frozen_redis_is_detected_by_the_ping_deadline_and_recovered(
 
 
 def test_half_open_connection_is_detected_and_a_reload_sent_meanwhile_is_caught_up(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-        partition: Partition, namespace: str) -> None:
-    direct = start_server(APP, workers=2, env={"DISTRELOAD_REDIS_URL": own_redis.url,
-                                               "DISTRELOAD_NAMESPACE": namespace})
-    behind = start_server(APP, workers=1, env={"DISTRELOAD_REDIS_URL": partition.url,
-                                               "DISTRELOAD_NAMESPACE": namespace})
+    start_server: ServerFactory,
+    open_sse: Callable[..., SSEReader],
+    own_redis: RedisProcess,
+    partition: Partition,
+    namespace: str,
+) -> None:
+    direct = start_server(
+        APP, workers=2, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": namespace}
+    )
+    behind = start_server(
+        APP, workers=1, env={"DISTRELOAD_REDIS_URL": partition.url, "DISTRELOAD_NAMESPACE": namespace}
+    )
     wait_for_workers(own_redis.url, namespace, 3)
     direct_readers = readers_everywhere(open_sse, direct)
     cut_off_reader = open_sse(behind.port)
@@ -466,8 +516,10 @@ def test_half_open_connection_is_detected_and_a_reload_sent_meanwhile_is_caught_
     partition.heal()
     healed_at = time.monotonic()
     assert [e.id for e in cut_off_reader.wait_for("reload", timeout=20)] == [result["version"]]
-    print(f"the reload published during the cut reached the cut-off worker's stream "
-          f"{time.monotonic() - healed_at:.2f} s after the network came back")
+    print(
+        f"the reload published during the cut reached the cut-off worker's stream "
+        f"{time.monotonic() - healed_at:.2f} s after the network came back"
+    )
 
     after = publish_ok(own_redis.url, namespace)
     assert after["receivers"] == 3
@@ -482,8 +534,10 @@ def test_half_open_connection_is_detected_and_a_reload_sent_meanwhile_is_caught_
 
 # --- Publishing while Redis is away fails loudly ------------------------------------------------------------
 
-def test_publish_while_redis_is_down_raises_and_the_cli_exits_non_zero(own_redis: RedisProcess,
-                                                                      namespace: str) -> None:
+
+def test_publish_while_redis_is_down_raises_and_the_cli_exits_non_zero(
+    own_redis: RedisProcess, namespace: str
+) -> None:
     from distreload import PublishError, send_reload_signal
 
     own_redis.stop()
@@ -514,13 +568,24 @@ def test_publish_to_a_frozen_redis_times_out_loudly(own_redis: RedisProcess, nam
     assert "no answer in time" in done.stderr
 
 
-def test_http_publish_while_redis_is_down_answers_503(start_server: ServerFactory, own_redis: RedisProcess,
-                                                      namespace: str) -> None:
-    server = start_server(APP, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": namespace,
-                                    "DISTRELOAD_TOKEN": "s3cret-token"})
+def test_http_publish_while_redis_is_down_answers_503(
+    start_server: ServerFactory, own_redis: RedisProcess, namespace: str
+) -> None:
+    server = start_server(
+        APP,
+        env={
+            "DISTRELOAD_REDIS_URL": own_redis.url,
+            "DISTRELOAD_NAMESPACE": namespace,
+            "DISTRELOAD_TOKEN": "s3cret-token",
+        },
+    )
     own_redis.stop()
-    request = urllib.request.Request(server.base_url + PREFIX + "/publish", data=b"{}", method="POST",
-                                     headers={"Authorization": "Bearer s3cret-token"})
+    request = urllib.request.Request(
+        server.base_url + PREFIX + "/publish",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": "Bearer s3cret-token"},
+    )
     with pytest.raises(urllib.error.HTTPError) as failure:
         urllib.request.urlopen(request, timeout=20)
     with failure.value as response:
@@ -531,22 +596,42 @@ def test_http_publish_while_redis_is_down_answers_503(start_server: ServerFactor
 
 # --- Garbage on the channel -------------------------------------------------------------------------------
 
+
 def garbage(epoch: str, number: int) -> list[bytes]:
     """Everything distreload must ignore, including well-formed claims the state does not back."""
+
     def message(**fields: object) -> bytes:
         base: dict[str, object] = {"epoch": epoch, "version": number + 1, "kind": "reload", "paths": []}
         base.update(fields)
         return json.dumps(base).encode()
 
     return [
-        b"", b"not json", b"{", b"[]", b"null", b"42", b'"reload"', b"\xff\xfe\x00garbage",
+        b"",
+        b"not json",
+        b"{",
+        b"[]",
+        b"null",
+        b"42",
+        b'"reload"',
+        b"\xff\xfe\x00garbage",
         b'{"epoch": "' + epoch.encode() + b'", "version": 1\xff}',
-        message(epoch=5), message(epoch="ZZZZZZZZ"), message(epoch="<script>alert(1)</script>"),
-        message(version="3"), message(version=1.5), message(version=-1), message(version=0),
-        message(version=True), message(version=2**60), b'{"epoch":"' + epoch.encode() + b'","version":1' +
-        b"0" * 400 + b"}", message(kind="boom"), message(kind=None), message(paths="/x.css"),
-        message(paths=[123]), message(kind="css", paths=["//evil.example/x.css"]),
-        message(kind="css", paths=["javascript:alert(1)"]), message(kind="css", paths=["/a\nb.css"]),
+        message(epoch=5),
+        message(epoch="ZZZZZZZZ"),
+        message(epoch="<script>alert(1)</script>"),
+        message(version="3"),
+        message(version=1.5),
+        message(version=-1),
+        message(version=0),
+        message(version=True),
+        message(version=2**60),
+        b'{"epoch":"' + epoch.encode() + b'","version":1' + b"0" * 400 + b"}",
+        message(kind="boom"),
+        message(kind=None),
+        message(paths="/x.css"),
+        message(paths=[123]),
+        message(kind="css", paths=["//evil.example/x.css"]),
+        message(kind="css", paths=["javascript:alert(1)"]),
+        message(kind="css", paths=["/a\nb.css"]),
         message(paths=["/" + "x" * 100] * 1000),  # over the size limit
         b"{" + b" " * (4 * MAX_MESSAGE_BYTES) + b"}",
         message(),  # one ahead of the state: not written by the publish script
@@ -556,7 +641,8 @@ def garbage(epoch: str, number: int) -> list[bytes]:
 
 
 def test_garbage_on_the_channel_is_ignored_and_the_cluster_keeps_working(
-        cluster: Cluster, own_redis: RedisProcess) -> None:
+    cluster: Cluster, own_redis: RedisProcess
+) -> None:
     first = publish_ok(cluster.redis_url, cluster.namespace)
     cluster.assert_reloads([str(first["version"])])
     state = shared_state(cluster.redis_url, cluster.namespace)
@@ -584,7 +670,8 @@ def test_garbage_on_the_channel_is_ignored_and_the_cluster_keeps_working(
 
 
 def test_a_state_key_overwritten_with_junk_is_replaced_and_reloads_keep_working(
-        cluster: Cluster, own_redis: RedisProcess) -> None:
+    cluster: Cluster, own_redis: RedisProcess
+) -> None:
     first = publish_ok(cluster.redis_url, cluster.namespace)
     cluster.assert_reloads([str(first["version"])])
     key = state_key(cluster.namespace)
@@ -609,9 +696,10 @@ def _page(server: ServerProcess) -> str:
 
 # --- Clients that misbehave, settings that are wrong --------------------------------------------------------
 
+
 def test_clients_that_stop_reading_or_vanish_mid_event_harm_no_one(
-        start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess,
-        namespace: str) -> None:
+    start_server: ServerFactory, open_sse: Callable[..., SSEReader], own_redis: RedisProcess, namespace: str
+) -> None:
     server = start_server(APP, env={"DISTRELOAD_REDIS_URL": own_redis.url, "DISTRELOAD_NAMESPACE": namespace})
     wait_for_workers(own_redis.url, namespace, 1)
     good = open_sse(server.port)
@@ -646,14 +734,18 @@ def _stalled_stream(port: int) -> socket.socket:
     return sock
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("DISTRELOAD_REDIS_URL", "http://127.0.0.1:6379"),
-    ("DISTRELOAD_REDIS_URL", "redis://127.0.0.1:notaport/0"),
-    ("DISTRELOAD_NAMESPACE", "no spaces allowed"),
-    ("DISTRELOAD_ENABLED", "maybe"),
-])
-def test_a_bad_setting_stops_start_up_with_one_error_naming_it(start_server: ServerFactory, variable: str,
-                                                               value: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DISTRELOAD_REDIS_URL", "http://127.0.0.1:6379"),
+        ("DISTRELOAD_REDIS_URL", "redis://127.0.0.1:notaport/0"),
+        ("DISTRELOAD_NAMESPACE", "no spaces allowed"),
+        ("DISTRELOAD_ENABLED", "maybe"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_one_error_naming_it(
+    start_server: ServerFactory, variable: str, value: str, tmp_path: Path
+) -> None:
     env = {"DISTRELOAD_REDIS_URL": "redis://127.0.0.1:1/0", variable: value}
     server = start_server(APP, env=env, wait=False)
     assert server.process.wait(30) != 0

@@ -1,0 +1,119 @@
+"""Publishing a reload from application code, a thread, or the command line.
+
+``send_reload_signal()`` is fastapi-reloader's name and, like fastapi-reloader's, never blocks a running
+event loop: called on a loop's thread (an ``async def`` handler) it hands the publish to a thread and
+returns at once; anywhere else it waits for Redis and returns the result or raises :class:`PublishError`.
+
+Import-light on purpose: the command line publishes through :func:`publish_blocking`, which speaks Redis's
+protocol itself for a plain one-node Redis and imports redis-py only for a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .config import Target
+from .protocol import PublishError, PublishResult, ReloadRequest, reload_request
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+logger = logging.getLogger(__name__)
+
+_default_broker: Broker | None = None
+
+
+def use_as_default(broker: Broker) -> None:
+    """Make ``broker`` the one ``send_reload_signal()`` publishes to when given no target: the broker of
+    the app that started last in this process."""
+    global _default_broker
+    _default_broker = broker
+
+
+def _broker_for(redis_url: str | None, namespace: str | None) -> Broker:
+    from .broker import get_broker
+
+    if redis_url is None and namespace is None and _default_broker is not None:
+        return _default_broker
+    return get_broker(redis_url, namespace)
+
+
+def send_reload_signal(
+    kind: str = "reload",
+    paths: Sequence[str] = (),
+    *,
+    spread: float = 0.0,
+    match: str | None = None,
+    redis_url: str | None = None,
+    namespace: str | None = None,
+) -> PublishResult | None:
+    """Reload every page held by every worker of the cluster.
+
+    ``kind``: ``"reload"`` (the whole page), ``"morph"`` (the new HTML applied in place, keeping scroll,
+    focus and form state), ``"css"`` (stylesheets swapped, ``paths`` names which; none: all) or
+    ``"images"`` (images re-fetched, ``paths`` names which). ``spread``: each page waits a random time up to
+    that many seconds first. ``match``: only pages whose path matches this glob (``/screens/lobby/*``).
+
+    Called on a thread running an event loop, it never blocks that loop: the publish happens on another
+    thread, a failure is logged, and it returns None (``await send_reload_signal_async()`` gives the
+    result there). Anywhere else it returns the :class:`PublishResult` or raises :class:`PublishError`.
+    A bad argument raises ValueError at once, wherever it is called.
+    """
+    request = reload_request(kind, paths, spread, match)
+    broker = _broker_for(redis_url, namespace)
+    if not broker.talks_to_redis:
+        return broker.publish_blocking(request)  # no I/O: safe on a loop's thread too
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return broker.publish_blocking(request)
+    thread = threading.Thread(
+        target=_publish_in_background, args=(broker, request), name="distreload publish", daemon=True
+    )
+    thread.start()
+    return None
+
+
+def _publish_in_background(broker: Broker, request: ReloadRequest) -> None:
+    try:
+        result = broker.publish_blocking(request)
+    except PublishError as exc:
+        logger.error("distreload: send_reload_signal(): %s", exc)
+    except Exception:
+        logger.exception("distreload: send_reload_signal() failed")
+    else:
+        logger.debug(
+            "distreload: published %s %s to %d receivers", request.kind, result.version, result.receivers
+        )
+
+
+async def send_reload_signal_async(
+    kind: str = "reload",
+    paths: Sequence[str] = (),
+    *,
+    spread: float = 0.0,
+    match: str | None = None,
+    redis_url: str | None = None,
+    namespace: str | None = None,
+) -> PublishResult:
+    """The async twin of :func:`send_reload_signal`: waits for the publish without blocking the loop, and
+    returns its result or raises :class:`PublishError`."""
+    request = reload_request(kind, paths, spread, match)
+    return await _broker_for(redis_url, namespace).publish(request)
+
+
+def publish_blocking(target: Target, request: ReloadRequest) -> PublishResult:
+    """Publish to the Redis of ``target`` from a thread with no running loop of its own; raise
+    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use."""
+    from .resp import ClusterRedirect, publish_over_resp
+
+    try:
+        return publish_over_resp(target, request)
+    except ClusterRedirect:
+        from .redis_clients import publish_with_redis_py
+
+        return publish_with_redis_py(target, request)

@@ -1,0 +1,181 @@
+"""Noticing that the server is stopping, so open event streams end at once instead of holding it up.
+
+Servers wait for open responses before they exit ("Waiting for connections to close"), and most tell the
+app nothing until every connection is gone: the ASGI lifespan shutdown comes after. There is no public
+ASGI way to learn earlier, so distreload listens where the server itself does:
+
+- the SIGINT/SIGTERM handlers a server installs with ``signal.signal`` (uvicorn, gunicorn's workers):
+  distreload chains a handler in front that ends the streams, then calls the server's own. The chained
+  handlers are put back when the last app using them shuts down, and never touch a closed event loop;
+- uvicorn's ``Server.should_exit`` flag, read from the object behind its signal handler, which also covers
+  ``uvicorn --reload`` and ``--workers`` (the supervisor's signal reaches the worker as a flag);
+- gunicorn's worker ``alive`` flag, which its ``--reload`` clears without any signal.
+
+The flags are not a documented interface of those servers: this is where distreload relies on a server's
+internals, because no public mechanism exists (the README lists what each server does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import weakref
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.25
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Closable(Protocol):
+    def close_all(self, reason: str = "shutdown") -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class ExitWatch:
+    """Ends the streams of every attached hub when the server starts to stop. One per process, since
+    signal handlers are."""
+
+    def __init__(self) -> None:
+        self._hubs: weakref.WeakSet[Closable] = weakref.WeakSet()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._chained: dict[int, tuple[Callable[..., Any], Callable[..., Any]]] = {}  # ours, theirs
+        self._poll: asyncio.Task[None] | None = None
+        self._fired = False  # the signal and the flag both tell of one stop: end the streams once
+
+    def attach(self, hub: Closable) -> None:
+        """Watch for the server stopping on the running loop, on behalf of ``hub``."""
+        loop = asyncio.get_running_loop()
+        self._hubs.add(hub)
+        self._fired = False
+        if self._loop is not loop:
+            self._restore_handlers()
+            self._loop = loop
+        self._chain_handlers(loop)
+        if self._poll is None or self._poll.done():
+            self._poll = loop.create_task(self._watch_flags(), name="distreload exit watch")
+
+    def detach(self, hub: Closable) -> None:
+        """``hub``'s app shut down; the last one out puts the server's handlers back."""
+        self._hubs.discard(hub)
+        if self._hubs:
+            return
+        self._restore_handlers()
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+        self._loop = None
+
+    def close_all(self) -> None:
+        if self._fired:
+            return
+        self._fired = True
+        for hub in list(self._hubs):
+            hub.close_all()
+
+    def _chain_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in _SIGNALS:
+            if signum in self._chained:
+                continue
+            try:
+                previous = signal.getsignal(signum)
+            except ValueError:  # not the main thread: a server started in a thread has no handlers here
+                return
+            if not callable(previous):
+                continue  # no server handler to chain: the default action ends the process anyway
+
+            def handler(sig: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+                if not loop.is_closed():
+                    with contextlib.suppress(RuntimeError):  # the loop closed in between
+                        loop.call_soon_threadsafe(self.close_all)
+                previous(sig, frame)
+
+            try:
+                signal.signal(signum, handler)
+            except ValueError:
+                return
+            self._chained[signum] = (handler, previous)
+
+    def _restore_handlers(self) -> None:
+        for signum, (ours, theirs) in list(self._chained.items()):
+            try:
+                # Only where ours is still in place: a server that restored its own handlers meanwhile
+                # (uvicorn does at exit) must keep them.
+                if signal.getsignal(signum) is ours:
+                    signal.signal(signum, theirs)
+            except ValueError:
+                continue
+            del self._chained[signum]
+
+    async def _watch_flags(self) -> None:
+        while self._hubs or _gunicorn_reloader_on():
+            if _server_is_exiting():
+                self.close_all()
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+
+
+_exit_watch = ExitWatch()
+
+
+def exit_watch() -> ExitWatch:
+    return _exit_watch
+
+
+def _server_objects() -> Iterator[Any]:
+    """The objects (uvicorn's ``Server``, a gunicorn worker) whose methods handle SIGTERM and SIGINT."""
+    for signum in _SIGNALS:
+        try:
+            handler = signal.getsignal(signum)
+        except ValueError:  # not the main thread
+            return
+        yield from _handler_owners(handler)
+
+
+def _handler_owners(handler: Any) -> Iterator[Any]:
+    owner = getattr(handler, "__self__", None)
+    if owner is not None:
+        yield owner
+    for value in getattr(handler, "__defaults__", None) or ():  # our chained handler keeps theirs there
+        inner = getattr(value, "__self__", None)
+        if inner is not None:
+            yield inner
+
+
+def _server_is_exiting() -> bool:
+    """Read uvicorn's ``should_exit`` (and gunicorn's ``alive``) from the objects behind the handlers."""
+    for candidate in _server_objects():
+        if getattr(candidate, "should_exit", False) is True:
+            return True
+        if getattr(candidate, "alive", True) is False:
+            return True
+        worker = _gunicorn_worker_behind(candidate)
+        if worker is not None and getattr(worker, "alive", True) is False:
+            # gunicorn's reloader (--reload) marks the worker dead and ends only its own thread with
+            # sys.exit; uvicorn's server under it never hears of it and goes on serving the old code
+            # (benoitc/gunicorn#2339). Stop the server as SIGTERM would, so gunicorn boots new code.
+            candidate.should_exit = True
+            return True
+    return False
+
+
+def _gunicorn_worker_behind(server: Any) -> Any:
+    """The gunicorn worker running a uvicorn ``Server`` (uvicorn-worker passes its bound
+    ``callback_notify`` into the server's config), or None."""
+    callback = getattr(getattr(server, "config", None), "callback_notify", None)
+    worker = getattr(callback, "__self__", None)
+    return worker if worker is not None and hasattr(worker, "alive") else None
+
+
+def _gunicorn_reloader_on() -> bool:
+    for candidate in _server_objects():
+        worker = _gunicorn_worker_behind(candidate)
+        if worker is not None and getattr(worker, "reloader", None) is not None:
+            return True
+    return False

@@ -1,0 +1,215 @@
+"""The stream hub: how events reach every open stream, through servers' ``send`` of every shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+import pytest
+from starlette.types import Message
+
+from distreload import hub as hub_module
+from distreload.hub import HEARTBEAT, StreamHub, shutdown_event
+from distreload.protocol import ClusterVersion, Reload
+
+pytestmark = pytest.mark.anyio
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+class Ready:
+    """An awaitable that is not a coroutine, as granian's ``send`` returns."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from asyncio.sleep(0).__await__()
+
+
+class FakeServer:
+    """One request on a server: ``send`` records (and can stall or fail), ``receive`` parks until told."""
+
+    def __init__(self, *, awaitable: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.bodies: list[bytes] = []
+        self.request_ids: list[str] = []
+        self.finished = False
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+        self.disconnect = asyncio.Event()
+        self._awaitable = awaitable
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if self._awaitable is not None:  # record now, hand back the server's own kind of awaitable
+            self._record(message)
+            return self._awaitable()
+        return self._send(message)
+
+    async def _send(self, message: Message) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise OSError("connection reset by peer")
+        self._record(message)
+
+    def _record(self, message: Message) -> None:
+        self.bodies.append(message["body"])
+        self.request_ids.append(REQUEST_ID.get())
+        self.finished = not message.get("more_body", False)
+
+    async def receive(self) -> Message:
+        await self.disconnect.wait()
+        return {"type": "http.disconnect"}
+
+
+def open_stream(hub: StreamHub, server: FakeServer, request_id: str = "r") -> asyncio.Task[None]:
+    """Run a request that opens a stream and parks in it, as the endpoint does."""
+
+    async def request() -> None:
+        REQUEST_ID.set(request_id)
+        await hub.open(server.send).park(server.receive)
+
+    return asyncio.ensure_future(request())
+
+
+async def settle(rounds: int = 10) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def reload(number: int) -> Reload:
+    return Reload(ClusterVersion("0123456789abcdef", number))
+
+
+@pytest.mark.parametrize("shape", ["coroutine", "awaitable object", "future"])
+async def test_every_reload_arrives_whatever_awaitable_send_returns(shape: str) -> None:
+    """Including reloads published long after the heartbeats began (granian's send is no coroutine)."""
+
+    def done_future() -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    awaitable = {"coroutine": None, "awaitable object": Ready, "future": done_future}[shape]
+    hub = StreamHub(heartbeat_interval=0.01)
+    server = FakeServer(awaitable=awaitable)
+    task = open_stream(hub, server)
+    await settle()
+    await asyncio.sleep(0.05)
+    for number in (1, 2, 3):
+        hub.deliver(reload(number))
+        await asyncio.sleep(0.03)
+    assert server.bodies.count(HEARTBEAT) >= 3
+    reloads = [body for body in server.bodies if body.startswith(b"event: reload")]
+    assert [body.split(b"\n")[1] for body in reloads] == [
+        b"id: 0123456789abcdef-1",
+        b"id: 0123456789abcdef-2",
+        b"id: 0123456789abcdef-3",
+    ]
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
+    assert server.finished and server.bodies[-1] == shutdown_event("shutdown")
+
+
+async def test_writes_run_in_the_streams_own_request_context() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    servers = [FakeServer(), FakeServer()]
+    tasks = [open_stream(hub, server, request_id=f"stream-{i}") for i, server in enumerate(servers)]
+    await settle()
+
+    async def publishing_request() -> None:
+        REQUEST_ID.set("the-publisher")
+        hub.deliver(reload(1))
+
+    await asyncio.ensure_future(publishing_request())
+    await settle()
+    assert [server.request_ids for server in servers] == [["stream-0"], ["stream-1"]]
+    hub.close_all()
+    await asyncio.gather(*tasks)
+
+
+async def test_a_failing_write_ends_that_stream_visibly_and_lets_its_request_return(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    broken, healthy = FakeServer(), FakeServer()
+    broken_task, healthy_task = open_stream(hub, broken), open_stream(hub, healthy)
+    await settle()
+    broken.fail = True
+    with caplog.at_level(logging.DEBUG, logger="distreload.hub"):
+        hub.deliver(reload(1))
+        await asyncio.wait_for(broken_task, 2)  # not left parked, deaf, for ever
+    assert len(hub) == 1 and "write failed" in caplog.text
+    assert broken_task.exception() is None  # the request returned normally
+    hub.deliver(reload(2))
+    await settle()
+    assert len([b for b in healthy.bodies if b.startswith(b"event: reload")]) == 2
+    hub.close_all()
+    await healthy_task
+
+
+async def test_a_client_that_stops_reading_delays_no_one_and_is_given_up_when_stalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "STALL_SECONDS", 0.2)
+    hub = StreamHub(heartbeat_interval=60)
+    slow, fast = FakeServer(), FakeServer()
+    slow.gate = asyncio.Event()
+    slow_task, fast_task = open_stream(hub, slow), open_stream(hub, fast)
+    await settle()
+    for number in range(1, 4):
+        hub.deliver(reload(number))
+    await settle()
+    assert len(fast.bodies) == 3 and slow.bodies == []
+    slow.gate.set()  # the client reads again: everything arrives, in order
+    await settle(20)
+    assert [b.split(b"\n")[1] for b in slow.bodies] == [b.split(b"\n")[1] for b in fast.bodies]
+    slow.gate.clear()
+    for number in range(4, 104):  # a burst within one turn of the loop is no stall
+        hub.deliver(reload(number))
+    await settle()
+    assert len(hub) == 2 and len(fast.bodies) == 103
+    await asyncio.sleep(0.3)
+    hub.deliver(reload(104))
+    assert len(hub) == 1  # the stalled one was given up; the other goes on
+    await settle()
+    assert len(fast.bodies) == 104
+    await asyncio.wait_for(slow_task, 2)
+    hub.close_all()
+    await fast_task
+
+
+async def test_closing_ends_streams_whose_receive_never_returns() -> None:
+    """Some servers never answer ``receive()`` once the response is complete: the hub still ends it."""
+    hub = StreamHub(heartbeat_interval=60)
+    servers = [FakeServer() for _ in range(5)]
+    tasks = [open_stream(hub, server) for server in servers]
+    await settle()
+    hub.close_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert all(server.finished for server in servers) and len(hub) == 0
+    assert hub.closing
+
+
+async def test_a_server_that_cancels_the_request_is_not_overruled() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    task = open_stream(hub, FakeServer())
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(hub) == 0
+
+
+async def test_a_client_that_leaves_is_forgotten_and_on_reload_runs_once_per_reload() -> None:
+    told: list[Reload] = []
+    hub = StreamHub(heartbeat_interval=60, on_reload=told.append)
+    server = FakeServer()
+    task = open_stream(hub, server)
+    await settle()
+    assert len(hub) == 1
+    server.disconnect.set()
+    await asyncio.wait_for(task, 2)
+    assert len(hub) == 0
+    hub.deliver(reload(1))
+    assert told == [reload(1)]

@@ -1,0 +1,141 @@
+"""Noticing that the server stops: chained signal handlers, server flags, and cleaning up after itself."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from distreload import shutdown
+from distreload.shutdown import ExitWatch
+
+pytestmark = pytest.mark.anyio
+
+
+class Hub:
+    """A stand-in for an app's stream hub."""
+
+    def __init__(self) -> None:
+        self.closed: list[str] = []
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        self.closed.append(reason)
+
+    def __len__(self) -> int:
+        return 1
+
+
+class Server:
+    """What uvicorn's Server looks like from its signal handler: a bound method and a flag."""
+
+    def __init__(self) -> None:
+        self.should_exit = False
+        self.signals: list[int] = []
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.signals.append(sig)
+        self.should_exit = True
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    """A server's handlers installed for SIGINT and SIGTERM, and the originals put back afterwards."""
+    originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    running = Server()
+    for signum in originals:
+        signal.signal(signum, running.handle_exit)
+    yield running
+    for signum, original in originals.items():
+        signal.signal(signum, original)
+
+
+async def test_a_signal_ends_the_streams_first_then_reaches_the_server(server: Server) -> None:
+    watch, hub = ExitWatch(), Hub()
+    watch.attach(hub)
+    signal.raise_signal(signal.SIGTERM)
+    await asyncio.sleep(0.01)
+    assert hub.closed == ["shutdown"] and server.signals == [signal.SIGTERM]
+    watch.detach(hub)
+
+
+async def test_the_servers_exit_flag_is_noticed_without_a_signal(server: Server) -> None:
+    """uvicorn's supervisor (--reload, --workers) may set the flag; gunicorn's reloader likewise."""
+    watch, hub = ExitWatch(), Hub()
+    watch.attach(hub)
+    server.should_exit = True
+    await asyncio.sleep(shutdown.POLL_INTERVAL * 2 + 0.05)
+    assert hub.closed == ["shutdown"] and server.signals == []
+    watch.detach(hub)
+
+
+async def test_the_servers_handlers_are_put_back_when_the_last_app_shuts_down(server: Server) -> None:
+    watch, first, second = ExitWatch(), Hub(), Hub()
+    watch.attach(first)
+    watch.attach(second)
+    assert signal.getsignal(signal.SIGTERM) != server.handle_exit  # ours is in front
+    watch.detach(first)
+    assert signal.getsignal(signal.SIGTERM) != server.handle_exit  # the other app still needs it
+    watch.detach(second)
+    assert signal.getsignal(signal.SIGTERM) == server.handle_exit
+    assert signal.getsignal(signal.SIGINT) == server.handle_exit
+
+
+async def test_handlers_a_server_restored_itself_are_left_as_they_are(server: Server) -> None:
+    watch, hub = ExitWatch(), Hub()
+    watch.attach(hub)
+
+    def newer(sig: int, frame: FrameType | None) -> None: ...
+
+    signal.signal(signal.SIGTERM, newer)  # as uvicorn does when it exits
+    watch.detach(hub)
+    assert signal.getsignal(signal.SIGTERM) is newer
+    assert signal.getsignal(signal.SIGINT) == server.handle_exit
+
+
+def test_a_handler_left_behind_never_fails_after_its_loop_closed(server: Server) -> None:
+    """pytest sessions, notebooks: the loop is gone, Ctrl-C must still reach the server's handler."""
+    watch, hub = ExitWatch(), Hub()
+
+    async def run_app() -> None:
+        watch.attach(hub)  # and never detached: the app had no lifespan shutdown
+
+    asyncio.run(run_app())
+    signal.raise_signal(signal.SIGINT)
+    assert server.signals == [signal.SIGINT] and hub.closed == []
+
+
+def test_outside_the_main_thread_nothing_is_chained() -> None:
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        async def app() -> None:
+            watch = ExitWatch()
+            watch.attach(Hub())
+            await asyncio.sleep(0.01)
+
+        try:
+            asyncio.run(app())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(5)
+    assert errors == [] and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_owners_are_found_behind_bound_and_chained_handlers() -> None:
+    running = Server()
+
+    def chained(sig: int, frame: Any, previous: Any = running.handle_exit) -> None: ...
+
+    assert list(shutdown._handler_owners(running.handle_exit)) == [running]
+    assert list(shutdown._handler_owners(chained)) == [running]
+    assert list(shutdown._handler_owners(signal.SIG_DFL)) == []
