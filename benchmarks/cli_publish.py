@@ -35,7 +35,7 @@ def measure(runs: int) -> dict[str, Any]:
         publish = [_time(command, env) for _ in range(runs)]
         interpreter = [_time([sys.executable, "-c", "pass"], env) for _ in range(runs)]
         import_only = [
-            _time([sys.executable, "-c", "import distreload.cli, distreload.broker"], env)
+            _time([sys.executable, "-c", "import distreload.cli, distreload.publisher, distreload.resp"], env)
             for _ in range(runs)
         ]
     finally:

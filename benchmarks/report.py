@@ -431,7 +431,7 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
             f"`{cli['command']}`, {cli['runs']} runs: median {cli['median_ms']:.0f} ms, "
             f"max {cli['max_ms']:.0f} ms. For scale: `python -c pass` "
             f"{cli['python_startup_median_ms']:.0f} ms; "
-            f"importing `distreload.cli` and `distreload.broker` {cli['imports_median_ms']:.0f} ms.",
+            f"importing `distreload.cli`, `distreload.publisher` and `distreload.resp` {cli['imports_median_ms']:.0f} ms.",
         ]
     lines.append("")
     path = directory / "results.md"

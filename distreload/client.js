@@ -1,21 +1,22 @@
-// distreload browser client: reloads the page (or swaps its stylesheets) when the cluster says so.
+// distreload browser client: keeps a page in step with the cluster. When a reload is published it reloads
+// the page, swaps its stylesheets or images, or morphs the page's new HTML into the live document.
 //
-// Served from <prefix>/client.js and loaded by the tag distreload injects into HTML pages. The same file
-// runs in two places:
-//   * in a page, where it decides when that page reloads;
-//   * as a SharedWorker (when the browser has them), where it holds the one EventSource that every tab of
-//     this origin shares, so a dozen tabs cost one connection instead of a dozen (browsers allow only six
-//     per host over HTTP/1.1, which starves tabs that each hold a stream).
-// A page that cannot start the worker (no SharedWorker, a CSP that forbids it, another origin) opens its own
-// EventSource instead; the decisions stay in the page either way.
+// Loaded by the tag distreload injects into HTML pages (<base>/client.js, data-distreload="<base>").
+//
+// One tab per origin holds the event stream for all of them (browsers allow six connections per host over
+// HTTP/1.1, so a stream per tab starves the seventh tab). The tabs elect that tab with the Web Locks API and
+// hear from it over a BroadcastChannel: no worker is involved, so this works under any Content-Security-
+// Policy (a SharedWorker needs worker-src, and Android Chrome has none). When the tab holding the stream
+// closes, the next one in the lock's queue takes over and resumes from the last version it heard of.
+// Browsers without Web Locks (a plain-HTTP origin other than localhost) give each tab its own stream.
 //
 // Every page compares versions ("epoch-number", the cluster's reload counter) and builds (a fingerprint of
-// the server's code): a page reloads once per version it has not seen, and when the server's build differs
-// from the one that rendered it (a code-change restart). Reconnecting alone never reloads anything.
+// the server's code): a page acts once per version it has not seen, and when the server's build differs from
+// the one that rendered it (a code-change restart). Reconnecting alone never reloads anything. Before a page
+// reloads or morphs it fetches itself: a server error or no answer shows an overlay and the page waits,
+// rather than navigating onto an error page.
 (function (global) {
   "use strict";
-
-  // --- shared by the page and the worker -----------------------------------------------------------------
 
   var DEFAULTS = {
     message_prefix: "[distreload]",
@@ -24,15 +25,29 @@
     reconnect_interval: 1000,
     max_reconnect_interval: 10000,
     silent: false,
-    shared_worker: true
+    share_connection: true,
+    overlay: true,
+    indicator: true
   };
+  // Earlier names that still mean the same.
+  var ALIASES = { shared_worker: "share_connection" };
   var BACKOFF_FACTOR = 1.5;
-  var WORKER_START_TIMEOUT = 3000;
+  // After a hello that shows a missed reload, the server sends that reload (its kind, paths and match) next;
+  // a full reload happens only if it does not.
+  var CATCH_UP_GRACE = 300;
+  // A stream back within this time never showed the indicator: a blip is not worth a flicker.
+  var LOST_GRACE = 1000;
+  var OVERLAY_LINES = 15;
+  var UI_ATTRIBUTE = "data-distreload-ui";
+  var ACCEPT_HTML = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8";
+
+  // --- versions, options, backoff ---------------------------------------------------------------------------
 
   function withDefaults(options) {
-    var merged = {};
-    for (var key in DEFAULTS) {
-      merged[key] = options && options[key] !== undefined && options[key] !== null ? options[key] : DEFAULTS[key];
+    var given = {}, merged = {}, key;
+    for (key in options || {}) given[ALIASES[key] || key] = options[key];
+    for (key in DEFAULTS) {
+      merged[key] = given[key] !== undefined && given[key] !== null ? given[key] : DEFAULTS[key];
     }
     merged.reconnect_interval = Math.max(100, Number(merged.reconnect_interval) || DEFAULTS.reconnect_interval);
     merged.max_reconnect_interval = Math.max(merged.reconnect_interval,
@@ -63,17 +78,126 @@
     return current.number > 0;
   }
 
+  function newer(a, b) {
+    if (!parseVersion(a)) return parseVersion(b) ? b : a;
+    return isBehind(a, b) ? b : a;
+  }
+
+  function safeJson(text) {
+    try { return JSON.parse(text); } catch (e) { return null; }
+  }
+
+  // --- what a reload is for: globs on the path, URL paths, cache-busters --------------------------------------
+
+  // The glob of a reload's "match": "*" is any run of characters but "/", "**" any run at all, "?" one
+  // character but "/". Matched against the whole of location.pathname.
+  function globToRegExp(glob) {
+    var source = "", i = 0;
+    while (i < glob.length) {
+      var c = glob.charAt(i);
+      if (c === "*" && glob.charAt(i + 1) === "*") { source += ".*"; i += 2; continue; }
+      if (c === "*") source += "[^/]*";
+      else if (c === "?") source += "[^/]";
+      else source += c.replace(/[\\^$.|+()[\]{}]/g, "\\$&");
+      i += 1;
+    }
+    return new RegExp("^" + source + "$");
+  }
+
+  function matchesGlob(glob, pathname) {
+    return !glob || globToRegExp(glob).test(pathname);
+  }
+
+  function matchesAny(pathname, paths) {
+    for (var i = 0; i < paths.length; i++) {
+      // A path published as /static/site.css also names /app/static/site.css behind a proxy prefix.
+      if (pathname === paths[i] || pathname.slice(-paths[i].length) === paths[i]) return true;
+    }
+    return false;
+  }
+
+  // ``text`` resolved against ``base`` with ?distreload=<version>, when it names a same-origin resource among
+  // ``paths`` (empty: any); null otherwise.
+  function bustUrl(text, base, paths, version) {
+    var url;
+    try { url = new URL(text, base); } catch (e) { return null; }
+    if (url.origin !== new URL(base).origin || !/^https?:$/.test(url.protocol)) return null;
+    if (paths.length && !matchesAny(url.pathname, paths)) return null;
+    url.searchParams.set("distreload", version);
+    return url.href;
+  }
+
+  function withoutBuster(text, base) {
+    try {
+      var url = new URL(text, base);
+      url.searchParams.delete("distreload");
+      return url.href;
+    } catch (e) { return text; }
+  }
+
+  // A srcset with every wanted candidate busted; null when none is wanted.
+  function bustSrcset(srcset, base, paths, version) {
+    var changed = false;
+    var candidates = srcset.split(",").map(function (candidate) {
+      var parts = candidate.trim().split(/\s+/);
+      var busted = parts[0] && bustUrl(parts[0], base, paths, version);
+      if (!busted) return candidate.trim();
+      changed = true;
+      parts[0] = busted;
+      return parts.join(" ");
+    });
+    return changed ? candidates.join(", ") : null;
+  }
+
+  // A CSS value (background-image and the like) with every wanted url(...) busted; null when none is wanted.
+  function bustCssUrls(value, base, paths, version) {
+    var changed = false;
+    var result = value.replace(/url\(\s*(["']?)([^"')]+)\1\s*\)/g, function (whole, quote, target) {
+      var busted = bustUrl(target, base, paths, version);
+      if (!busted) return whole;
+      changed = true;
+      return 'url("' + busted + '")';
+    });
+    return changed ? result : null;
+  }
+
+  // --- plans: what a page is about to do ---------------------------------------------------------------------
+
+  var KINDS = { reload: true, css: true, images: true, morph: true };
+
+  // Two reloads that have not happened yet make one: the newer version, and a kind that covers both.
+  // Stylesheet or image swaps add their paths up (none named means all); any two different kinds make a
+  // full reload, as does anything with a full reload.
+  function mergePlans(a, b) {
+    if (!a) return { kind: b.kind, version: b.version, paths: b.paths.slice(), build: b.build || null, reason: b.reason };
+    var same = a.kind === b.kind;
+    var paths = same && a.paths.length && b.paths.length ? a.paths.concat(b.paths.filter(function (path) {
+      return a.paths.indexOf(path) === -1;
+    })) : [];
+    return {
+      kind: same ? a.kind : "reload",
+      version: newer(a.version, b.version),
+      paths: paths,
+      build: b.build || a.build || null,
+      reason: same ? b.reason : a.reason + ", then " + b.reason
+    };
+  }
+
+  // --- the stream ---------------------------------------------------------------------------------------
+
   // One EventSource to <base>/events with distreload's own reconnection: after an error or a shutdown
   // event it closes the EventSource (whose built-in retry has no backoff), waits, checks readiness with a
-  // HEAD and only then opens a new stream. Reports {type: "hello" | "reload" | "down"} to ``report``.
-  function Connection(base, options, report) {
+  // HEAD and only then opens a new stream, resuming from the newest version it heard of. Reports
+  // {type: "hello" | "reload" | "down"} to ``report``.
+  function Connection(base, options, report, resumeFrom) {
     this.base = base;
     this.options = options;
     this.report = report;
+    this.resumeFrom = resumeFrom || "";
     this.source = null;
     this.timer = null;
     this.attempt = 0;
-    this.state = null;     // the last hello, its version kept current: what a newly attached tab is told
+    this.state = null;     // the last hello, its version kept current: what a tab that joins is told
     this.connected = false;
   }
 
@@ -84,21 +208,25 @@
   Connection.prototype.open = function () {
     var self = this;
     var url = this.base + "/events";
-    if (this.state) url += "?last_event_id=" + encodeURIComponent(this.state.version);
+    if (parseVersion(this.resumeFrom)) url += "?last_event_id=" + encodeURIComponent(this.resumeFrom);
     var source = this.source = new EventSource(url);
     source.addEventListener("hello", function (event) {
       var data = safeJson(event.data);
       if (!data || source !== self.source) return;
       self.attempt = 0;
       self.connected = true;
+      self.resumeFrom = newer(self.resumeFrom, data.version);
       self.state = { type: "hello", version: data.version, build: data.build, worker: data.worker };
       self.report(self.state);
     });
     source.addEventListener("reload", function (event) {
       var data = safeJson(event.data);
       if (!data || source !== self.source) return;
-      if (self.state && isBehind(self.state.version, data.version)) self.state.version = data.version;
-      self.report({ type: "reload", version: data.version, kind: data.kind, paths: data.paths || [] });
+      self.resumeFrom = newer(self.resumeFrom, data.version);
+      if (self.state) self.state.version = newer(self.state.version, data.version);
+      // Servers from before spread and match leave them out: no spread, every page.
+      self.report({ type: "reload", version: data.version, kind: data.kind, paths: data.paths || [],
+        spread: Number(data.spread) || 0, match: typeof data.match === "string" ? data.match : "" });
     });
     source.addEventListener("shutdown", function () {
       if (source === self.source) self.lost();
@@ -147,62 +275,486 @@
     this.connected = false;
   };
 
-  function safeJson(text) {
-    try { return JSON.parse(text); } catch (e) { return null; }
+  // --- morph: the new HTML applied to the live document in place ------------------------------------------
+  //
+  // Children are paired by key (an element's id; a stylesheet by its URL; a script by what it runs), then by
+  // tag and position (the third <p> without an id pairs with the third <p>). A paired node is updated in
+  // place, so whatever the page holds in it stays: typed text, focus, listeners, scroll offsets. Only unpaired
+  // nodes are inserted or removed, and a paired node moves only when the order really changed.
+
+  function isScript(node) { return node.nodeType === 1 && node.tagName === "SCRIPT"; }
+  function isOwnScript(node) { return isScript(node) && node.hasAttribute("data-distreload"); }
+  function isUi(node) { return node.nodeType === 1 && node.hasAttribute(UI_ATTRIBUTE); }
+  function isStylesheetLink(node) {
+    return node.nodeType === 1 && node.tagName === "LINK" && node.hasAttribute("href") &&
+      /(^|\s)stylesheet(\s|$)/i.test(node.getAttribute("rel") || "");
   }
 
-  // --- the SharedWorker ------------------------------------------------------------------------------------
+  // What identifies a script when asking whether it changed: its type, and its URL or its code; never its
+  // nonce, which every response renews.
+  function scriptSignature(script, base) {
+    var src = script.getAttribute("src");
+    return (script.getAttribute("type") || "") + " " + (src ? withoutBuster(src, base) : "inline " + script.textContent);
+  }
 
-  function runSharedWorker(scope) {
-    // The worker's own URL is <base>/client.js?v=...: the endpoint base is everything before /client.js.
-    var base = scope.location.href.split("?")[0].replace(/\/client\.js$/, "");
-    var ports = [];
-    var connection = null;
+  function describeScript(script) {
+    var src = script.getAttribute("src");
+    return src || JSON.stringify(script.textContent.replace(/\s+/g, " ").trim().slice(0, 60));
+  }
 
-    function broadcast(message) {
-      for (var i = 0; i < ports.length; i++) ports[i].postMessage(message);
-    }
-
-    scope.addEventListener("connect", function (event) {
-      var port = event.ports[0];
-      port.onmessage = function (message) {
-        var data = message.data || {};
-        if (data.type === "start") {
-          if (ports.indexOf(port) === -1) ports.push(port);
-          if (!connection) connection = new Connection(base, withDefaults(data.options), broadcast);
-          port.postMessage({ type: "ready" });
-          if (connection.connected && connection.state) port.postMessage(connection.state);
-          connection.start();
-        } else if (data.type === "wake" && connection) {
-          connection.wake();
-        } else if (data.type === "bye") {
-          var index = ports.indexOf(port);
-          if (index !== -1) ports.splice(index, 1);
-        }
-      };
-      port.start();
+  // Why the page's scripts forbid a morph, or "" when they allow it. Every script of the new page must be in
+  // the live one already: a new or changed script would have to run, and running code again in a page where
+  // the old code ran is not what loading the page does. Scripts only the live page has are left alone
+  // (pages and their libraries add scripts of their own at run time). distreload's own tag is not counted:
+  // it carries the version, which changes with every reload.
+  function scriptChange(liveDocument, freshDocument, base) {
+    var available = {}, reason = "";
+    eachScript(liveDocument, function (script) {
+      var signature = scriptSignature(script, base);
+      available[signature] = (available[signature] || 0) + 1;
     });
+    eachScript(freshDocument, function (script) {
+      var signature = scriptSignature(script, base);
+      if (available[signature]) available[signature] -= 1;
+      else if (!reason) reason = "a script changed: " + describeScript(script);
+    });
+    return reason;
+  }
+
+  function eachScript(document, visit) {
+    var scripts = document.getElementsByTagName("script");
+    for (var i = 0; i < scripts.length; i++) if (!isOwnScript(scripts[i])) visit(scripts[i]);
+  }
+
+  function keyOf(node, base) {
+    if (node.nodeType !== 1) return "";
+    if (isScript(node)) return "script " + scriptSignature(node, base);
+    if (isStylesheetLink(node)) {
+      return "sheet " + withoutBuster(node.getAttribute("href"), base) + " " + (node.getAttribute("media") || "");
+    }
+    var id = node.getAttribute("id");
+    return id ? "#" + id : "";
+  }
+
+  function kindOf(node) {
+    return node.nodeType === 1 ? node.namespaceURI + " " + node.tagName : "#" + node.nodeType;
+  }
+
+  // The open state of <details> and <dialog> is the reader's: a morph neither opens nor closes them.
+  function isReadersAttribute(element, name) {
+    return name === "open" && (element.tagName === "DETAILS" || element.tagName === "DIALOG");
+  }
+
+  function morphAttributes(live, fresh, context) {
+    var i, attribute, name;
+    for (i = 0; i < fresh.attributes.length; i++) {
+      attribute = fresh.attributes[i];
+      name = attribute.localName;
+      if (name === "nonce" || isReadersAttribute(live, name)) continue;
+      if (live.getAttributeNS(attribute.namespaceURI, name) !== attribute.value) {
+        live.setAttributeNS(attribute.namespaceURI, attribute.name, attribute.value);
+        context.changes += 1;
+      }
+    }
+    for (i = live.attributes.length - 1; i >= 0; i--) {
+      attribute = live.attributes[i];
+      name = attribute.localName;
+      if (name === "nonce" || isReadersAttribute(live, name)) continue;
+      if (!fresh.hasAttributeNS(attribute.namespaceURI, name)) {
+        live.removeAttributeNS(attribute.namespaceURI, name);
+        context.changes += 1;
+      }
+    }
+  }
+
+  function morphNode(live, fresh, context) {
+    if (live.nodeType !== 1) {
+      if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; context.changes += 1; }
+      return;
+    }
+    if (isScript(live) || isStylesheetLink(live)) return;  // paired by what they run or load: the same
+    morphAttributes(live, fresh, context);
+    if (live.tagName === "TEXTAREA") {
+      // The text is the default value: what the reader typed (the current value) stays.
+      if (live.defaultValue !== fresh.textContent) { live.defaultValue = fresh.textContent; context.changes += 1; }
+    } else if (live.tagName === "TEMPLATE") {
+      if (live.innerHTML !== fresh.innerHTML) { live.innerHTML = fresh.innerHTML; context.changes += 1; }
+    } else {
+      morphChildren(live, fresh, context);
+    }
+  }
+
+  function morphChildren(live, fresh, context) {
+    var base = context.base, liveNodes = [], keyed = {}, queues = {}, used = new Set(), node, key, i;
+    for (node = live.firstChild; node; node = node.nextSibling) {
+      if (isUi(node)) continue;
+      liveNodes.push(node);
+      key = keyOf(node, base);
+      if (key && !keyed[key]) keyed[key] = node;
+      else (queues[kindOf(node)] = queues[kindOf(node)] || []).push(node);
+    }
+    var freshNodes = Array.prototype.slice.call(fresh.childNodes), partners = [];
+    for (i = 0; i < freshNodes.length; i++) {
+      var freshNode = freshNodes[i], partner = null;
+      key = keyOf(freshNode, base);
+      if (key && keyed[key] && !used.has(keyed[key]) && kindOf(keyed[key]) === kindOf(freshNode)) {
+        partner = keyed[key];
+      } else if (!key || key.charAt(0) === "#") {
+        // Scripts and stylesheets pair only with their own: a changed sheet is a new sheet.
+        var queue = queues[kindOf(freshNode)] || [];
+        while (queue.length && !partner) {
+          var candidate = queue.shift();
+          if (!used.has(candidate)) partner = candidate;
+        }
+      }
+      if (partner) used.add(partner);
+      partners.push(partner);
+    }
+    // Unpaired live nodes go first, so that what stays moves only when the order changed. Scripts stay:
+    // they ran, and removing them undoes nothing. Outgoing stylesheets go once the incoming ones have loaded,
+    // so the page is never unstyled. In <head>, whatever else the page's scripts added stays too.
+    var lingering = new Set();
+    for (i = 0; i < liveNodes.length; i++) {
+      node = liveNodes[i];
+      if (used.has(node)) continue;
+      if (isStylesheetLink(node)) { context.staleSheets.push(node); lingering.add(node); }
+      else if (isScript(node) || (live.tagName === "HEAD" && node.nodeType === 1)) lingering.add(node);
+      else { live.removeChild(node); context.changes += 1; }
+    }
+    var cursor = live.firstChild;
+    for (i = 0; i < freshNodes.length; i++) {
+      if (!partners[i] && isScript(freshNodes[i])) continue;  // never inserted: scriptChange vetted them
+      while (cursor && (isUi(cursor) || lingering.has(cursor))) cursor = cursor.nextSibling;
+      node = partners[i] || importFresh(freshNodes[i], live.ownerDocument, context);
+      if (node === cursor) {
+        cursor = cursor.nextSibling;
+      } else {
+        live.insertBefore(node, cursor);
+        context.changes += 1;
+      }
+      if (partners[i]) morphNode(node, freshNodes[i], context);
+    }
+  }
+
+  function importFresh(fresh, document, context) {
+    var node = document.importNode(fresh, true);
+    if (node.nodeType !== 1) return node;
+    // A copy of a script that already ran elsewhere in the page would be a second copy; it never runs, but
+    // it does not belong in the page either.
+    var scripts = node.getElementsByTagName("script");
+    for (var i = scripts.length - 1; i >= 0; i--) scripts[i].parentNode.removeChild(scripts[i]);
+    var sheets = isStylesheetLink(node) ? [node] : node.querySelectorAll('link[rel~="stylesheet"][href]');
+    for (i = 0; i < sheets.length; i++) context.newSheets.push(sheets[i]);
+    return node;
+  }
+
+  function newContext(base) {
+    return { base: base, changes: 0, newSheets: [], staleSheets: [] };
+  }
+
+  function retireStaleSheets(context) {
+    var waiting = context.newSheets.length, stale = context.staleSheets;
+    function retire() {
+      for (var i = 0; i < stale.length; i++) if (stale[i].parentNode) stale[i].parentNode.removeChild(stale[i]);
+    }
+    if (!waiting) { retire(); return; }
+    var settle = function () { waiting -= 1; if (!waiting) retire(); };
+    for (var i = 0; i < context.newSheets.length; i++) {
+      var sheet = context.newSheets[i];
+      if (sheet.sheet) { settle(); continue; }  // already loaded (from the cache)
+      sheet.addEventListener("load", settle);
+      sheet.addEventListener("error", settle);
+    }
+  }
+
+  function readSelection(element) {
+    try {
+      return element.selectionStart === null || element.selectionStart === undefined ? null
+        : { start: element.selectionStart, end: element.selectionEnd, direction: element.selectionDirection };
+    } catch (e) {
+      return null;  // an input type without a caret
+    }
+  }
+
+  // Morph ``liveDocument`` into ``freshDocument`` (parsed from the page's new HTML). Returns {changes} or,
+  // when the morph cannot be trusted and nothing was changed, {reason}.
+  function morphDocument(liveDocument, freshDocument, base) {
+    base = base || liveDocument.baseURI;
+    if (!freshDocument.body || !freshDocument.head) return { reason: "the new page has no body" };
+    var reason = scriptChange(liveDocument, freshDocument, base);
+    if (reason) return { reason: reason };
+    var view = liveDocument.defaultView, focused = liveDocument.activeElement;
+    var selection = focused && readSelection(focused);
+    var scrollX = view ? view.scrollX : 0, scrollY = view ? view.scrollY : 0;
+    var context = newContext(base);
+    morphAttributes(liveDocument.documentElement, freshDocument.documentElement, context);
+    morphNode(liveDocument.head, freshDocument.head, context);
+    morphNode(liveDocument.body, freshDocument.body, context);
+    // Moving an element blurs it: put focus and caret back where the reader left them.
+    if (focused && focused !== liveDocument.activeElement && focused.isConnected && focused.focus) {
+      focused.focus({ preventScroll: true });
+      if (selection) {
+        try { focused.setSelectionRange(selection.start, selection.end, selection.direction); } catch (e) { /* */ }
+      }
+    }
+    if (view && (view.scrollX !== scrollX || view.scrollY !== scrollY)) view.scrollTo(scrollX, scrollY);
+    retireStaleSheets(context);
+    return { changes: context.changes };
+  }
+
+  // --- stylesheets and images swapped in place -----------------------------------------------------------
+
+  // The CSS kind: each wanted stylesheet gets a fresh copy inserted after it; the old one goes only once
+  // the new one has loaded, so the page never shows unstyled. Returns how many were swapped.
+  function swapStylesheets(document, paths, version) {
+    var links = document.querySelectorAll('link[rel~="stylesheet"][href]');
+    var swapped = 0;
+    for (var i = 0; i < links.length; i++) {
+      var link = links[i];
+      if (link.__distreloadReplaced) continue;
+      var href = bustUrl(link.href, document.baseURI, paths, version);
+      if (!href) continue;
+      replaceLink(link, href);
+      swapped += 1;
+    }
+    return swapped;
+  }
+
+  function replaceLink(link, href) {
+    var fresh = link.cloneNode(false);
+    if (link.nonce) fresh.nonce = link.nonce;
+    fresh.href = href;
+    link.__distreloadReplaced = true;
+    fresh.addEventListener("load", function () { if (link.parentNode) link.parentNode.removeChild(link); });
+    fresh.addEventListener("error", function () {
+      // Keep the old sheet when the new one fails: a broken request must not unstyle the page.
+      if (fresh.parentNode) fresh.parentNode.removeChild(fresh);
+      link.__distreloadReplaced = false;
+    });
+    link.parentNode.insertBefore(fresh, link.nextSibling);
+  }
+
+  // The images kind, as livereload.js does it: every wanted image URL in <img src/srcset>, <picture>
+  // sources, inline styles and same-origin stylesheets is fetched again with a cache-buster, and swapped in
+  // only once the new image has loaded (so nothing blinks). Returns how many uses were refreshed.
+  function refreshImages(document, paths, version) {
+    var base = document.baseURI, count = 0, i, element;
+    function whenLoaded(src, srcset, sizes, swap) {
+      var probe = new Image();
+      probe.onload = swap;  // on error the old image stays
+      if (srcset) { probe.sizes = sizes || ""; probe.srcset = srcset; }
+      if (src) probe.src = src;
+    }
+    var images = document.querySelectorAll("img");
+    for (i = 0; i < images.length; i++) {
+      (function (image) {
+        var src = image.getAttribute("src"), srcset = image.getAttribute("srcset");
+        var newSrc = src && bustUrl(src, base, paths, version);
+        var newSrcset = srcset && bustSrcset(srcset, base, paths, version);
+        if (!newSrc && !newSrcset) return;
+        count += 1;
+        whenLoaded(newSrc || src, newSrcset || srcset, image.getAttribute("sizes"), function () {
+          if (newSrcset) image.srcset = newSrcset;
+          if (newSrc) image.src = newSrc;
+        });
+      })(images[i]);
+    }
+    var sources = document.querySelectorAll("picture > source[srcset]");
+    for (i = 0; i < sources.length; i++) {
+      var busted = bustSrcset(sources[i].getAttribute("srcset"), base, paths, version);
+      if (busted) { sources[i].srcset = busted; count += 1; }
+    }
+    function refreshStyle(style, styleBase) {
+      var value = style.backgroundImage;
+      var fresh = value && value.indexOf("url(") !== -1 && bustCssUrls(value, styleBase, paths, version);
+      if (!fresh) return;
+      count += 1;
+      var first = /url\("([^"]+)"\)/.exec(fresh);
+      whenLoaded(first && first[1], null, null, function () { style.backgroundImage = fresh; });
+    }
+    var styled = document.querySelectorAll("[style]");
+    for (i = 0; i < styled.length; i++) {
+      element = styled[i];
+      if (!isUi(element)) refreshStyle(element.style, base);
+    }
+    function walk(rules, sheetBase) {
+      for (var j = 0; j < rules.length; j++) {
+        if (rules[j].style) refreshStyle(rules[j].style, sheetBase);
+        if (rules[j].cssRules) walk(rules[j].cssRules, sheetBase);
+      }
+    }
+    for (i = 0; i < document.styleSheets.length; i++) {
+      var sheet = document.styleSheets[i], rules;
+      try { rules = sheet.cssRules; } catch (e) { continue; }  // another origin's sheet: not ours to read
+      walk(rules, sheet.href || base);
+    }
+    return count;
+  }
+
+  // --- the overlay and the indicator ------------------------------------------------------------------------
+  //
+  // Plain DOM in an open shadow root, under <distreload-ui id="distreload-ui"> appended to <html> (outside
+  // <body>, which a morph rewrites). The page's styles do not reach in (the host resets everything, the
+  // shadow root scopes the rest) and ours do not reach out. Constructable stylesheets are used because a
+  // strict Content-Security-Policy blocks <style> elements and style attributes, but not the CSSOM.
+
+  var UI_CSS = [
+    ":host { all: initial !important; }",
+    "[hidden] { display: none !important; }",
+    ".overlay { position: fixed; top: 0; right: 0; bottom: 0; left: 0; z-index: 2147483647; overflow: auto;",
+    "  box-sizing: border-box; padding: 8vh 16px; background: rgba(24, 24, 28, 0.72);",
+    "  font: 14px/1.5 system-ui, -apple-system, 'Segoe UI', sans-serif; color: #1d1d1f; text-align: left; }",
+    ".panel { box-sizing: border-box; max-width: 860px; margin: 0 auto; padding: 18px 22px; background: #fff;",
+    "  border-top: 6px solid #c62828; border-radius: 6px; box-shadow: 0 12px 40px rgba(0, 0, 0, 0.45); }",
+    ".title { margin: 0 0 10px; font-size: 18px; font-weight: 600; color: #b71c1c; }",
+    ".body { margin: 0 0 12px; padding: 10px 12px; max-height: 45vh; overflow: auto; background: #f4f4f6;",
+    "  border-radius: 4px; font: 12px/1.5 ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap;",
+    "  word-break: break-word; color: #1d1d1f; }",
+    ".wait { margin: 0; color: #4a4a4f; }",
+    ".footer { display: flex; align-items: center; justify-content: space-between; gap: 12px; }",
+    "button { font: 12px/1.4 system-ui, sans-serif; padding: 3px 10px; border: 1px solid #bbb;",
+    "  border-radius: 4px; background: #fafafa; color: #1d1d1f; cursor: pointer; }",
+    ".indicator { position: fixed; right: 12px; bottom: 12px; z-index: 2147483647; display: flex;",
+    "  align-items: center; gap: 7px; padding: 4px 11px; border-radius: 999px; background: rgba(28, 28, 32, 0.86);",
+    "  color: #fff; font: 12px/1.6 system-ui, -apple-system, 'Segoe UI', sans-serif; }",
+    ".indicator button { padding: 0 8px; border-color: #777; background: transparent; color: #fff; }",
+    ".dot { width: 8px; height: 8px; border-radius: 50%; background: #f0a020; }",
+    ".paused .dot { background: #9a9aa0; }"
+  ].join("\n");
+
+  function Ui(document) {
+    this.document = document;
+    this.host = null;
+    this.parts = null;
+    this.dismissed = false;
+  }
+
+  Ui.prototype.build = function () {
+    if (this.host && this.host.isConnected) return this.parts;
+    var document = this.document;
+    var host = this.host = document.createElement("distreload-ui");
+    host.id = "distreload-ui";
+    host.setAttribute(UI_ATTRIBUTE, "");
+    host.style.setProperty("all", "initial", "important");
+    var root = host.attachShadow({ mode: "open" });
+    try {
+      var sheet = new CSSStyleSheet();
+      sheet.replaceSync(UI_CSS);
+      root.adoptedStyleSheets = [sheet];
+    } catch (e) {
+      var style = document.createElement("style");
+      style.textContent = UI_CSS;
+      root.appendChild(style);
+    }
+    function make(parent, tag, className, text) {
+      var element = document.createElement(tag);
+      if (className) element.className = className;
+      if (text) element.textContent = text;
+      parent.appendChild(element);
+      return element;
+    }
+    var parts = this.parts = {};
+    parts.overlay = make(root, "div", "overlay");
+    parts.overlay.setAttribute("role", "alertdialog");
+    parts.overlay.hidden = true;
+    var panel = make(parts.overlay, "div", "panel");
+    parts.title = make(panel, "p", "title");
+    parts.body = make(panel, "pre", "body");
+    var footer = make(panel, "div", "footer");
+    parts.wait = make(footer, "p", "wait");
+    var self = this;
+    make(footer, "button", "dismiss", "hide").addEventListener("click", function () {
+      self.dismissed = true;
+      parts.overlay.hidden = true;
+    });
+    parts.indicator = make(root, "div", "indicator");
+    parts.indicator.setAttribute("role", "status");
+    parts.indicator.hidden = true;
+    make(parts.indicator, "span", "dot");
+    parts.indicatorText = make(parts.indicator, "span", "text");
+    parts.resume = make(parts.indicator, "button", "resume", "resume");
+    (document.documentElement || document).appendChild(host);
+    return parts;
+  };
+
+  Ui.prototype.showOverlay = function (title, body, wait) {
+    if (this.dismissed) return;
+    var parts = this.build();
+    parts.title.textContent = title;
+    parts.body.textContent = body;
+    parts.body.hidden = !body;
+    parts.wait.textContent = wait;
+    parts.overlay.hidden = false;
+  };
+
+  Ui.prototype.hideOverlay = function () {
+    this.dismissed = false;
+    if (this.parts) this.parts.overlay.hidden = true;
+  };
+
+  // ``state`` is "lost", "paused" or null (hidden); ``onResume`` is what the resume button does.
+  Ui.prototype.showIndicator = function (state, text, onResume) {
+    if (!state && !this.parts) return;
+    var parts = this.build();
+    parts.indicator.hidden = !state;
+    parts.indicator.className = "indicator " + (state || "");
+    parts.indicatorText.textContent = text || "";
+    parts.resume.hidden = !onResume;
+    parts.resume.onclick = onResume || null;
+  };
+
+  // The first lines of an error page as text (its markup parsed, never rendered or run).
+  function firstLines(body, contentType) {
+    var text = body || "";
+    if (contentType ? /html/i.test(contentType) : /^\s*</.test(text)) {
+      try {
+        var parsed = new DOMParser().parseFromString(text, "text/html");
+        var removed = parsed.querySelectorAll("script, style, template");
+        for (var i = 0; i < removed.length; i++) removed[i].parentNode.removeChild(removed[i]);
+        text = (parsed.title ? parsed.title + "\n" : "") + (parsed.body ? parsed.body.textContent : "");
+      } catch (e) { /* a Trusted Types policy forbids parsing: show the markup */ }
+    }
+    var lines = text.split(/\r?\n/).map(function (line) { return line.replace(/\s+$/, "").slice(0, 240); });
+    var kept = [];
+    for (var j = 0; j < lines.length && kept.length < OVERLAY_LINES; j++) {
+      if (!lines[j] && (!kept.length || !kept[kept.length - 1])) continue;  // no runs of blank lines
+      kept.push(lines[j]);
+    }
+    return kept.join("\n").replace(/\n+$/, "");
   }
 
   // --- the page ----------------------------------------------------------------------------------------
 
-  function runPage(window, document) {
+  function runPage(window, document, api) {
     var script = document.currentScript || document.querySelector("script[data-distreload]");
-    if (!script || window.__distreload) return;
+    if (!script || !script.hasAttribute("data-distreload") || window.__distreload) return;
 
     var base = script.getAttribute("data-distreload");
     var pageBuild = script.getAttribute("data-distreload-build") || "";
     var options = withDefaults(safeJson(script.getAttribute("data-distreload-options") || "{}") || {});
     var storageKey = "distreload:" + base;
     var status = window.__distreload = {
-      mode: "starting", connected: false, worker: null, version: script.getAttribute("data-distreload-version") || "",
-      build: pageBuild, reloading: false
+      mode: "starting", leader: false, connected: false, worker: null,
+      version: script.getAttribute("data-distreload-version") || "", build: pageBuild,
+      reloading: false, pending: null, paused: false, lost: false, overlay: false, morphs: 0
     };
-    var port = null;
-    var connection = null;
+    var heard = status.version;  // the newest version this tab heard of: where a new stream resumes from
+    var ui = new Ui(document);
+    var connection = null, channel = null, releaseLock = null, lockAbort = null;
+    var plan = null, missed = null, catchUp = null;
+    var planTimer = null, retryTimer = null, lostTimer = null, checking = false, checkAttempt = 0;
 
     function log(text) {
       if (!options.silent && window.console) window.console.log(options.message_prefix + " " + text);
+    }
+
+    function readMemory() {
+      try { return safeJson(window.sessionStorage.getItem(storageKey)) || {}; } catch (e) { return {}; }
+    }
+    function writeMemory(changes) {
+      var memory = readMemory();
+      for (var key in changes) memory[key] = changes[key];
+      try { window.sessionStorage.setItem(storageKey, JSON.stringify(memory)); } catch (e) { /* private mode */ }
     }
 
     // What this tab has already acted on survives its own reload: a page re-rendered by a worker that has
@@ -212,184 +764,395 @@
       var page = parseVersion(status.version), known = parseVersion(remembered.version);
       if (known && (!page || (page.epoch === known.epoch && page.number < known.number))) status.version = remembered.version;
     }
+    status.paused = Boolean(remembered.paused) || /[?&]distreload=off(&|$)/.test(window.location.search);
 
-    function readMemory() {
-      try { return safeJson(window.sessionStorage.getItem(storageKey)) || {}; } catch (e) { return {}; }
+    function remember(version, build) {
+      var changes = { version: version };
+      if (build) changes.build = build;
+      writeMemory(changes);
     }
-    function writeMemory(value) {
-      try { window.sessionStorage.setItem(storageKey, JSON.stringify(value)); } catch (e) { /* private mode */ }
-    }
+
+    // --- messages from the stream (this tab's own, or the one shared) -----------------------------------
 
     function handle(message) {
-      if (message.type === "ready") return;
       if (message.type === "down") {
         // One line per retry: the backoff keeps them few, and the growing waits show it working.
-        log(String(options.reconnect_message).split("${reconnectInterval}").join(String(message.delay)));
+        if (!message.quiet) {
+          log(String(options.reconnect_message).split("${reconnectInterval}").join(String(message.delay)));
+        }
         status.connected = false;
-        return;
-      }
-      if (message.type === "hello") {
-        if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
-        status.connected = true;
-        status.worker = message.worker;
-        if (pageBuild && message.build && message.build !== pageBuild) {
-          if (remembered.build === message.build) {
-            // Already reloaded once for this build and the page still says otherwise (a worker whose code
-            // differs): reloading again could never settle it, so take it as this page's build.
-            pageBuild = message.build;
-          } else {
-            reloadWhenReady("the server's code changed", message.version, message.build);
-            return;
-          }
-        }
-        if (isBehind(status.version, message.version)) {
-          reloadWhenReady("missed reload " + message.version, message.version, null);
-        } else if (parseVersion(message.version)) {
-          status.version = message.version;
-        }
-        return;
-      }
-      if (message.type === "reload") {
-        if (!isBehind(status.version, message.version)) return;
-        if (message.kind === "css") {
-          status.version = message.version;
-          writeMemory({ version: message.version, build: remembered.build });
-          swapStylesheets(message.paths || [], message.version);
-        } else {
-          reloadWhenReady("reload " + message.version, message.version, null);
-        }
+        streamLost();
+      } else if (message.type === "hello") {
+        hello(message);
+      } else if (message.type === "reload") {
+        reload(message);
       }
     }
 
-    // Reload only once the server answers (and, after a code change, answers with the new code), so the
-    // tab never lands on a connection-refused page; keep retrying with the same bounded backoff.
-    var reloadAttempt = 0, reloadTimer = null, reloadTarget = null;
-    function reloadWhenReady(reason, version, build) {
-      if (status.reloading) return;
+    function hello(message) {
+      heard = newer(heard, message.version);
+      if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
+      status.connected = true;
+      status.worker = message.worker;
+      streamBack();
+      if (pageBuild && message.build && message.build !== pageBuild) {
+        if (remembered.build === message.build) {
+          // Already reloaded once for this build and the page still says otherwise (a worker whose code
+          // differs): reloading again could never settle it, so take it as this page's build.
+          pageBuild = message.build;
+        } else {
+          accept({ kind: "reload", version: newer(status.version, message.version), paths: [], build: message.build,
+            reason: "the server's code changed" });
+          return;
+        }
+      }
+      if (isBehind(status.version, message.version)) {
+        expectCatchUp(message.version);
+      } else {
+        var mine = parseVersion(status.version), theirs = parseVersion(message.version);
+        if (theirs && (!mine || mine.epoch !== theirs.epoch)) status.version = message.version;  // a new count
+      }
+    }
+
+    function expectCatchUp(version) {
+      if (catchUp && !isBehind(catchUp.version, version)) return;
+      if (catchUp) clearTimeout(catchUp.timer);
+      catchUp = { version: version, timer: setTimeout(function () {
+        catchUp = null;
+        if (isBehind(status.version, version)) {
+          accept({ kind: "reload", version: version, paths: [], reason: "missed reload " + version });
+        }
+      }, CATCH_UP_GRACE) };
+    }
+
+    function reload(message) {
+      heard = newer(heard, message.version);
+      if (catchUp && !isBehind(message.version, catchUp.version)) { clearTimeout(catchUp.timer); catchUp = null; }
+      if (!isBehind(status.version, message.version)) return;
+      var kind = KINDS[message.kind] ? message.kind : "reload";
+      if (!matchesGlob(message.match, window.location.pathname)) {
+        // Not for this page; still seen, so that no later hello takes it for a missed reload.
+        status.version = message.version;
+        remember(message.version);
+        log(kind + " " + message.version + " is for " + message.match + ", not this page");
+        return;
+      }
+      accept({ kind: kind, version: message.version, paths: message.paths || [], spread: message.spread,
+        reason: kind + " " + message.version });
+    }
+
+    // --- acting on a reload: at most one plan at a time, merged with whatever comes meanwhile --------------
+
+    function accept(incoming) {
+      status.version = newer(status.version, incoming.version);
+      if (status.paused) {
+        missed = mergePlans(missed, incoming);
+        showIndicator();
+        return;
+      }
+      plan = mergePlans(plan, incoming);
+      status.pending = plan.kind;
       status.reloading = true;
-      reloadTarget = build;
-      log("reloading: " + reason);
-      writeMemory({ version: version, build: build || remembered.build });
-      probeThenReload();
+      if (planTimer || checking || retryTimer) return;  // the merged plan goes when the one waiting does
+      var wait = incoming.spread > 0 ? Math.round(Math.random() * incoming.spread * 1000) : 0;
+      if (wait) log(incoming.reason + " in " + (wait / 1000).toFixed(1) + " s (spread over " + incoming.spread + " s)");
+      planTimer = setTimeout(carryOut, wait);
     }
-    function probeThenReload() {
-      reloadTimer = null;
-      fetch(base, { method: "HEAD", cache: "no-store", credentials: "same-origin" }).then(function (response) {
-        var build = response.headers.get("x-distreload-build");
-        if (response.ok && (!reloadTarget || !build || build === reloadTarget)) {
-          window.location.reload();
+
+    function finish() {
+      plan = null;
+      status.pending = null;
+      status.reloading = false;
+      status.overlay = false;
+      ui.hideOverlay();
+    }
+
+    function carryOut() {
+      planTimer = null;
+      if (!plan) return;
+      var done = plan;
+      if (done.kind === "css" || done.kind === "images") {
+        finish();
+        remember(done.version, done.build);
+        if (done.kind === "css") {
+          var swapped = swapStylesheets(document, done.paths, done.version);
+          log("swapped " + swapped + " stylesheet" + (swapped === 1 ? "" : "s") + " for " + done.version);
         } else {
-          retryReload();
+          var refreshed = refreshImages(document, done.paths, done.version);
+          log("refreshed " + refreshed + " image" + (refreshed === 1 ? "" : "s") + " for " + done.version);
         }
-      }, retryReload);
+        return;
+      }
+      check();
     }
-    function retryReload() {
-      reloadTimer = setTimeout(probeThenReload, backoffDelay(options, reloadAttempt));
-      reloadAttempt += 1;
+
+    function pageUrl() {
+      return window.location.href.split("#")[0];
     }
+
+    // Fetch this page as a reload would, and act only on a good answer: a server error or no answer at all
+    // shows the overlay and tries again with the backoff, so the tab never lands on an error page. For a
+    // morph the answer is also what gets applied.
+    function check() {
+      retryTimer = null;
+      checking = true;
+      var requested = pageUrl(), fetchedFor = plan.version;
+      fetch(requested, { cache: "no-store", credentials: "same-origin", headers: { Accept: ACCEPT_HTML } })
+        .then(function (response) {
+          return response.text().then(function (body) { return { response: response, body: body }; });
+        })
+        .then(function (answer) {
+          checking = false;
+          if (!plan) return;  // paused meanwhile
+          if (answer.response.status >= 500) failed(answer.response, answer.body);
+          else answered(answer.response, answer.body, requested, fetchedFor);
+        }, function () {  // no answer, or the connection broke off mid-page
+          checking = false;
+          if (plan) failed(null, "");
+        });
+    }
+
+    function failed(response, body) {
+      var delay = backoffDelay(options, checkAttempt);
+      checkAttempt += 1;
+      var title = response ? "the server answered " + response.status + (response.statusText ? " " + response.statusText : "")
+        : window.navigator.onLine === false ? "this browser is offline" : "no answer from the server";
+      var wait = "waiting for the server: this page " + (plan.kind === "morph" ? "updates" : "reloads") +
+        " once it answers (next check in " + Math.max(1, Math.round(delay / 1000)) + " s)";
+      log(plan.reason + " waits: " + title + "; next check in " + delay + " ms");
+      if (options.overlay) {
+        ui.showOverlay("distreload: " + title,
+          response ? firstLines(body, response.headers.get("content-type")) : "", wait);
+        status.overlay = true;
+      }
+      retryTimer = setTimeout(check, delay);
+    }
+
+    function answered(response, body, requested, fetchedFor) {
+      if (plan.build) {
+        var served = /data-distreload-build="([^"]*)"/.exec(body);
+        if (served && served[1] !== plan.build) {
+          // The old code still answers (a worker not yet restarted): wait for the new one.
+          retryTimer = setTimeout(check, backoffDelay(options, checkAttempt));
+          checkAttempt += 1;
+          return;
+        }
+      }
+      checkAttempt = 0;
+      ui.hideOverlay();
+      status.overlay = false;
+      if (plan.kind !== "morph") { reloadNow(); return; }
+      var reason = morphRefusal(response, requested), result = null;
+      if (!reason) {
+        try {
+          result = morphDocument(document, new DOMParser().parseFromString(body, "text/html"), document.baseURI);
+          reason = result.reason;
+        } catch (error) {
+          reason = "the morph failed (" + error + ")";
+        }
+      }
+      if (reason) {
+        plan.reason = "a full reload instead of a morph: " + reason;
+        reloadNow();
+        return;
+      }
+      var done = plan;
+      remember(done.version, done.build);
+      status.morphs += 1;
+      log("morphed the page for " + done.version + " (" + result.changes + " change" + (result.changes === 1 ? "" : "s") + ")");
+      if (isBehind(fetchedFor, done.version)) { check(); return; }  // a newer morph came in while fetching
+      finish();
+    }
+
+    function morphRefusal(response, requested) {
+      if (response.redirected || response.url.split("#")[0] !== requested) {
+        return "the page now redirects to " + response.url;
+      }
+      if (!response.ok) return "the page answered " + response.status;
+      var type = response.headers.get("content-type") || "";
+      if (!/^\s*(text\/html|application\/xhtml\+xml)/i.test(type)) return "the page is no longer HTML (" + type + ")";
+      return "";
+    }
+
+    function reloadNow() {
+      remember(plan.version, plan.build);
+      log("reloading: " + plan.reason);
+      window.location.reload();
+    }
+
     function wake() {
-      if (port) port.postMessage({ type: "wake" });
       if (connection) connection.wake();
-      if (reloadTimer) { clearTimeout(reloadTimer); reloadAttempt = 0; probeThenReload(); }
+      else if (channel) channel.postMessage({ type: "wake" });
+      if (retryTimer) {
+        clearTimeout(retryTimer);
+        checkAttempt = 0;
+        check();
+      }
     }
 
-    // The CSS kind: each matching stylesheet gets a fresh copy inserted after it; the old one goes only
-    // once the new one has loaded, so the page never shows unstyled. Nothing navigates: scroll position and
-    // form state stay as they are.
-    function swapStylesheets(paths, version) {
-      var links = document.querySelectorAll('link[rel~="stylesheet"][href]');
-      var swapped = 0;
-      for (var i = 0; i < links.length; i++) {
-        var link = links[i];
-        if (link.__distreloadReplaced) continue;
-        var url;
-        try { url = new URL(link.href, document.baseURI); } catch (e) { continue; }
-        if (url.origin !== window.location.origin) continue;
-        if (paths.length && !matchesAny(url.pathname, paths)) continue;
-        url.searchParams.set("distreload", version);
-        replaceLink(link, url.href);
-        swapped += 1;
-      }
-      log("swapped " + swapped + " stylesheet" + (swapped === 1 ? "" : "s") + " for " + version);
-    }
-    function matchesAny(pathname, paths) {
-      for (var i = 0; i < paths.length; i++) {
-        // A path published as /static/site.css also names /app/static/site.css behind a proxy prefix.
-        if (pathname === paths[i] || pathname.slice(-paths[i].length) === paths[i]) return true;
-      }
-      return false;
-    }
-    function replaceLink(link, href) {
-      var fresh = link.cloneNode(false);
-      if (link.nonce) fresh.nonce = link.nonce;
-      fresh.href = href;
-      link.__distreloadReplaced = true;
-      function done() { if (link.parentNode) link.parentNode.removeChild(link); }
-      fresh.addEventListener("load", done);
-      fresh.addEventListener("error", function () {
-        // Keep the old sheet when the new one fails: a broken request must not unstyle the page.
-        if (fresh.parentNode) fresh.parentNode.removeChild(fresh);
-        link.__distreloadReplaced = false;
-      });
-      link.parentNode.insertBefore(fresh, link.nextSibling);
+    // --- the indicator: stream lost, or paused ----------------------------------------------------------
+
+    function streamLost() {
+      if (lostTimer || status.lost) return;
+      lostTimer = setTimeout(function () {
+        lostTimer = null;
+        status.lost = true;
+        showIndicator();
+      }, LOST_GRACE);
     }
 
-    function startInPage() {
-      if (connection) return;
-      if (port) { try { port.postMessage({ type: "bye" }); port.close(); } catch (e) { /* gone */ } port = null; }
+    function streamBack() {
+      if (lostTimer) { clearTimeout(lostTimer); lostTimer = null; }
+      if (status.lost) { status.lost = false; showIndicator(); }
+    }
+
+    function showIndicator() {
+      if (!options.indicator) return;
+      if (status.paused) {
+        ui.showIndicator("paused", "distreload paused" + (missed ? ": a reload is waiting" : ""), resume);
+      } else if (status.lost) {
+        ui.showIndicator("lost", "distreload: connection lost, reconnecting");
+      } else {
+        ui.showIndicator(null);
+      }
+    }
+
+    // --- pause and resume (the console, or ?distreload=off) ----------------------------------------------
+
+    function pause() {
+      if (!status.paused) {
+        status.paused = true;
+        writeMemory({ paused: true });
+        if (plan) {
+          // What was about to happen waits for resume() too.
+          missed = mergePlans(missed, plan);
+          if (planTimer) { clearTimeout(planTimer); planTimer = null; }
+          if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
+          finish();
+        }
+        showIndicator();
+        log("paused: reloads wait until distreload.resume()");
+      }
+      return "paused";
+    }
+
+    function resume() {
+      if (status.paused) {
+        status.paused = false;
+        writeMemory({ paused: false });
+        if (/[?&]distreload=off(&|$)/.test(window.location.search) && window.history.replaceState) {
+          // Otherwise the catch-up reload would land on a paused page again.
+          var url = new URL(window.location.href);
+          url.searchParams.delete("distreload");
+          window.history.replaceState(window.history.state, "", url.href);
+        }
+        showIndicator();
+        var waiting = missed;
+        missed = null;
+        log(waiting ? "resumed: catching up with " + waiting.version : "resumed");
+        if (waiting) accept(waiting);
+      }
+      return "resumed";
+    }
+
+    // --- one stream per origin: the tab holding the lock holds the stream --------------------------------
+
+    function start() {
+      var sharing = options.share_connection && window.navigator.locks &&
+        typeof window.navigator.locks.request === "function" && typeof window.BroadcastChannel === "function";
+      if (sharing) join(); else ownStream();
+    }
+
+    function ownStream() {
       status.mode = "page";
-      connection = new Connection(base, options, handle);
+      connection = new Connection(base, options, handle, heard);
       connection.start();
     }
 
-    function startShared() {
-      var worker;
-      try {
-        worker = new SharedWorker(script.src, { name: "distreload " + base });
-      } catch (e) {
-        return false;
-      }
-      var started = false;
-      worker.onerror = function () { if (!started) startInPage(); };
-      port = worker.port;
-      port.onmessage = function (message) {
-        if (!started) { started = true; status.mode = "shared"; }
-        handle(message.data || {});
+    function join() {
+      var name = "distreload " + base;
+      status.mode = "shared";
+      channel = new window.BroadcastChannel(name);
+      channel.onmessage = function (event) {
+        var message = event.data || {};
+        if (message.type === "join") {
+          // A tab that just opened: tell it where the stream stands.
+          if (connection && connection.connected && connection.state) channel.postMessage(connection.state);
+          else if (connection) channel.postMessage({ type: "down", quiet: true });
+        } else if (message.type === "wake") {
+          if (connection) connection.wake();
+        } else {
+          handle(message);
+        }
       };
-      port.start();
-      port.postMessage({ type: "start", options: options });
-      // A worker that never answers (blocked without an error event) must not leave the page deaf.
-      setTimeout(function () { if (!started) startInPage(); }, WORKER_START_TIMEOUT);
-      return true;
+      lockAbort = typeof window.AbortController === "function" ? new window.AbortController() : null;
+      window.navigator.locks.request(name, lockAbort ? { signal: lockAbort.signal } : {}, function () {
+        // Held until this page goes (or leaves the back-forward cache's way): then the next tab in the queue leads.
+        return new Promise(function (release) {
+          releaseLock = release;
+          lead();
+        });
+      }).catch(function () { /* the request was withdrawn: this page left */ });
+      channel.postMessage({ type: "join" });
     }
 
-    function start() {
-      var sameOrigin = false;
-      try { sameOrigin = new URL(script.src, document.baseURI).origin === window.location.origin; } catch (e) { /* */ }
-      if (!(options.shared_worker && sameOrigin && typeof window.SharedWorker === "function" && startShared())) {
-        startInPage();
-      }
+    function lead() {
+      status.leader = true;
+      var shared = channel;
+      connection = new Connection(base, options, function (message) {
+        if (shared === channel) shared.postMessage(message);
+        handle(message);
+      }, heard);
+      connection.start();
+    }
+
+    function leave() {
+      if (connection) { connection.stop(); connection = null; }
+      status.leader = false;
+      if (releaseLock) { releaseLock(); releaseLock = null; }
+      if (lockAbort) { lockAbort.abort(); lockAbort = null; }
+      if (channel) { channel.close(); channel = null; }
     }
 
     window.addEventListener("online", wake);
     document.addEventListener("visibilitychange", function () { if (document.visibilityState === "visible") wake(); });
-    window.addEventListener("pagehide", function () {
-      // Leave the worker's list, and free this page's own connection for the back-forward cache.
-      if (port) port.postMessage({ type: "bye" });
-      if (connection) connection.stop();
-    });
-    window.addEventListener("pageshow", function (event) {
-      if (!event.persisted) return;
-      if (port) port.postMessage({ type: "start", options: options });
-      if (connection) connection.start();
-    });
+    // A page leaving (or entering the back-forward cache, or frozen) hands the stream on; back, it joins again.
+    window.addEventListener("pagehide", leave);
+    document.addEventListener("freeze", leave);
+    window.addEventListener("pageshow", function (event) { if (event.persisted && !connection && !channel) start(); });
+    document.addEventListener("resume", function () { if (!connection && !channel) start(); });
 
+    api.pause = pause;
+    api.resume = resume;
+    api.status = status;
+    if (status.paused) {
+      showIndicator();
+      log("paused: reloads wait until distreload.resume()");
+    }
     start();
   }
 
-  if (typeof SharedWorkerGlobalScope !== "undefined" && global instanceof SharedWorkerGlobalScope) {
-    runSharedWorker(global);
-  } else if (typeof document !== "undefined") {
-    runPage(global, document);
-  }
+  // The console API (pause, resume, status) and, for the client's own tests, its parts.
+  var api = global.distreload = global.distreload || {};
+  api.parts = {
+    morphDocument: morphDocument,
+    morph: function (live, fresh, base) {
+      var context = newContext(base || live.ownerDocument.baseURI);
+      morphNode(live, fresh, context);
+      retireStaleSheets(context);
+      return context.changes;
+    },
+    scriptChange: scriptChange,
+    matchesGlob: matchesGlob,
+    bustUrl: bustUrl,
+    bustSrcset: bustSrcset,
+    bustCssUrls: bustCssUrls,
+    mergePlans: mergePlans,
+    isBehind: isBehind,
+    withDefaults: withDefaults,
+    firstLines: firstLines,
+    refreshImages: refreshImages,
+    Ui: Ui
+  };
+  if (typeof document !== "undefined") runPage(global, document, api);
 })(self);

@@ -24,6 +24,7 @@ from .tag import PRESENT_MARKER
 logger = logging.getLogger(__name__)
 
 BODY_MARKER = b"</body"
+_UPPER_BODY_MARKER = b"</BODY"
 SCAN_WINDOW = 1024
 HOLD_LIMIT = 64 * 1024  # the most of a page's tail held back while waiting to see whether </body> was last
 SCOPE_FLAG = "distreload.injected"  # set on the scope by the outermost injector: inner ones stand aside
@@ -73,25 +74,28 @@ def _writes_ascii_as_is(charset: str) -> bool:
     return known
 
 
-def _headers_to_keep(message: Message) -> list[tuple[bytes, bytes]] | None:
+def _headers_to_keep(message: Message) -> tuple[list[tuple[bytes, bytes]], int] | None:
     """The headers of an HTML page to inject into, minus the validators (the page will carry a per-render
-    tag: a 304 would bring back a stale copy of it); None for anything that is not to be touched. One
-    pass: every response of the app comes through here."""
+    tag: a 304 would bring back a stale copy of it), and where its Content-Length is among them (-1: none);
+    None for anything that is not to be touched. One pass: every response of the app comes through here."""
     status = message.get("status", 200)
     if status < 200 or status in (204, 206, 304):
         return None
     is_html = False
+    length_at = -1
     kept: list[tuple[bytes, bytes]] = []
     for header in message.get("headers", ()):
         name = header[0].lower()
         if name == b"content-type":
             value = header[1].lower()
             is_html = b"html" in value  # text/html, application/xhtml+xml
-            if is_html and b"charset=" in value:
+            if is_html and b"charset=" in value and not value.endswith(b"charset=utf-8"):
                 charset = value.split(b"charset=", 1)[1].split(b";", 1)[0].strip(b" \"'").decode("latin-1")
                 if not _writes_ascii_as_is(charset):
                     logger.debug("distreload: a page in charset %r left without the tag", charset)
                     return None
+        elif name == b"content-length":
+            length_at = len(kept)
         elif name == b"content-encoding":
             if header[1].strip().lower() not in (b"", b"identity"):
                 return None
@@ -103,7 +107,21 @@ def _headers_to_keep(message: Message) -> list[tuple[bytes, bytes]] | None:
         elif name == b"etag" or name == b"last-modified":
             continue
         kept.append(header)
-    return kept if is_html else None
+    return (kept, length_at) if is_html else None
+
+
+def _grow_length(headers: list[tuple[bytes, bytes]], length_at: int, added: int) -> bool:
+    """Grow the Content-Length at ``length_at`` (in place: the list is the injector's own) by ``added``;
+    whether the response declared a length that now counts the tag."""
+    if length_at < 0:
+        return False
+    name, value = headers[length_at]
+    try:
+        headers[length_at] = (name, str(int(value) + added).encode())
+    except ValueError:
+        del headers[length_at]  # not a number: let the server frame the body itself
+        return False
+    return True
 
 
 class _Injection:
@@ -117,6 +135,7 @@ class _Injection:
         "_scope",
         "_start",
         "_headers",
+        "_length_at",
         "_active",
         "_done",
         "_tag",
@@ -137,14 +156,16 @@ class _Injection:
     async def send(self, message: Message) -> None:
         if not self._active:
             if message["type"] == "http.response.start":
-                headers = _headers_to_keep(message)
-                if headers is not None:
+                decided = _headers_to_keep(message)
+                if decided is not None:
+                    headers, length_at = decided
                     if self._scope["method"] == "HEAD":
                         # The headers GET would have: the length grown by the tag; HEAD has no body to change.
-                        added = len(self._tag_for(self._scope))
-                        await self._send({**message, "headers": _with_length(headers, added)})
+                        _grow_length(headers, length_at, len(self._tag_for(self._scope)))
+                        await self._send({**message, "headers": headers})
                         return
-                    self._active, self._done, self._headers, self._start = True, False, headers, message
+                    self._active, self._done, self._start = True, False, message
+                    self._headers, self._length_at = headers, length_at
                     return
             await self._send(message)
             return
@@ -189,7 +210,8 @@ class _Injection:
             tag = self._tag_for(self._scope)
             index = _last_marker(body, after=0)
             body = body + tag if index == -1 else body[:index] + tag + body[index:]
-        await self._send({**start, "headers": _with_length(self._headers, len(tag))})
+        _grow_length(self._headers, self._length_at, len(tag))
+        await self._send({**start, "headers": self._headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _flush_start(self, first_body: bytes | None) -> None:
@@ -200,10 +222,9 @@ class _Injection:
         self._tag = self._tag_for(self._scope)
         self._held, self._holding_marker, self._seen_tail = b"", False, b""
         self._present = False
-        headers = _with_length(self._headers, len(self._tag))
         # Only a length that promised room for the tag needs padding should a tag turn up later.
-        self._declared_length = headers is not self._headers
-        await self._send({**start, "headers": headers})
+        self._declared_length = _grow_length(self._headers, self._length_at, len(self._tag))
+        await self._send({**start, "headers": self._headers})
 
     def _note_present(self, chunk: bytes) -> None:
         """Look for a tag already in the page, also across the boundary with the previous chunk."""
@@ -250,22 +271,14 @@ class _Injection:
 def _last_marker(data: bytes, *, after: int) -> int:
     """Index of the last ``</body`` (any case) starting at ``after`` or later within the scan window."""
     low = max(after, len(data) - SCAN_WINDOW)
-    # Lowering the window and one search beats pre-checks: HTML is full of "</" that slow a plain search down.
-    found = data[low:].lower().rfind(BODY_MARKER)
-    return -1 if found == -1 else low + found
-
-
-def _with_length(headers: list[tuple[bytes, bytes]], added: int) -> list[tuple[bytes, bytes]]:
-    """``headers`` with Content-Length grown by ``added``; the same list when there is none to change."""
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"content-length":
-            fixed = list(headers)
-            try:
-                fixed[index] = (name, str(int(value) + added).encode())
-            except ValueError:
-                del fixed[index]  # not a number: let the server frame the body itself
-            return fixed
-    return headers
+    # Pages spell it </body or </BODY: look for those without copying anything, then make sure no other
+    # spelling follows in the (short) rest; only a page with neither pays for lowering the whole window.
+    found = max(data.rfind(BODY_MARKER, low), data.rfind(_UPPER_BODY_MARKER, low))
+    if found == -1:
+        found = data[low:].lower().rfind(BODY_MARKER)
+        return -1 if found == -1 else low + found
+    later = data[found + 1 :].lower().rfind(BODY_MARKER)
+    return found if later == -1 else found + 1 + later
 
 
 def _partial_marker_length(data: bytes) -> int:

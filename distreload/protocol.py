@@ -53,14 +53,25 @@ local function read_state(key)
 end
 """
 
+# Both scripts publish the way the workers subscribe, which they record in the state ('mode'): 'sharded' on
+# a Redis Cluster, where a message goes out with SPUBLISH and stays on the shard that holds the state, else
+# a plain PUBLISH. So a publisher need not know the topology it publishes to. The channel is an argument,
+# not a key: it shares the state's slot (the hash tag), and a key that is not stored would make a cluster
+# refuse the script (TRYAGAIN) while that slot migrates.
+_PUBLISH_HERE = """
+local function publish_here(key, channel, message)
+  redis.call('HSET', key, 'last', message)
+  local command = redis.call('HGET', key, 'mode') == 'sharded' and 'SPUBLISH' or 'PUBLISH'
+  return redis.call(command, channel, message)
+end
+"""
+
 # Publish: create the state on first use, bump it, keep the message as the state's last one (what a worker
 # that missed it replays) and publish it, all at once. ARGV[2] is the request as a JSON object, validated
-# by the caller; the message is that object with the epoch and version put in front. The workers record in
-# the state how they subscribe ('mode'): 'sharded' on a Redis Cluster, where the message goes out with
-# SPUBLISH and stays on the shard that holds the state, else a plain PUBLISH. So a publisher need not know
-# the topology it publishes to.
+# by the caller; the message is that object with the epoch and version put in front.
 _PUBLISH_SCRIPT = (
     _READ_STATE
+    + _PUBLISH_HERE
     + """
 local epoch = read_state(KEYS[1])
 if not epoch then
@@ -69,18 +80,19 @@ if not epoch then
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local message = '{"epoch":"' .. epoch .. '","version":' .. version .. ',' .. string.sub(ARGV[2], 2)
-redis.call('HSET', KEYS[1], 'last', message)
-local command = redis.call('HGET', KEYS[1], 'mode') == 'sharded' and 'SPUBLISH' or 'PUBLISH'
-local receivers = redis.call(command, KEYS[2], message)
+local receivers = publish_here(KEYS[1], ARGV[3], message)
 return {epoch, version, receivers}
 """
 )
 
-# Seed: run by a worker after every (re)subscribe. A Redis restarted without persistence has no state;
-# the worker puts back what it knew, so browsers see no change and nothing reloads for the restart alone.
-# ARGV[3] is how the worker subscribed ('sharded' or 'plain'), for the publish script.
+# Seed: run by a worker after every (re)subscribe, with the version it knows (ARGV[1], ARGV[2]) and how it
+# subscribed (ARGV[3]). A Redis restarted without persistence has no state: the worker puts back what it
+# knew, so browsers see no change and nothing reloads for the restart alone. A state of the same epoch
+# that is behind the worker lost writes (a failover to a replica that had not seen them): workers that
+# moved over first may have missed those reloads, so the version goes forward with a reload for it.
 _SEED_SCRIPT = (
     _READ_STATE
+    + _PUBLISH_HERE
     + """
 local epoch, version, last = read_state(KEYS[1])
 local known = tonumber(ARGV[2])
@@ -92,6 +104,9 @@ redis.call('HSET', KEYS[1], 'mode', ARGV[3])
 if epoch == ARGV[1] and known > version then
   redis.call('HSET', KEYS[1], 'version', known)
   version = known
+  last = '{"epoch":"' .. epoch .. '","version":' .. version ..
+    ',"kind":"reload","paths":[],"spread":0.0,"match":""}'
+  publish_here(KEYS[1], ARGV[4], last)
 end
 return {epoch, version, last}
 """
@@ -343,18 +358,24 @@ def publish_result(reply: Any) -> PublishResult:
     return PublishResult(state_from_reply(reply).version, receivers)
 
 
-PUBLISH_KEYS = 2  # how many of the publish script's arguments are keys
+PUBLISH_KEYS = 1  # how many of the publish script's arguments are keys: the state
 SEED_KEYS = 1
 
 
 def publish_arguments(namespace: str, request: ReloadRequest) -> list[str]:
     """The publish script's keys, then its ARGV (``EVAL script PUBLISH_KEYS *arguments``)."""
-    return [state_key(namespace), channel_name(namespace), new_epoch(), request.to_json()]
+    return [state_key(namespace), new_epoch(), request.to_json(), channel_name(namespace)]
 
 
 def seed_arguments(namespace: str, known: ClusterVersion, *, sharded: bool) -> list[str]:
     """The seed script's keys, then its ARGV (``EVAL script SEED_KEYS *arguments``)."""
-    return [state_key(namespace), known.epoch, str(known.number), "sharded" if sharded else "plain"]
+    return [
+        state_key(namespace),
+        known.epoch,
+        str(known.number),
+        "sharded" if sharded else "plain",
+        channel_name(namespace),
+    ]
 
 
 def one_line(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ def default_csp_nonce(scope: Scope) -> str | None:
     """The nonce an app put in ``request.state.csp_nonce`` (or ``scope["csp_nonce"]``)."""
     state = scope.get("state")
     nonce = None
-    if isinstance(state, Mapping):
+    if type(state) is dict or isinstance(state, Mapping):  # the plain dict first: an ABC check costs
         nonce = state.get("csp_nonce")
     if nonce is None:
         nonce = scope.get("csp_nonce")
@@ -36,8 +36,10 @@ def default_csp_nonce(scope: Scope) -> str | None:
 #   reconnect_interval      base wait before the first retry, in ms (doubles-ish with jitter)  1000
 #   max_reconnect_interval  the longest wait between retries, in ms             10000
 #   silent                  true: nothing on the console                        false
-#   shared_worker           false: one connection per tab instead of one shared by all tabs  true
-# fast-hot-reload's names are accepted too and mean the same.
+#   share_connection        false: one connection per tab instead of one shared by all tabs  true
+#   overlay                 false: reload onto an error page instead of showing it in an overlay  true
+#   indicator               false: no mark in the page while the stream is lost or paused  true
+# fast-hot-reload's names are accepted too and mean the same, and so is 0.1's shared_worker.
 CLIENT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "message_prefix": (str,),
     "connected_message": (str,),
@@ -45,7 +47,9 @@ CLIENT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "reconnect_interval": (int, float),
     "max_reconnect_interval": (int, float),
     "silent": (bool,),
-    "shared_worker": (bool,),
+    "share_connection": (bool,),
+    "overlay": (bool,),
+    "indicator": (bool,),
 }
 CLIENT_OPTION_ALIASES = {
     "ws_message_prefix": "message_prefix",
@@ -53,6 +57,7 @@ CLIENT_OPTION_ALIASES = {
     "ws_reconnect_message": "reconnect_message",
     "ws_reconnect_interval": "reconnect_interval",
     "_ws_reconnect_interval": "reconnect_interval",
+    "shared_worker": "share_connection",
 }
 
 

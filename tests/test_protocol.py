@@ -244,9 +244,19 @@ def test_seed_puts_back_a_lost_state_and_records_how_workers_subscribe(
     )
     assert state.version == ClusterVersion(EPOCH, 8) and state.last is not None
     assert state.last.version == ClusterVersion(EPOCH, 8)
-    # A worker that knew more of the same epoch (its Redis came back behind it) moves the state forward.
+    # A worker that knew more of the same epoch (its Redis failed over to a replica that lost writes)
+    # moves the state forward, with a reload that workers which moved over first are told of.
     ahead = ClusterVersion(EPOCH, 20)
-    state = state_from_reply(
-        client.eval(_SEED_SCRIPT, SEED_KEYS, *seed_arguments(namespace, ahead, sharded=False))
-    )
-    assert state.version == ahead
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel_name(namespace))
+    try:
+        state = state_from_reply(
+            client.eval(_SEED_SCRIPT, SEED_KEYS, *seed_arguments(namespace, ahead, sharded=False))
+        )
+        assert state.version == ahead and state.last == Reload(ahead)
+        received = [
+            m["data"] for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"
+        ]
+        assert [parse_message(m) for m in received] == [Reload(ahead)]
+    finally:
+        pubsub.close()

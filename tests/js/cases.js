@@ -1,0 +1,400 @@
+// Unit tests of the client's parts (window.distreload.parts), run in Chromium by tests/test_client.py.
+// Each case throws on failure; the results end up in window.unitResults as {name, ok, error}.
+(function () {
+  "use strict";
+
+  var parts = window.distreload.parts;
+  var cases = [];
+  var box = document.getElementById("box");
+
+  function test(name, body) { cases.push({ name: name, body: body }); }
+
+  function check(condition, message) {
+    if (!condition) throw new Error(message || "check failed");
+  }
+
+  function equal(actual, expected, what) {
+    if (actual !== expected) {
+      throw new Error((what || "value") + ": expected " + JSON.stringify(expected) + ", got " + JSON.stringify(actual));
+    }
+  }
+
+  function parse(html) {
+    return new DOMParser().parseFromString(html, "text/html");
+  }
+
+  // The live side: #box holding ``html``. morphBox morphs it into a #box holding ``html`` from a parsed page.
+  function mount(html) {
+    box.innerHTML = html;
+    return box;
+  }
+
+  function morphBox(html) {
+    return parts.morph(box, parse('<div id="box">' + html + "</div>").getElementById("box"));
+  }
+
+  function byId(id) { return document.getElementById(id); }
+
+  function nextFrame() {
+    return new Promise(function (resolve) { setTimeout(resolve, 50); });
+  }
+
+  function loaded(frame) {
+    return new Promise(function (resolve) { frame.addEventListener("load", resolve, { once: true }); });
+  }
+
+  // --- morph: pairing -------------------------------------------------------------------------------------
+
+  test("text and attributes change in place: the element stays the same object", function () {
+    mount('<p id="a" class="x" title="t">old</p>');
+    var element = byId("a");
+    var changes = morphBox('<p id="a" class="y" data-n="1">new</p>');
+    check(byId("a") === element, "replaced instead of updated");
+    equal(element.className, "y", "class");
+    equal(element.getAttribute("data-n"), "1", "data-n");
+    check(!element.hasAttribute("title"), "title not removed");
+    equal(element.textContent, "new", "text");
+    check(changes >= 4, "changes counted: " + changes);
+  });
+
+  test("an element inserted before keyed siblings leaves them where they are", function () {
+    mount('<h2 id="h">h</h2><p id="a">a</p><p id="b">b</p>');
+    var h = byId("h"), a = byId("a"), b = byId("b");
+    morphBox('<p id="new">n</p><h2 id="h">h</h2><p id="a">a</p><p id="b">b</p>');
+    check(byId("h") === h && byId("a") === a && byId("b") === b, "identity lost");
+    equal(Array.prototype.map.call(box.children, function (e) { return e.id; }).join(","), "new,h,a,b", "order");
+  });
+
+  test("elements without an id pair by tag and position", function () {
+    mount("<p>one</p><p>two</p><span>s</span>");
+    var paragraphs = box.querySelectorAll("p"), span = box.querySelector("span");
+    morphBox("<p>one!</p><div>new</div><p>two</p><span>s</span>");
+    var now = box.querySelectorAll("p");
+    check(now[0] === paragraphs[0] && now[1] === paragraphs[1] && box.querySelector("span") === span, "identity lost");
+    equal(now[0].textContent, "one!", "first paragraph");
+    equal(box.querySelector("div").textContent, "new", "inserted div");
+    equal(box.innerHTML, "<p>one!</p><div>new</div><p>two</p><span>s</span>", "markup");
+  });
+
+  test("a reorder by id moves the elements themselves", function () {
+    mount('<li id="i1">1</li><li id="i2">2</li><li id="i3">3</li>');
+    var one = byId("i1"), two = byId("i2"), three = byId("i3");
+    morphBox('<li id="i3">3</li><li id="i1">1</li><li id="i2">2!</li>');
+    check(box.children[0] === three && box.children[1] === one && box.children[2] === two, "not moved");
+    equal(two.textContent, "2!", "text of a moved element");
+  });
+
+  test("removed elements go; text nodes and comments update", function () {
+    mount("text<!--c--><b>bold</b><i>gone</i>");
+    morphBox("text 2<!--c2--><b>bold</b>");
+    equal(box.innerHTML, "text 2<!--c2--><b>bold</b>", "markup");
+  });
+
+  test("nested changes reach deep into a kept tree", function () {
+    mount('<section id="s"><div><ul><li>a</li><li>b</li></ul></div></section>');
+    var section = byId("s"), list = box.querySelector("ul");
+    morphBox('<section id="s"><div><ul><li>a</li><li class="x">b</li><li>c</li></ul></div></section>');
+    check(byId("s") === section && box.querySelector("ul") === list, "identity lost");
+    equal(list.innerHTML, '<li>a</li><li class="x">b</li><li>c</li>', "list");
+  });
+
+  test("svg elements and namespaced attributes morph", function () {
+    mount('<svg id="g" viewBox="0 0 10 10"><use href="#a"></use><circle r="1"></circle></svg>');
+    var circle = box.querySelector("circle");
+    morphBox('<svg id="g" viewBox="0 0 20 20"><use href="#b"></use><circle r="2"></circle></svg>');
+    check(box.querySelector("circle") === circle, "identity lost");
+    equal(circle.getAttribute("r"), "2", "r");
+    equal(box.querySelector("svg").getAttribute("viewBox"), "0 0 20 20", "viewBox");
+    equal(circle.namespaceURI, "http://www.w3.org/2000/svg", "namespace");
+  });
+
+  // --- morph: what the reader did survives ------------------------------------------------------------------
+
+  test("typed text in an input and a textarea survives; untouched fields take the new default", function () {
+    mount('<input id="typed" value="a"><input id="untouched" value="a"><textarea id="area">a</textarea>');
+    byId("typed").value = "typed by hand";
+    byId("area").value = "notes";
+    morphBox('<input id="typed" value="b"><input id="untouched" value="b"><textarea id="area">b</textarea>');
+    equal(byId("typed").value, "typed by hand", "typed input");
+    equal(byId("typed").getAttribute("value"), "b", "typed input's default");
+    equal(byId("untouched").value, "b", "untouched input");
+    equal(byId("area").value, "notes", "textarea");
+    equal(byId("area").defaultValue, "b", "textarea's default");
+  });
+
+  test("checkboxes and selects keep what the reader chose", function () {
+    mount('<input id="c" type="checkbox"><select id="s"><option>a</option><option>b</option></select>');
+    byId("c").checked = true;
+    byId("s").value = "b";
+    morphBox('<input id="c" type="checkbox" class="x"><select id="s"><option>a</option><option>b</option><option>c</option></select>');
+    check(byId("c").checked, "checkbox unchecked");
+    equal(byId("s").value, "b", "select");
+    equal(byId("s").options.length, 3, "options");
+  });
+
+  test("details stay open or closed as the reader left them", function () {
+    mount('<details id="d"><summary>s</summary>x</details><details id="e" open><summary>s</summary>y</details>');
+    byId("d").open = true;
+    byId("e").open = false;
+    morphBox('<details id="d"><summary>s</summary>x2</details><details id="e" open><summary>s</summary>y2</details>');
+    check(byId("d").open, "closed by the morph");
+    check(!byId("e").open, "opened by the morph");
+    check(byId("d").textContent.indexOf("x2") !== -1, "content not updated");
+  });
+
+  test("focus and caret survive, even when the focused field moves", function () {
+    mount('<input id="f1" value="hello world"><input id="f2">');
+    var field = byId("f1");
+    field.focus();
+    field.setSelectionRange(3, 5);
+    morphBox('<input id="f2"><input id="f1" value="hello world">');
+    check(box.children[1] === field, "not moved");
+    check(document.activeElement === field, "focus lost to " + document.activeElement.tagName);
+    equal(field.selectionStart, 3, "selectionStart");
+    equal(field.selectionEnd, 5, "selectionEnd");
+    field.blur();
+  });
+
+  test("a listener on an unchanged element keeps working", function () {
+    mount('<p>x</p><button id="b">b</button>');
+    var clicks = 0;
+    byId("b").addEventListener("click", function () { clicks += 1; });
+    morphBox('<p>y</p><p>new</p><button id="b">b</button>');
+    byId("b").click();
+    equal(clicks, 1, "clicks");
+  });
+
+  test("a morph never inserts or runs a script", function () {
+    mount('<div id="s"></div>');
+    morphBox('<div id="s"><script>window.ranByMorph = true;<\/script><p>x</p></div><script>window.ranByMorph = true;<\/script>');
+    equal(window.ranByMorph, undefined, "a script ran");
+    equal(box.getElementsByTagName("script").length, 0, "scripts inserted");
+    equal(byId("s").innerHTML, "<p>x</p>", "content");
+  });
+
+  test("the overlay's host is left alone", function () {
+    mount("<p>x</p>");
+    var host = document.createElement("distreload-ui");
+    host.setAttribute("data-distreload-ui", "");
+    box.appendChild(host);
+    morphBox("<p>y</p>");
+    check(host.parentNode === box, "host removed");
+  });
+
+  // --- morph: scripts decide whether a morph can be trusted -------------------------------------------------
+
+  var SCRIPTS = '<head><script src="/a.js"><\/script></head><body><p>x</p><script>one();<\/script>' +
+    '<script src="/---distreload---/client.js?v=1" data-distreload="/---distreload---" data-distreload-version="aaaaaaaa-1" async><\/script></body>';
+
+  test("scriptChange: distreload's own tag and nonces do not count", function () {
+    var fresh = SCRIPTS.replace("aaaaaaaa-1", "aaaaaaaa-2").replace("<script>", '<script nonce="abc">');
+    equal(parts.scriptChange(parse(SCRIPTS), parse(fresh), location.href), "", "reason");
+  });
+
+  test("scriptChange: a changed or added script is a reason, a removed one is not", function () {
+    var live = parse(SCRIPTS);
+    var changed = parts.scriptChange(live, parse(SCRIPTS.replace("one();", "two();")), location.href);
+    check(changed.indexOf("two();") !== -1, "changed inline script: " + changed);
+    var added = parts.scriptChange(live, parse(SCRIPTS.replace("<p>x</p>", '<p>x</p><script src="/b.js"><\/script>')), location.href);
+    check(added.indexOf("/b.js") !== -1, "added script: " + added);
+    equal(parts.scriptChange(live, parse(SCRIPTS.replace('<script src="/a.js"><\/script>', "")), location.href), "", "removed script");
+  });
+
+  test("morphDocument refuses a page with a changed script and changes nothing", function () {
+    var frame = document.createElement("iframe");
+    document.body.appendChild(frame);
+    var live = frame.contentDocument;
+    live.open();
+    live.write("<!doctype html><html><head><title>t</title></head><body><p id='p'>x</p><script>window.x = 1;<\/script></body></html>");
+    live.close();
+    var result = parts.morphDocument(live, parse("<!doctype html><html><head><title>t2</title></head><body><p id='p'>y</p><script>window.x = 2;<\/script></body></html>"));
+    check(/script changed/.test(result.reason || ""), "reason: " + JSON.stringify(result));
+    equal(live.getElementById("p").textContent, "x", "changed anyway");
+    equal(live.title, "t", "title changed anyway");
+    frame.remove();
+  });
+
+  test("morphDocument: unchanged stylesheets stay; a changed one goes only once its successor loaded", async function () {
+    // /style.css answers with the CSS in its query (tests/test_client.py routes it), loaded like any sheet.
+    var sheet = function (css) { return '<link rel="stylesheet" href="/style.css?css=' + encodeURIComponent(css) + '">'; };
+    var page = function (title, second, extra) {
+      return "<!doctype html><html><head><title>" + title + "</title>" + sheet("#t { color: rgb(1, 2, 3); }") +
+        sheet(second) + "</head><body><h1 id='t'>t</h1><p id='u'>u</p>" + (extra || "") + "</body></html>";
+    };
+    var frame = document.createElement("iframe");
+    document.body.appendChild(frame);
+    var ready = loaded(frame);
+    frame.srcdoc = page("before", "#u { color: rgb(0, 0, 0); }");
+    await ready;
+    var live = frame.contentDocument, first = live.querySelector("link");
+    live.defaultView.scrollTo(0, 0);
+    var result = parts.morphDocument(live, parse(page("after", "#u { color: rgb(9, 9, 9); }", "<p id='v'>v</p>")));
+    check(!result.reason, "refused: " + result.reason);
+    equal(live.title, "after", "title");
+    check(live.querySelector("link") === first, "unchanged sheet replaced");
+    equal(live.querySelectorAll("link").length, 3, "old sheet removed before the new one loaded");
+    for (var i = 0; i < 40 && live.querySelectorAll("link").length !== 2; i++) await nextFrame();
+    equal(live.querySelectorAll("link").length, 2, "sheets after load");
+    equal(live.defaultView.getComputedStyle(live.getElementById("u")).color, "rgb(9, 9, 9)", "new sheet applied");
+    equal(live.defaultView.getComputedStyle(live.getElementById("t")).color, "rgb(1, 2, 3)", "kept sheet applied");
+    check(live.getElementById("v"), "body not morphed");
+    frame.remove();
+  });
+
+  test("morphDocument keeps the scroll position", async function () {
+    var frame = document.createElement("iframe");
+    frame.style.height = "200px";
+    document.body.appendChild(frame);
+    var ready = loaded(frame);
+    frame.srcdoc = "<!doctype html><html><head></head><body><div id='top'>top</div><div style='height: 3000px'>tall</div></body></html>";
+    await ready;
+    var live = frame.contentDocument;
+    live.defaultView.scrollTo(0, 1200);
+    parts.morphDocument(live, parse("<!doctype html><html><head></head><body><div id='top'>a new top</div><div style='height: 3000px'>tall</div></body></html>"));
+    equal(live.defaultView.scrollY, 1200, "scrollY");
+    equal(live.getElementById("top").textContent, "a new top", "content");
+    frame.remove();
+  });
+
+  // --- which pages, which URLs ------------------------------------------------------------------------------
+
+  test("globs on the path: * within a segment, ** across, ? one character", function () {
+    var table = [
+      ["", "/anything/at/all", true],
+      ["/kiosk/*", "/kiosk/lobby", true],
+      ["/kiosk/*", "/kiosk/lobby/1", false],
+      ["/kiosk/**", "/kiosk/lobby/1", true],
+      ["/kiosk/*/*", "/kiosk/lobby/1", true],
+      ["/kiosk/?", "/kiosk/a", true],
+      ["/kiosk/?", "/kiosk/ab", false],
+      ["/kiosk/?", "/kiosk//", false],
+      ["/screen-?/*", "/screen-1/x", true],
+      ["/a.b", "/axb", false],
+      ["/a+(b)[c]{d}^$|", "/a+(b)[c]{d}^$|", true],
+      ["/**/end", "/x/y/end", true],
+      ["/*", "/", true],
+      ["/lobby", "/lobby/", false],
+      ["*", "/x", false],
+      ["**", "/x/y", true]
+    ];
+    table.forEach(function (row) {
+      equal(parts.matchesGlob(row[0], row[1]), row[2], row[0] + " on " + row[1]);
+    });
+  });
+
+  test("cache-busters go on same-origin URLs among the paths only", function () {
+    var base = location.origin + "/page";
+    equal(parts.bustUrl("/img/a.png", base, [], "e-1"), location.origin + "/img/a.png?distreload=e-1", "relative");
+    equal(parts.bustUrl("/img/a.png?distreload=e-0&x=1", base, [], "e-1"), location.origin + "/img/a.png?distreload=e-1&x=1", "replaced");
+    equal(parts.bustUrl("https://elsewhere.example/a.png", base, [], "e-1"), null, "other origin");
+    equal(parts.bustUrl("data:image/png;base64,AAAA", base, [], "e-1"), null, "data URL");
+    equal(parts.bustUrl("/img/a.png", base, ["/img/b.png"], "e-1"), null, "not among the paths");
+    equal(parts.bustUrl("/app/img/b.png", base, ["/img/b.png"], "e-1"), location.origin + "/app/img/b.png?distreload=e-1", "under a prefix");
+    equal(parts.bustSrcset("/a.png 1x, /b.png 2x", base, ["/b.png"], "e-1"), "/a.png 1x, " + location.origin + "/b.png?distreload=e-1 2x", "srcset");
+    equal(parts.bustSrcset("/a.png 1x", base, ["/b.png"], "e-1"), null, "srcset with nothing wanted");
+    equal(parts.bustCssUrls("url('/a.png'), linear-gradient(red, blue), url(/b.png)", base, [], "e-1"),
+      'url("' + location.origin + '/a.png?distreload=e-1"), linear-gradient(red, blue), url("' + location.origin + '/b.png?distreload=e-1")', "css");
+  });
+
+  // --- plans, versions, options ---------------------------------------------------------------------------
+
+  test("reloads that have not happened yet merge into one", function () {
+    var plan = function (kind, version, paths, build) { return { kind: kind, version: version, paths: paths || [], build: build, reason: kind }; };
+    var merged = parts.mergePlans(plan("morph", "aaaaaaaa-1"), plan("reload", "aaaaaaaa-2"));
+    equal(merged.kind, "reload", "morph then reload");
+    equal(merged.version, "aaaaaaaa-2", "version");
+    merged = parts.mergePlans(plan("css", "aaaaaaaa-2", ["/a.css"]), plan("css", "aaaaaaaa-1", ["/b.css", "/a.css"]));
+    equal(merged.kind + " " + merged.paths.join(" ") + " " + merged.version, "css /a.css /b.css aaaaaaaa-2", "two css swaps");
+    merged = parts.mergePlans(plan("css", "aaaaaaaa-1", ["/a.css"]), plan("css", "aaaaaaaa-2"));
+    equal(merged.paths.length, 0, "a swap of every sheet covers one of a single sheet");
+    equal(parts.mergePlans(plan("images", "aaaaaaaa-1"), plan("css", "aaaaaaaa-2")).kind, "reload", "two kinds");
+    equal(parts.mergePlans(plan("reload", "aaaaaaaa-1", [], "b2"), plan("morph", "aaaaaaaa-2")).build, "b2", "build kept");
+    equal(parts.mergePlans(null, plan("morph", "aaaaaaaa-1")).kind, "morph", "first plan");
+  });
+
+  test("versions: behind within an epoch, and after a new epoch only once it counted a reload", function () {
+    equal(parts.isBehind("aaaaaaaa-1", "aaaaaaaa-2"), true, "behind");
+    equal(parts.isBehind("aaaaaaaa-2", "aaaaaaaa-2"), false, "equal");
+    equal(parts.isBehind("aaaaaaaa-3", "aaaaaaaa-2"), false, "ahead");
+    equal(parts.isBehind("aaaaaaaa-5", "bbbbbbbb-0"), false, "new epoch, nothing counted");
+    equal(parts.isBehind("aaaaaaaa-5", "bbbbbbbb-1"), true, "new epoch, one reload");
+    equal(parts.isBehind("", "aaaaaaaa-1"), false, "unknown");
+  });
+
+  test("options: defaults, the earlier name shared_worker, and bounded intervals", function () {
+    var options = parts.withDefaults({ shared_worker: false, reconnect_interval: 5, overlay: false });
+    equal(options.share_connection, false, "alias");
+    equal(options.reconnect_interval, 100, "lower bound");
+    equal(options.overlay, false, "overlay");
+    equal(options.indicator, true, "indicator default");
+  });
+
+  // --- the overlay ---------------------------------------------------------------------------------------
+
+  test("the overlay: an open shadow root that page styles do not reach, whose styles do not reach the page", function () {
+    var hostile = document.createElement("style");
+    hostile.textContent = "* { color: rgb(0, 255, 0) !important; font-size: 40px !important; }" +
+      " distreload-ui, #distreload-ui { display: none !important; opacity: 0 !important; }" +
+      " pre, p, div { display: none !important; } .title { font-weight: 100 !important; }";
+    document.head.appendChild(hostile);
+    var probe = document.createElement("span");
+    probe.className = "title";
+    document.body.appendChild(probe);
+    var before = getComputedStyle(probe).cssText || [getComputedStyle(probe).fontWeight, getComputedStyle(probe).color].join();
+    var ui = new parts.Ui(document);
+    try {
+      ui.showOverlay("distreload: the server answered 500", "Traceback\n  line 2", "waiting for the server");
+      var host = document.getElementById("distreload-ui");
+      check(host && host.parentNode === document.documentElement, "host not on <html>");
+      check(host.shadowRoot, "shadow root not open");
+      var title = host.shadowRoot.querySelector(".title"), overlay = host.shadowRoot.querySelector(".overlay");
+      equal(getComputedStyle(title).color, "rgb(183, 28, 28)", "title colour");
+      equal(getComputedStyle(title).fontSize, "18px", "title size");
+      check(overlay.getBoundingClientRect().width >= window.innerWidth - 1, "overlay not covering the page");
+      equal(getComputedStyle(overlay).display, "block", "overlay display");
+      equal(host.shadowRoot.querySelector(".body").textContent, "Traceback\n  line 2", "body text");
+      var after = getComputedStyle(probe).cssText || [getComputedStyle(probe).fontWeight, getComputedStyle(probe).color].join();
+      equal(after, before, "the page's own element");
+      ui.hideOverlay();
+      equal(getComputedStyle(overlay).display, "none", "hidden overlay");
+      ui.showIndicator("lost", "distreload: connection lost, reconnecting");
+      var indicator = host.shadowRoot.querySelector(".indicator");
+      check(indicator.getBoundingClientRect().width > 0 && indicator.getBoundingClientRect().width < 400, "indicator size");
+      ui.showIndicator(null);
+      check(indicator.hidden, "indicator still shown");
+    } finally {
+      hostile.remove();
+      probe.remove();
+      var left = document.getElementById("distreload-ui");
+      if (left) left.remove();
+    }
+  });
+
+  test("the overlay shows the first lines of an error page as text, never its markup or scripts", function () {
+    var page = "<html><head><title>500 Internal Server Error</title><style>h1 { x: y }</style></head><body>" +
+      "<h1>Oops</h1>\n\n\n\n<pre>Traceback\n  File x</pre><script>bad()<\/script></body></html>";
+    var text = parts.firstLines(page, "text/html; charset=utf-8");
+    check(text.indexOf("500 Internal Server Error") === 0, text);
+    check(text.indexOf("Oops") !== -1 && text.indexOf("Traceback") !== -1, text);
+    check(text.indexOf("bad()") === -1 && text.indexOf("x: y") === -1 && text.indexOf("<") === -1, text);
+    check(text.indexOf("\n\n\n") === -1, "blank runs kept");
+    var long = [];
+    for (var i = 0; i < 100; i++) long.push("line " + i);
+    equal(parts.firstLines(long.join("\n"), "text/plain").split("\n").length, 15, "lines kept");
+  });
+
+  // --- run --------------------------------------------------------------------------------------------------
+
+  (async function () {
+    var results = [];
+    for (var i = 0; i < cases.length; i++) {
+      try {
+        await cases[i].body();
+        results.push({ name: cases[i].name, ok: true });
+      } catch (error) {
+        results.push({ name: cases[i].name, ok: false, error: String(error && error.stack || error) });
+      }
+    }
+    window.unitResults = results;
+  })();
+})();
