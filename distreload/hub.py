@@ -10,6 +10,8 @@ only its own task; what is said to it meanwhile queues behind, up to a limit.
 When the hub ends a stream (shutdown, a failed write, a client too far behind), it writes the last message
 and then wakes the parked request coroutine by cancelling its task; the coroutine takes that as the end of
 the stream and returns normally, so no server is left waiting for a response that would never finish.
+When the server cancels the request instead (it is stopping, and done waiting), the stream still says
+goodbye (``event: shutdown``, the last body) before the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.types import Message, Receive, Send
@@ -32,6 +35,25 @@ HEARTBEAT = b": heartbeat\n\n"
 # up when there is more to say to it; so is one with this many messages queued, whatever the time.
 STALL_SECONDS = 30.0
 MAX_BACKLOG = 1000
+# The longest a server that cancels an open stream (it is stopping) is held up while the page is told why.
+FAREWELL_SECONDS = 0.5
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_write(
+        loop: asyncio.AbstractEventLoop, write: Coroutine[Any, Any, None], context: contextvars.Context
+    ) -> asyncio.Task[None]:
+        # Eager: a write the server finishes at once (the usual case) completes here, without a trip
+        # through the loop; one that has to wait goes on as an ordinary task.
+        return asyncio.Task(write, loop=loop, context=context, eager_start=True)
+
+else:
+
+    def _start_write(
+        loop: asyncio.AbstractEventLoop, write: Coroutine[Any, Any, None], context: contextvars.Context
+    ) -> asyncio.Task[None]:
+        return loop.create_task(write, context=context)
 
 
 def sse_event(event: str, data: str, event_id: str | None = None) -> bytes:
@@ -57,7 +79,9 @@ class Stream:
         "_send",
         "_context",
         "_task",
+        "_loop",
         "_hub",
+        "_writer",
         "_backlog",
         "_parked",
         "_ending",
@@ -71,6 +95,8 @@ class Stream:
         self._send = send
         self._context = contextvars.copy_context()
         self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._writer: asyncio.Task[None] | None = None  # the write in flight, if it has to wait
         self._backlog: list[Message] | None = None  # not None while a write is in flight
         self._parked = False
         self._ending = False  # no more writes: the last one is queued, or the stream is given up
@@ -85,7 +111,7 @@ class Stream:
         if last:
             self._ending = True
         if self._backlog is not None:
-            waited = asyncio.get_running_loop().time() - self._waiting_since
+            waited = self._loop.time() - self._waiting_since
             if waited > STALL_SECONDS or len(self._backlog) >= MAX_BACKLOG:
                 logger.debug(
                     "distreload: a client stopped reading its event stream (a write waited %.0f s); "
@@ -98,22 +124,23 @@ class Stream:
             self._backlog.append(message)
             return
         self._backlog = []
-        self._waiting_since = asyncio.get_running_loop().time()
-        asyncio.get_running_loop().create_task(self._drain(message), context=self._context)
+        self._waiting_since = self._loop.time()
+        writer = _start_write(self._loop, self._drain(message), self._context)
+        if not writer.done():
+            self._writer = writer
 
     async def _drain(self, message: Message) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            self._waiting_since = loop.time()
             await self._send(message)
             while self._backlog:
-                self._waiting_since = loop.time()
+                self._waiting_since = self._loop.time()
                 await self._send(self._backlog.pop(0))
         except Exception as exc:  # the server refused the write: the client is gone or the response broken
             logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
             self._end()
         finally:
             self._backlog = None
+            self._writer = None
         if self._ending:
             self._end()
 
@@ -133,13 +160,27 @@ class Stream:
             while (await receive())["type"] != "http.disconnect":
                 pass
         except asyncio.CancelledError:
-            # Either the hub ended the stream (return: the response is complete or the client gone) or the
-            # server is cancelling the request (let that through).
-            if not self._released or task is None or task.uncancel() > 0:
-                raise
+            self._parked = False
+            if self._released and task is not None and task.uncancel() == 0:
+                return  # the hub ended the stream: the response is complete, or the client gone
+            if not self._released:
+                # Not the hub's doing: the server cancels the request, as servers do when they stop (daphne
+                # at once, uvicorn and hypercorn when their graceful timeout runs out). Tell the page why
+                # its stream ends, within a bound, then let the cancellation through.
+                await self._say_farewell()
+            raise
         finally:
             self._parked = False
             self._hub.discard(self)
+
+    async def _say_farewell(self) -> None:
+        self._hub.discard(self)
+        self.write(shutdown_event("shutdown"), last=True)  # after whatever is already on its way
+        writer = self._writer
+        if writer is not None and not writer.done():
+            done, _ = await asyncio.wait({writer}, timeout=FAREWELL_SECONDS)
+            if not done:
+                logger.debug("distreload: the server cancelled a stream whose client is not reading")
 
 
 class StreamHub:

@@ -1,8 +1,9 @@
 """``DistReload``: the whole of distreload around one ASGI app, and its life from start-up to shutdown.
 
 It routes ``<prefix>/...`` to the reload endpoint, hands every other request to the app through the HTML
-injector, starts the worker's subscription with the app (lifespan, or the first request when the server
-runs none) and ends the open streams when the server stops.
+injector, starts the worker's subscription with the app (at the lifespan start-up, which it answers alone
+for an app that refuses the lifespan, such as Django's; or on the first request when the server runs no
+lifespan) and ends the open streams when the server stops.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class DistReload:
                     return
             await self._handle(scope, receive, send)
         elif scope_type == "lifespan":
-            await self._handle(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+            await self._lifespan(scope, receive, send)
         else:
             await self._handle(scope, receive, send)
 
@@ -190,24 +191,48 @@ class DistReload:
             exit_watch().detach(self.hub)
             await self.broker.release(self.hub)
 
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        async def wrapped() -> Message:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's lifespan, with distreload starting before the app's start-up and stopping after
+        its shutdown; for an app that refuses the lifespan, distreload runs it alone."""
+        startup_received = False
+
+        async def app_receive() -> Message:
+            nonlocal startup_received
             message = await receive()
             if message["type"] == "lifespan.startup":
+                startup_received = True
                 await self.ensure_started()
             elif message["type"] == "lifespan.shutdown" and self.hub is not None:
                 self.hub.close_all()
             return message
 
-        return wrapped
-
-    def _lifespan_send(self, send: Send) -> Send:
-        async def wrapped(message: Message) -> None:
+        async def app_send(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.shutdown()
             await send(message)
 
-        return wrapped
+        try:
+            await self._handle(scope, app_receive, app_send)
+        except Exception as exc:
+            if startup_received:
+                raise  # the app's own start-up or shutdown failed: the server reports it
+            # Django, for one, raises on any scope but HTTP. Servers take that as "no lifespan", or (uvicorn
+            # --lifespan on) refuse to start; answering the lifespan here keeps both running, with
+            # distreload started at start-up instead of at the first request.
+            logger.debug("distreload: the app refuses the lifespan (%r); distreload answers it alone", exc)
+        if not startup_received:
+            await self._lifespan_alone(receive, send)
+
+    async def _lifespan_alone(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.ensure_started()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     def _run_on_reload(self, reload: Reload) -> None:
         assert self._on_reload is not None

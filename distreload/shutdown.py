@@ -9,10 +9,13 @@ ASGI way to learn earlier, so distreload listens where the server itself does:
   handlers are put back when the last app using them shuts down, and never touch a closed event loop;
 - uvicorn's ``Server.should_exit`` flag, read from the object behind its signal handler, which also covers
   ``uvicorn --reload`` and ``--workers`` (the supervisor's signal reaches the worker as a flag);
-- gunicorn's worker ``alive`` flag, which its ``--reload`` clears without any signal.
+- gunicorn's worker ``alive`` flag, which its ``--reload`` clears without any signal;
+- the event hypercorn's supervisor sets to stop its worker processes, which get no signal at all (a thread
+  waits on it, so every worker hears of the stop at once: hypercorn kills the remaining workers as soon as
+  one has exited).
 
-The flags are not a documented interface of those servers: this is where distreload relies on a server's
-internals, because no public mechanism exists (the README lists what each server does).
+The flags and the event are not a documented interface of those servers: this is where distreload relies
+on a server's internals, because no public mechanism exists (the README lists what each server does).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -28,7 +33,7 @@ from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.1  # a flag read ten times a second: a few microseconds each
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -48,6 +53,7 @@ class ExitWatch:
         self._chained: dict[int, tuple[Callable[..., Any], Callable[..., Any]]] = {}  # ours, theirs
         self._poll: asyncio.Task[None] | None = None
         self._fired = False  # the signal and the flag both tell of one stop: end the streams once
+        self._event_waiter: threading.Thread | None = None
 
     def attach(self, hub: Closable) -> None:
         """Watch for the server stopping on the running loop, on behalf of ``hub``."""
@@ -60,6 +66,8 @@ class ExitWatch:
         self._chain_handlers(loop)
         if self._poll is None or self._poll.done():
             self._poll = loop.create_task(self._watch_flags(), name="distreload exit watch")
+        if self._event_waiter is None:
+            self._wait_for_stop_event()
 
     def detach(self, hub: Closable) -> None:
         """``hub``'s app shut down; the last one out puts the server's handlers back."""
@@ -112,6 +120,22 @@ class ExitWatch:
             except ValueError:
                 continue
             del self._chained[signum]
+
+    def _wait_for_stop_event(self) -> None:
+        event = _hypercorn_stop_event()
+        if event is None:
+            return
+
+        def wait() -> None:
+            event.wait()
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed in between
+                    loop.call_soon_threadsafe(self.close_all)
+
+        # A daemon thread: it never holds the process up, and lives as long as the worker does.
+        self._event_waiter = threading.Thread(target=wait, name="distreload stop event", daemon=True)
+        self._event_waiter.start()
 
     async def _watch_flags(self) -> None:
         while self._hubs or _gunicorn_reloader_on():
@@ -179,3 +203,19 @@ def _gunicorn_reloader_on() -> bool:
         if worker is not None and getattr(worker, "reloader", None) is not None:
             return True
     return False
+
+
+def _hypercorn_stop_event() -> Any:
+    """The event hypercorn's supervisor sets to stop this worker process, or None elsewhere.
+
+    hypercorn stops its worker processes with no signal: the supervisor sets a ``multiprocessing`` event,
+    which the worker polls, and then waits ``graceful_timeout`` (3 s by default) for open responses. It
+    hands the event to the worker function as ``shutdown_event``; the worker's ``Process`` object keeps
+    the call's arguments (``_target``, ``_kwargs``). Both are internals: no public way exists.
+    """
+    process = multiprocessing.current_process()
+    target = getattr(process, "_target", None)
+    if not str(getattr(target, "__module__", "")).startswith("hypercorn."):
+        return None
+    event = (getattr(process, "_kwargs", None) or {}).get("shutdown_event")
+    return event if callable(getattr(event, "wait", None)) else None

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FAST_TESTS=(tests --ignore=tests/system --ignore=tests/test_client.py -q -p no:cacheprovider)
+FAST_TESTS=(tests --ignore=tests/system --ignore=tests/test_client.py -m "not browser" -q -p no:cacheprovider)
 
 find_python() {  # find_python 3.13: that interpreter from PATH or pyenv, or nothing
   local version=$1 candidate

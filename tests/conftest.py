@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis servers, real uvicorn/gunicorn processes, raw SSE readers, Chromium.
+"""Shared fixtures: real Redis servers, real ASGI server processes, raw SSE readers, Chromium.
 
 Under ``CI=true`` a test that needs Redis or the browser fails when they are missing; elsewhere it skips.
 """
@@ -6,6 +6,7 @@ Under ``CI=true`` a test that needs Redis or the browser fails when they are mis
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -152,11 +153,12 @@ def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 @dataclass
 class ServerProcess:
-    """A uvicorn or gunicorn process serving a test app on a free port."""
+    """An ASGI server process (see ``server_command``) serving a test app on a free port."""
 
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    server: str = "uvicorn"
 
     @property
     def base_url(self) -> str:
@@ -166,7 +168,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> float:
-        """Stop the server; returns how long it took."""
+        """Signal the server's main process and wait for it to exit; returns how long it took."""
         started = time.monotonic()
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -177,19 +179,71 @@ class ServerProcess:
                 self.process.wait(5)
         return time.monotonic() - started
 
+    def leftovers(self, grace: float = 1.0) -> list[str]:
+        """Processes of the server's session still alive ``grace`` seconds on (workers outliving their
+        supervisor), as command lines."""
+        import psutil
+
+        deadline = time.monotonic() + grace
+        while True:
+            alive = []
+            for process in psutil.process_iter(["pid", "status", "cmdline"]):
+                with contextlib.suppress(psutil.Error, OSError):
+                    if (
+                        os.getsid(process.pid) == self.process.pid
+                        and process.status() != psutil.STATUS_ZOMBIE
+                    ):
+                        alive.append(" ".join(process.info["cmdline"] or []))
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.05)
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
 
 ServerFactory = Callable[..., ServerProcess]
 
+# The package each server needs (gunicorn runs distreload in uvicorn-worker's UvicornWorker).
+SERVER_PACKAGES = {
+    "uvicorn": "uvicorn",
+    "gunicorn": "uvicorn_worker",
+    "hypercorn": "hypercorn",
+    "granian": "granian",
+    "daphne": "daphne",
+}
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start ``uvicorn`` or ``gunicorn`` (uvicorn workers) on a test app; all are stopped afterwards.
 
-    ``start_server("tests.apps.cluster_app:app", workers=2, server="gunicorn", env={...})``
-    """
-    started: list[ServerProcess] = []
+def server_command(server: str, app: str, port: int, workers: int) -> list[str]:
+    """How ``server`` is asked to serve ``app`` on 127.0.0.1:``port`` with ``workers`` processes."""
+    host_and_port = ["--host", "127.0.0.1", "--port", str(port)]
+    if server == "uvicorn":
+        return ["-m", "uvicorn", app, *host_and_port, "--workers", str(workers), "--no-access-log"]
+    if server == "gunicorn":
+        worker_class = ["-k", "uvicorn_worker.UvicornWorker", "-w", str(workers)]
+        return ["-m", "gunicorn", app, *worker_class, "-b", f"127.0.0.1:{port}", "--graceful-timeout", "30"]
+    if server == "hypercorn":
+        return ["-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    if server == "granian":
+        return ["-m", "granian", "--interface", "asgi", *host_and_port, "--workers", str(workers), app]
+    if server == "daphne":
+        if workers != 1:
+            raise ValueError("daphne serves from one process: it has no workers option")
+        return ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), app]
+    raise ValueError(f"unknown server {server!r} (known: {', '.join(SERVER_PACKAGES)})")
+
+
+class ServerLauncher:
+    """Starts server processes (each in its own session, logging to its own file under ``directory``) and
+    stops every one it started, killing what is left of each process group."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[ServerProcess] = []
 
     def start(
+        self,
         app: str,
         *,
         workers: int = 1,
@@ -200,39 +254,11 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
         cwd: Path | None = None,
         wait: bool = True,
     ) -> ServerProcess:
+        package = SERVER_PACKAGES.get(server)
+        if package is not None and importlib.util.find_spec(package) is None:
+            missing(f"the {server} server (the {package} package)")
         port = port or free_port()
-        if server == "uvicorn":
-            command = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                app,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--no-access-log",
-            ]
-        elif server == "gunicorn":
-            command = [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                app,
-                "-k",
-                "uvicorn_worker.UvicornWorker",
-                "-w",
-                str(workers),
-                "-b",
-                f"127.0.0.1:{port}",
-                "--graceful-timeout",
-                "30",
-            ]
-        else:
-            raise ValueError(server)
-        command += extra_args or []
+        command = [sys.executable, *server_command(server, app, port, workers), *(extra_args or [])]
         python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
         full_env = {
             **os.environ,
@@ -241,30 +267,43 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        log_path = tmp_path / f"server-{port}.log"
+        log_path = self.directory / f"{server}-{port}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 command,
                 env=full_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=str(cwd or ROOT),
                 start_new_session=True,
             )
-        handle = ServerProcess(port=port, process=process, log_path=log_path)
-        started.append(handle)
+        handle = ServerProcess(port=port, process=process, log_path=log_path, server=server)
+        self.started.append(handle)
         if wait:
             try:
                 wait_for_port(port, 30, process)
             except Exception:
-                raise RuntimeError(f"server did not start:\n{handle.log()}") from None
+                raise RuntimeError(f"{server} did not start:\n{handle.log()}") from None
         return handle
 
-    yield start
-    for handle in started:
-        handle.stop(signal.SIGTERM, 10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(handle.process.pid, signal.SIGKILL)
+    def stop_all(self) -> None:
+        for handle in self.started:
+            handle.stop(signal.SIGTERM, 10)
+            handle.kill_group()
+        self.started.clear()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start an ASGI server (uvicorn, gunicorn with uvicorn workers, hypercorn, granian,
+    daphne) on a test app; all are stopped, and their process groups killed, afterwards.
+
+    ``start_server("tests.apps.cluster_app:app", workers=2, server="gunicorn", env={...})``
+    """
+    launcher = ServerLauncher(tmp_path)
+    yield launcher.start
+    launcher.stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,17 @@ class SSEReader:
     status: int | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
     closed: threading.Event = field(default_factory=threading.Event)
+    heartbeats: list[float] = field(default_factory=list)  # when each ": heartbeat" comment arrived
+    complete: bool = False  # the response ended properly (its last chunk), not by a cut connection
+    closed_at: float | None = None  # time.monotonic() when the response or the connection ended
+    host: str = "127.0.0.1"  # a server in a network namespace listens on its own address
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
-        self._sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self._sock = socket.create_connection((self.host, self.port), timeout=30)
         extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
         request = (
-            f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Accept: text/event-stream\r\n{extra}\r\n"
         )
         self._sock.sendall(request.encode())
@@ -73,6 +77,7 @@ class SSEReader:
                     block, text = text.split("\n\n", 1)
                     self._parse(block)
                 if finished:
+                    self.complete = True
                     return
                 chunk = self._sock.recv(65536)
                 if not chunk:
@@ -81,11 +86,17 @@ class SSEReader:
         except OSError:
             return
         finally:
+            self.closed_at = time.monotonic()
             self.closed.set()
             with self._lock:
                 self._lock.notify_all()
 
     def _parse(self, block: str) -> None:
+        if block.startswith(": heartbeat"):
+            with self._lock:
+                self.heartbeats.append(time.monotonic())
+                self._lock.notify_all()
+            return
         event, data, event_id = "message", [], None
         for line in block.split("\n"):
             if line.startswith(":") or not line:
@@ -119,6 +130,18 @@ class SSEReader:
                 if remaining <= 0 or (self.closed.is_set() and len(found) < count):
                     raise TimeoutError(f"saw {len(found)} {kind!r} events, wanted {count}: {self.events}")
                 self._lock.wait(min(remaining, 0.1))
+
+    def wait_for_heartbeats(self, count: int, timeout: float = 10.0) -> list[float]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self.heartbeats) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed.is_set():
+                    raise TimeoutError(
+                        f"saw {len(self.heartbeats)} heartbeats, wanted {count}: {self.events}"
+                    )
+                self._lock.wait(min(remaining, 0.1))
+            return list(self.heartbeats)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

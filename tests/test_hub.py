@@ -191,14 +191,42 @@ async def test_closing_ends_streams_whose_receive_never_returns() -> None:
     assert hub.closing
 
 
-async def test_a_server_that_cancels_the_request_is_not_overruled() -> None:
+async def test_a_server_that_cancels_the_request_gets_the_farewell_written_then_its_cancellation() -> None:
+    """A stopping server cancels open requests (daphne at once, uvicorn and hypercorn after their graceful
+    timeout): the page still learns why its stream ends, and the server's cancellation is not overruled."""
     hub = StreamHub(heartbeat_interval=60)
-    task = open_stream(hub, FakeServer())
+    server = FakeServer()
+    task = open_stream(hub, server)
     await settle()
+    hub.deliver(reload(1))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(hub) == 0
+    assert [body.split(b"\n")[0] for body in server.bodies] == [b"event: reload", b"event: shutdown"]
+    assert server.finished and server.bodies[-1] == shutdown_event("shutdown")
+
+
+async def test_a_client_that_stopped_reading_holds_a_stopping_server_up_only_for_the_farewell_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub_module, "FAREWELL_SECONDS", 0.1)
+    hub = StreamHub(heartbeat_interval=60)
+    stuck = FakeServer()
+    stuck.gate = asyncio.Event()
+    task = open_stream(hub, stuck)
+    await settle()
+    hub.deliver(reload(1))  # its write waits: the client's buffers are full
+    await settle()
+    loop = asyncio.get_running_loop()
+    cancelled_at = loop.time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert 0.1 <= loop.time() - cancelled_at < 0.5 and stuck.bodies == []
+    stuck.gate.set()  # the client reads again: what was queued, farewell last, still goes out
+    await settle()
+    assert [body.split(b"\n")[0] for body in stuck.bodies] == [b"event: reload", b"event: shutdown"]
 
 
 async def test_a_client_that_leaves_is_forgotten_and_on_reload_runs_once_per_reload() -> None:

@@ -13,7 +13,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import distreload
 from distreload import DistReload
@@ -125,6 +125,44 @@ async def test_lifespan_state_and_startup_are_preserved() -> None:
         assert app.broker.listening
     assert events == ["startup", "shutdown"]
     assert not app.broker.listening  # the app's hub is let go with its shutdown
+
+
+async def django_like(scope: Scope, receive: Receive, send: Send) -> None:
+    """What Django's ASGI application does with anything but HTTP."""
+    if scope["type"] != "http":
+        raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+    await raw_app()(scope, receive, send)
+
+
+async def returns_at_once(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "http":
+        await raw_app()(scope, receive, send)
+
+
+@pytest.mark.parametrize("app", [django_like, returns_at_once], ids=["raises", "returns"])
+async def test_an_app_that_refuses_the_lifespan_still_starts_and_stops_distreload_with_the_server(
+    app: ASGIApp,
+) -> None:
+    """Servers take a lifespan error as "no lifespan", or refuse to start (uvicorn --lifespan on):
+    distreload answers the lifespan itself."""
+    wrapped = wrap(app)
+    async with LifespanManager(wrapped) as manager:  # raises if start-up or shutdown is not completed
+        assert wrapped.broker.listening
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as client:
+            assert (await client.get("/")).text.count("data-distreload=") == 1
+    assert not wrapped.broker.listening
+
+
+async def test_an_app_whose_own_start_up_fails_is_reported_as_failing() -> None:
+    async def failing_startup(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        raise RuntimeError("no database")
+
+    with pytest.raises(RuntimeError, match="no database"):
+        async with LifespanManager(wrap(failing_startup)):
+            pass
 
 
 async def test_started_on_the_first_request_when_the_server_runs_no_lifespan() -> None:

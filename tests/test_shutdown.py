@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Iterator
-from types import FrameType
+from types import FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -96,6 +97,31 @@ async def test_handlers_a_server_restored_itself_are_left_as_they_are(server: Se
     assert signal.getsignal(signal.SIGINT) == server.handle_exit
 
 
+async def test_a_hypercorn_worker_process_hears_of_the_stop_through_its_supervisors_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hypercorn's worker processes get no signal: the supervisor sets an event the worker polls."""
+
+    def asyncio_worker() -> None: ...
+
+    asyncio_worker.__module__ = "hypercorn.asyncio.run"
+    stop = threading.Event()  # a multiprocessing.Event in hypercorn; the same wait() and set()
+    worker_process = SimpleNamespace(_target=asyncio_worker, _kwargs={"shutdown_event": stop})
+    monkeypatch.setattr(shutdown.multiprocessing, "current_process", lambda: worker_process)
+    watch, hub = ExitWatch(), Hub()
+    watch.attach(hub)
+    await asyncio.sleep(0.05)
+    assert hub.closed == []
+    stop.set()
+    await asyncio.sleep(0.05)
+    assert hub.closed == ["shutdown"]
+    watch.detach(hub)
+
+
+def test_no_stop_event_is_looked_for_outside_hypercorn_workers() -> None:
+    assert shutdown._hypercorn_stop_event() is None  # the test process itself
+
+
 def test_a_handler_left_behind_never_fails_after_its_loop_closed(server: Server) -> None:
     """pytest sessions, notebooks: the loop is gone, Ctrl-C must still reach the server's handler."""
     watch, hub = ExitWatch(), Hub()
@@ -109,8 +135,6 @@ def test_a_handler_left_behind_never_fails_after_its_loop_closed(server: Server)
 
 
 def test_outside_the_main_thread_nothing_is_chained() -> None:
-    import threading
-
     before = signal.getsignal(signal.SIGTERM)
     errors: list[BaseException] = []
 
