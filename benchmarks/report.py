@@ -27,6 +27,10 @@ def _point(points: list[dict[str, Any]], clients: int, workers: int) -> dict[str
     return None
 
 
+FANOUT_P99_TARGET_MS = 150  # 8000 streams over 4 workers, through Redis
+FANOUT_RATIO_TARGET = 0.25  # 2000 streams on 1 worker, against fastapi-reloader in the same run
+
+
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the performance issue against this run's figures."""
     targets: list[dict[str, Any]] = []
@@ -50,16 +54,22 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         table = overhead.get(place)
         if not isinstance(table, dict) or DISTRELOAD not in table:
             continue
-        for path, goal, kind in (("/json", 0.95, "JSON"), ("/page", 0.90, "HTML")):
-            ratio = table[DISTRELOAD][path]["ratio"]
-            reference = table.get(FASTAPI_RELOADER, {}).get(path, {}).get("ratio")
-            add(
-                f"Request overhead, {kind}, {label} (throughput with / bare)",
-                ratio,
-                f">= {goal:.2f}",
-                ratio >= goal,
-                reference,
-            )
+        for variant, api in (
+            (DISTRELOAD, "DistReload(app)"),
+            (DISTRELOAD_DROPIN, "patch_for_auto_reloading"),
+        ):
+            if variant not in table:
+                continue
+            for path, goal, kind in (("/json", 0.95, "JSON"), ("/page", 0.90, "HTML")):
+                ratio = table[variant][path]["ratio"]
+                reference = table.get(FASTAPI_RELOADER, {}).get(path, {}).get("ratio")
+                add(
+                    f"Request overhead, {kind}, {label}, {api} (throughput with / bare)",
+                    ratio,
+                    f">= {goal:.2f}",
+                    ratio >= goal,
+                    reference,
+                )
 
     streaming = results.get("streaming", {})
     in_process = streaming.get("in_process")
@@ -108,14 +118,25 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     points = fanout.get("distreload", [])
     reference_points = fanout.get("fastapi_reloader", [])
     if points:
-        biggest = max(points, key=lambda p: (p["workers"], p["clients"]))
+        most_workers = max(p["workers"] for p in points)
+        curve = [p for p in points if p["workers"] == most_workers]
+        target_point = _point(curve, 8000, most_workers) or max(curve, key=lambda p: p["clients"])
         add(
-            f"Fan-out: {biggest['clients']} streams over {biggest['workers']} workers via Redis, p99",
-            f"{biggest['p99_ms']:.1f} ms",
-            "<= 200 ms, all delivered",
-            biggest["p99_ms"] <= 200 and biggest["all_delivered"],
-            note=f"delivered {biggest['delivered_min']}/{biggest['clients']}",
+            f"Fan-out: {target_point['clients']} streams over {most_workers} workers via Redis, p99",
+            f"{target_point['p99_ms']:.1f} ms",
+            f"<= {FANOUT_P99_TARGET_MS} ms, all delivered",
+            target_point["p99_ms"] <= FANOUT_P99_TARGET_MS and target_point["all_delivered"],
+            note=f"delivered {target_point['delivered_min']}/{target_point['clients']}",
         )
+        largest = max(curve, key=lambda p: p["clients"])
+        if largest is not target_point:
+            add(
+                f"Fan-out: {largest['clients']} streams over {most_workers} workers via Redis, p99",
+                f"{largest['p99_ms']:.1f} ms",
+                "reported, no target",
+                None,
+                note=f"delivered {largest['delivered_min']}/{largest['clients']}",
+            )
         one_worker = [p for p in points if p["workers"] == 1]
         if one_worker and reference_points:
             clients = 2000 if _point(one_worker, 2000, 1) else max(p["clients"] for p in one_worker)
@@ -126,8 +147,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"Fan-out: {clients} streams on 1 worker, p99 distreload (via Redis) / fastapi-reloader "
                     "(in process)",
                     round(ratio, 3),
-                    "<= 0.40",
-                    ratio <= 0.40 and ours["all_delivered"],
+                    f"<= {FANOUT_RATIO_TARGET:.2f}",
+                    ratio <= FANOUT_RATIO_TARGET and ours["all_delivered"],
                     f"{theirs['p99_ms']:.1f} ms",
                     note=f"distreload p99 {ours['p99_ms']:.1f} ms",
                 )
@@ -208,7 +229,13 @@ def write_plot(results: dict[str, Any], directory: Path) -> Path | None:
                 label="fastapi-reloader 1.3.4, 1 worker (in process)",
             )
         if key == "p99_ms":
-            axis.axhline(200, color="#d62728", linewidth=0.8, linestyle=":", label="target: 200 ms")
+            axis.axhline(
+                FANOUT_P99_TARGET_MS,
+                color="#d62728",
+                linewidth=0.8,
+                linestyle=":",
+                label=f"target: {FANOUT_P99_TARGET_MS} ms (8000 streams, 4 workers)",
+            )
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("open streams (clients)")
@@ -431,7 +458,8 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
             f"`{cli['command']}`, {cli['runs']} runs: median {cli['median_ms']:.0f} ms, "
             f"max {cli['max_ms']:.0f} ms. For scale: `python -c pass` "
             f"{cli['python_startup_median_ms']:.0f} ms; "
-            f"importing `distreload.cli`, `distreload.publisher` and `distreload.resp` {cli['imports_median_ms']:.0f} ms.",
+            "importing `distreload.cli`, `distreload.publisher` and `distreload.resp` "
+            f"{cli['imports_median_ms']:.0f} ms.",
         ]
     lines.append("")
     path = directory / "results.md"

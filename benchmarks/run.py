@@ -55,6 +55,7 @@ class Sizes:
     page_runs: int
     worker_counts: tuple[int, ...]
     client_counts: tuple[int, ...]
+    largest: tuple[int, int]  # (workers, streams): one more point past the curve, on the most workers
     repeats: int
     idle_streams: int
     idle_seconds: float
@@ -70,6 +71,7 @@ FULL = Sizes(
     page_runs=5,
     worker_counts=(1, 2, 4),
     client_counts=(100, 500, 1000, 2000, 4000, 8000),
+    largest=(4, 16000),
     repeats=3,
     idle_streams=2000,
     idle_seconds=30,
@@ -84,6 +86,7 @@ SMOKE = Sizes(
     page_runs=1,
     worker_counts=(1, 2),
     client_counts=(20, 50),
+    largest=(2, 100),
     repeats=1,
     idle_streams=50,
     idle_seconds=1,
@@ -142,6 +145,7 @@ def _run_fanout(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any
         "distreload": fanout.curve(
             DISTRELOAD, sizes.worker_counts, sizes.client_counts, sizes.repeats, log_dir
         )
+        + fanout.curve(DISTRELOAD, (sizes.largest[0],), (sizes.largest[1],), sizes.repeats, log_dir)
     }
     if fastapi_reloader_available():
         section["fastapi_reloader"] = fanout.curve(
@@ -277,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sizes = SMOKE if args.smoke else FULL
     limit = raise_open_file_limit()
-    needed = max(sizes.client_counts) * 2 + 200
+    needed = max(*sizes.client_counts, sizes.largest[1]) * 2 + 200
     if limit < needed:
         log(f"warning: open file limit {limit} is below the {needed} the biggest fan-out point needs")
     if not fastapi_reloader_available():

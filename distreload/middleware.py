@@ -166,7 +166,7 @@ class DistReload:
         # A warning, not info: servers show warnings by default, and a deploy must notice this is on.
         logger.warning(
             "distreload active: endpoint %s, Redis %s, namespace %r, worker %s, build %s "
-            "(development live-reload: keep DISTRELOAD_ENABLED off in production)",
+            "(development live-reload, not for production: DISTRELOAD_ENABLED=0 turns it off)",
             self.prefix,
             self.broker.target.display_url(),
             self.broker.target.namespace,
