@@ -38,6 +38,8 @@ EXAMPLE_PUBLISH = "distreload publish --redis-url redis://127.0.0.1:6379/0"
 HELP = "python -m distreload --help"
 PUBLISH_CSS = "distreload publish --css /static/site.css"
 PUBLISH_JSON = "distreload publish --json"
+PUBLISH_MORPH = "distreload publish --morph"
+PUBLISH_FLEET = "distreload publish --spread 30 --match '/screens/lobby/*'"
 LISTEN = "distreload listen --count 1 --timeout 60"
 STATUS = "distreload status"
 WATCH = "distreload watch templates static --static-dir static --static-url /static"
@@ -50,6 +52,10 @@ GUNICORN_RELOAD = (
 COMPOSE_UP = "docker compose up --build"
 COMPOSE_PUBLISH = "distreload publish --redis-url redis://127.0.0.1:6380/0 --namespace compose"
 CI_PUBLISH = 'distreload publish --url "$STAGING_URL" --token "$DISTRELOAD_TOKEN"'
+KIOSK_PUBLISH = (
+    "distreload publish --spread 60 --match '/screens/lobby/*' "
+    '--url "$STAGING_URL" --token "$DISTRELOAD_TOKEN"'
+)
 DEPLOY_HOOK = (
     'distreload publish --redis-url "$DISTRELOAD_REDIS_URL" --namespace "$DISTRELOAD_NAMESPACE" '
     '|| echo "no reload sent"'
@@ -63,6 +69,9 @@ RUNS = {
     HELP: "test_cli_reference_help",
     PUBLISH_CSS: "test_cli_reference_publish",
     PUBLISH_JSON: "test_cli_reference_publish",
+    PUBLISH_MORPH: "test_cli_reference_publish",
+    PUBLISH_FLEET: "test_cli_reference_publish",
+    KIOSK_PUBLISH: "test_recipe_ci_job",
     LISTEN: "test_cli_reference_listen",
     STATUS: "test_ten_line_example_on_two_workers",
     WATCH: "test_cli_reference_watch",
@@ -346,6 +355,13 @@ def test_cli_reference_publish(shared_redis_url: str, namespace: str, channel: C
     sent = parse_message(channel())
     assert (sent.kind, sent.paths) == ("css", ("/static/site.css",))
     assert css.stdout.startswith(f"published stylesheet swap {sent.version} ")
+    morph = run(PUBLISH_MORPH, **env)
+    assert morph.returncode == 0 and morph.stdout.startswith("published morph "), morph.stderr
+    assert parse_message(channel()).kind == "morph"
+    fleet = run(PUBLISH_FLEET, **env)
+    assert fleet.returncode == 0, fleet.stderr
+    sent = parse_message(channel())
+    assert (sent.kind, sent.spread, sent.match) == ("reload", 30.0, "/screens/lobby/*")
     as_json = run(PUBLISH_JSON, **env)
     assert json.loads(as_json.stdout)["version"] == str(parse_message(channel()).version)
 
@@ -464,6 +480,12 @@ def test_recipe_ci_job(background: Callable[..., Background], open_sse: Callable
     assert reader.wait_for("reload")[0].id in done.stdout
     wrong = run(CI_PUBLISH, STAGING_URL=f"http://127.0.0.1:{port}", DISTRELOAD_TOKEN="not-it")
     assert wrong.returncode == 1 and "refused the token (401)" in wrong.stderr
+    kiosk = run(KIOSK_PUBLISH, STAGING_URL=f"http://127.0.0.1:{port}", DISTRELOAD_TOKEN="ci-secret")
+    assert kiosk.returncode == 0, kiosk.stderr
+    event = reader.wait_for("reload", 2)[1].json()
+    assert (event["spread"], event["match"]) == (60.0, "/screens/lobby/*") and event[
+        "version"
+    ] in kiosk.stdout
 
 
 @pytest.mark.redis
