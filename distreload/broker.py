@@ -8,6 +8,12 @@ random epoch) from garbage on the channel (a claim the hash does not back is ign
 
 Each worker process holds exactly one subscription per Redis and namespace, whatever the number of apps
 and browsers it serves: :func:`get_broker` hands every app of the process the same broker.
+
+The subscription is wherever the URL leads (see redis_clients): one server, the node of a Redis Cluster
+that owns the namespace's slot (sharded pub/sub), or the master a set of Sentinels names. When a worker
+subscribes again after a failover (the node it was on lost its role), it claims one version more than it
+knows: a write the failover lost, or a publish that reached the new master under a number some workers
+already hold, then still reloads every page, once.
 """
 
 from __future__ import annotations
@@ -26,9 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .config import Target, resolve_target
 from .process import WorkerIdentity
 from .protocol import (
-    _PUBLISH_SCRIPT,
     _SEED_SCRIPT,
-    PUBLISH_KEYS,
     SEED_KEYS,
     BadMessage,
     ClusterVersion,
@@ -49,7 +53,7 @@ from .protocol import (
     state_from_reply,
     state_key,
 )
-from .redis_clients import async_client
+from .redis_clients import MESSAGE, PONG, AsyncLink, Subscription, is_refusal, open_link
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -218,9 +222,45 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+class Backoff:
+    """How long a worker waits before it tries to subscribe again: ``initial``, growing by half each time
+    up to ``ceiling`` (``refused_ceiling`` when Redis refused: a missing ACL right or a wrong password does
+    not go away by itself), each wait drawn between three quarters and all of it (jitter, so that workers
+    do not retry in step, yet no wait is shorter than the one before). It starts again from ``initial``
+    only after a connection that stayed up ``healthy_after`` seconds: a connection that opens and then
+    fails at once is no reason to hurry.
+
+    Growing by half rather than doubling: a failover takes 1-3 s, and the attempt after it should not be
+    far behind (with doubling it came up to 2.4 s after the promotion, measured)."""
+
+    GROWTH = 1.5
+
+    def __init__(self, initial: float, ceiling: float, refused_ceiling: float, healthy_after: float) -> None:
+        self.initial = initial
+        self.ceiling = ceiling
+        self.refused_ceiling = refused_ceiling
+        self.healthy_after = healthy_after
+        self.delay = 0.0
+
+    def failed(self, *, refused: bool, connected_for: float | None) -> float:
+        """The wait after an attempt that failed (``connected_for``: how long it had been subscribed)."""
+        if connected_for is not None and connected_for >= self.healthy_after:
+            self.delay = 0.0
+        ceiling = self.refused_ceiling if refused else self.ceiling
+        self.delay = min(ceiling, self.delay * self.GROWTH if self.delay else self.initial)
+        return self.delay * random.uniform(0.75, 1.0)
+
+
 class RedisBroker(Broker):
-    """Keeps one pub/sub subscription alive: reconnects with backoff and jitter, pings with a deadline,
-    catches up on the version after every subscribe, and publishes presence for ``distreload status``."""
+    """Keeps one pub/sub subscription alive on a single Redis, a Redis Cluster or a Sentinel-watched master:
+    reconnects with backoff and jitter, pings with a deadline, follows failovers and slot migrations,
+    catches up on the version after every subscribe, and publishes presence for ``distreload status``.
+
+    Retries follow :class:`Backoff` (``backoff_initial`` growing to ``backoff_max``, or to
+    ``refused_backoff_max`` when Redis refused; back to the start only after ``healthy_after`` seconds of a
+    good connection), so a connection that opens and fails at once cannot become a reconnect storm. The
+    same rule paces the log: one line when an outage starts, one when it ends, whatever happens between.
+    """
 
     talks_to_redis = True
 
@@ -232,7 +272,10 @@ class RedisBroker(Broker):
         ping_timeout: float = 3.0,
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
+        refused_backoff_max: float = 30.0,
+        healthy_after: float = 30.0,
         presence_interval: float = 5.0,
+        master_check_interval: float = 1.0,
         startup_wait: float = 2.0,
         client_factory: Callable[[], redis.asyncio.Redis] | None = None,
     ) -> None:
@@ -241,15 +284,24 @@ class RedisBroker(Broker):
         self.ping_timeout = ping_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.refused_backoff_max = refused_backoff_max
+        self.healthy_after = healthy_after
         self.presence_interval = presence_interval
+        self.master_check_interval = master_check_interval
         self.startup_wait = startup_wait
-        self._client_factory = client_factory or (lambda: async_client(target.redis_url))
-        self._client: redis.asyncio.Redis | None = None
+        self._client_factory = client_factory  # a single server's client (tests: fakeredis); else detected
+        self._link: AsyncLink | None = None
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._connected = False
+        self._connected_since: float | None = None
         self._contacted = False
+        self._node: str | None = None  # host:port where the last subscription was
         self._outage_logged = False
+        self._recovery_logged = False
+        self._presence_written = False
+        self._presence_refused_until = -float("inf")
+        self._presence_refusal_logged = False
         self._warn_bad_message = RateLimitedWarning()
         self._channel = channel_name(target.namespace)
         self._state_key = state_key(target.namespace)
@@ -262,10 +314,15 @@ class RedisBroker(Broker):
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    async def _open_link(self) -> AsyncLink:
+        if self._client_factory is not None:
+            return AsyncLink(self._client_factory(), self.target.display_url())
+        return await open_link(self.target)
+
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._subscribed = asyncio.Event()
-        self._client = self._client_factory()
+        self._link = None  # a link made on another loop cannot be used on this one
         self._task = loop.create_task(self._run(), name=f"distreload listener {self.target.namespace}")
         # Wait briefly so that a worker that has started is counted by the next publish; a Redis that is
         # down must not hold the app's start-up, so the listener carries on in the background.
@@ -283,32 +340,34 @@ class RedisBroker(Broker):
 
     async def _stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        while task is not None and not task.done():
+            # Again until it is over: a library call in the task may swallow one cancellation.
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        client, self._client = self._client, None
-        if client is not None:
-            if self._connected:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(client.delete(self._presence_key), 0.5)
-            await _close_quietly(client)
+            await asyncio.wait({task}, timeout=1.0)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
+        link, self._link = self._link, None
+        if link is not None:
+            if self._connected and self._presence_written:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(link.client.delete(self._presence_key), 0.5)
+            await link.aclose()
         self._connected = False
+        self._connected_since = None
 
     async def publish(self, request: ReloadRequest) -> PublishResult:
-        client = self._client if self._client is not None and self._loop is _running_loop() else None
-        owned = client is None
-        if client is None:
-            client = async_client(self.target.redis_url)
+        link = self._link if self._link is not None and self._loop is _running_loop() else None
+        owned = link is None
         try:
-            reply = await client.eval(
-                _PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(self.target.namespace, request)
-            )
+            if link is None:
+                link = await self._open_link()
+            reply = await link.publish(publish_arguments(self.target.namespace, request))
         except Exception as exc:
             raise PublishError(describe_publish_failure(self.target.display_url(), exc)) from exc
         finally:
-            if owned:
-                await _close_quietly(client)
+            if owned and link is not None:
+                await link.aclose()
         return publish_result(reply)
 
     def publish_blocking(self, request: ReloadRequest) -> PublishResult:
@@ -317,26 +376,45 @@ class RedisBroker(Broker):
         return publish_blocking(self.target, request)
 
     async def _run(self) -> None:
-        delay = 0.0
+        backoff = Backoff(
+            self.backoff_initial, self.backoff_max, self.refused_backoff_max, self.healthy_after
+        )
         while True:
+            delay = self.backoff_initial
             try:
                 await self._listen_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._report_outage(exc)
-            if self._connected:
-                delay = 0.0  # the connection was good; start the backoff again from the bottom
+                since = self._connected_since
+                connected_for = None if since is None else time.monotonic() - since
+                if connected_for is not None and connected_for >= self.healthy_after:
+                    self._outage_logged = self._recovery_logged = False  # a new outage: say so again
+                refused = is_refusal(exc)
+                self._report_outage(exc, refused)
+                delay = backoff.failed(refused=refused, connected_for=connected_for)
             self._connected = False
+            self._connected_since = None
             self._subscribed.clear()
-            delay = min(self.backoff_max, delay * 2 if delay else self.backoff_initial)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            logger.debug("distreload: worker %s retries in %.2f s", self.identity, delay)
+            await asyncio.sleep(delay)
 
-    def _report_outage(self, exc: BaseException) -> None:
-        """One line per outage, however many attempts it takes to get back (see _listen_once)."""
+    def _report_outage(self, exc: BaseException, refused: bool) -> None:
+        """One line per outage, however many attempts it takes to get back (see the class docstring)."""
         if self._outage_logged:
+            logger.debug("distreload: worker %s: still no subscription (%s)", self.identity, one_line(exc))
             return
         self._outage_logged = True
+        if refused:
+            logger.warning(
+                "distreload: worker %s cannot use Redis at %s (%s); serving pages and retrying at most "
+                "every %g s (the ACL rules distreload needs are in the README, 'Redis deployments')",
+                self.identity,
+                self.target.display_url(),
+                one_line(exc),
+                self.refused_backoff_max,
+            )
+            return
         verb = "lost the connection to" if self._connected else "cannot reach"
         logger.warning(
             "distreload: worker %s %s Redis at %s (%s); serving pages and retrying with backoff",
@@ -347,69 +425,99 @@ class RedisBroker(Broker):
         )
 
     async def _listen_once(self) -> None:
-        assert self._client is not None
-        client = self._client
-        pubsub = client.pubsub()
+        link = self._link
+        if link is None:
+            link = self._link = await asyncio.wait_for(self._open_link(), 2 * self.ping_timeout)
+        subscription = await link.subscribe(self._channel, self.ping_timeout)
         try:
-            await asyncio.wait_for(pubsub.subscribe(self._channel), self.ping_timeout)
-            await self._confirm_subscription(pubsub)
+            # A PING answered through the subscription proves the connection (and the right to PING, which
+            # the keep-alive below needs) before this worker counts as connected.
+            await self._ping(subscription)
+            known = self.version
+            previous = self._node
+            moved = previous is not None and subscription.node != previous
+            if moved and previous is not None and await link.failed_over_from(previous):
+                # A failover can lose writes this worker saw, and a publish can reach the new master before
+                # any worker re-seeds it, under a version number some workers already hold: claiming one
+                # more than it knows makes the seed move the version past all of them, with a reload. One
+                # extra reload per failover is the price of never losing one.
+                known = ClusterVersion(known.epoch, known.number + 1)
             # Read the state only once Redis confirmed the subscription: a publish between the two is then
             # seen by one of them, never by neither.
-            reply = await asyncio.wait_for(
-                client.eval(
-                    _SEED_SCRIPT,
-                    SEED_KEYS,
-                    *seed_arguments(self.target.namespace, self.version, sharded=False),
-                ),
-                self.ping_timeout,
-            )
+            seed = seed_arguments(self.target.namespace, known, sharded=link.sharded)
+            reply = await asyncio.wait_for(link.eval(_SEED_SCRIPT, SEED_KEYS, *seed), self.ping_timeout)
+            self._node = subscription.node
             self._catch_up(state_from_reply(reply), first_contact=not self._contacted)
             self._contacted = True
             self._connected = True
-            if self._outage_logged:
+            self._connected_since = time.monotonic()
+            if self._outage_logged and not self._recovery_logged:
+                self._recovery_logged = True
                 logger.warning(
-                    "distreload: worker %s connected to Redis at %s; at version %s",
+                    "distreload: worker %s connected to Redis at %s (%s); at version %s",
                     self.identity,
                     self.target.display_url(),
+                    subscription.node,
                     self.version,
                 )
-                self._outage_logged = False
-            await self._write_presence(client)
+            await self._write_presence(link)
             self._subscribed.set()
-            await self._receive(pubsub, client)
+            await self._receive(subscription, link)
         finally:
-            await _close_quietly(pubsub)
+            await subscription.aclose()
 
-    async def _confirm_subscription(self, pubsub: Any) -> None:
+    async def _ping(self, subscription: Subscription) -> None:
+        """PING through the subscription and wait for the PONG. A message that arrives meanwhile can be
+        passed over: the state read that follows covers everything published since the subscribe."""
+        await asyncio.wait_for(subscription.send_ping(), self.ping_timeout)
         deadline = time.monotonic() + self.ping_timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            message = await asyncio.wait_for(pubsub.get_message(timeout=remaining), remaining + 0.5)
-            if message is not None and message.get("type") == "subscribe":
+            event = await asyncio.wait_for(subscription.next_event(remaining), remaining + 0.5)
+            if event is not None and event[0] == PONG:
                 return
-        raise ConnectionError(f"Redis did not confirm the subscription within {self.ping_timeout:g} s")
+        raise ConnectionError(f"no answer to PING within {self.ping_timeout:g} s")
 
-    async def _receive(self, pubsub: Any, client: redis.asyncio.Redis) -> None:
-        last_heard = time.monotonic()
+    async def _receive(self, subscription: Subscription, link: AsyncLink) -> None:
+        now = time.monotonic()
+        last_heard = now
         ping_sent: float | None = None
-        next_presence = time.monotonic() + self.presence_interval
+        next_presence = now + self.presence_interval
+        next_master_check = now + self.master_check_interval
         while True:
-            message = await pubsub.get_message(timeout=min(1.0, self.ping_interval))
+            # Wake up for whatever is due first: a ping, a presence record, a look at the Sentinels.
+            due = min(next_presence, next_master_check) - now
+            event = await subscription.next_event(max(0.01, min(1.0, self.ping_interval, due)))
             now = time.monotonic()
-            if message is not None:
+            if event is not None:
                 last_heard, ping_sent = now, None
-                if message.get("type") == "message":
-                    await self._handle(message.get("data"), client)
+                if event[0] == MESSAGE:
+                    await self._handle(event[1], link)
             elif ping_sent is not None and now - ping_sent > self.ping_timeout:
                 # A frozen Redis or a half-open connection answers nothing and raises nothing.
                 raise ConnectionError(f"no answer to PING within {self.ping_timeout:g} s")
             if ping_sent is None and now - last_heard >= self.ping_interval:
-                await asyncio.wait_for(pubsub.ping(), self.ping_timeout)
+                await asyncio.wait_for(subscription.send_ping(), self.ping_timeout)
                 ping_sent = now
             if now >= next_presence:
-                await self._write_presence(client)
+                await self._write_presence(link)
                 next_presence = now + self.presence_interval
+            if now >= next_master_check:
+                await self._check_master(subscription, link)
+                next_master_check = time.monotonic() + self.master_check_interval
 
-    async def _handle(self, data: Any, client: redis.asyncio.Redis) -> None:
+    async def _check_master(self, subscription: Subscription, link: AsyncLink) -> None:
+        """Leave a master the Sentinels no longer name at once: after SENTINEL FAILOVER the old one keeps
+        answering (and accepting writes that will be discarded) for ~10 s before it is demoted."""
+        try:
+            moved = await asyncio.wait_for(link.master_moved(subscription.node), self.ping_timeout)
+        except Exception as exc:
+            # Sentinels unreachable or mid-failover: the subscription itself still works, keep it.
+            logger.debug("distreload: worker %s: Sentinels did not answer (%s)", self.identity, one_line(exc))
+            return
+        if moved is not None:
+            raise ConnectionError(f"the Sentinels now name {moved} as master, not {subscription.node}")
+
+    async def _handle(self, data: Any, link: AsyncLink) -> None:
         try:
             reload = parse_message(data if isinstance(data, bytes | str) else b"")
         except BadMessage as exc:
@@ -420,9 +528,8 @@ class RedisBroker(Broker):
             return  # already seen (the catch-up after a subscribe can overtake the message)
         # Only the Lua script writes both the hash and the channel, so a claim the hash does not back
         # (a version from the future, another epoch) did not come from a distreload publish.
-        state = state_from_reply(
-            await asyncio.wait_for(client.hmget(self._state_key, ["epoch", "version"]), self.ping_timeout)
-        )
+        fields = link.client.hmget(self._state_key, ["epoch", "version"])
+        state = state_from_reply(await asyncio.wait_for(fields, self.ping_timeout))
         if state.version.epoch != reload.version.epoch or state.version.number < reload.version.number:
             self._warn_bad_message(
                 "distreload: ignored a message on %s: version %s is not backed by the state in Redis (%s)",
@@ -433,9 +540,13 @@ class RedisBroker(Broker):
             return
         self._accept(reload)
         # After the streams have it: `distreload status` shows each worker's version, keep it current.
-        await self._write_presence(client)
+        await self._write_presence(link)
 
-    async def _write_presence(self, client: redis.asyncio.Redis) -> None:
+    async def _write_presence(self, link: AsyncLink) -> None:
+        """Write this worker's presence record. Optional: a Redis user without the right to write it still
+        gets every reload, and is told once what it cannot do."""
+        if time.monotonic() < self._presence_refused_until:
+            return
         record = {
             "host": self.identity.host,
             "pid": self.identity.pid,
@@ -445,15 +556,32 @@ class RedisBroker(Broker):
             "build": self.build_id,
         }
         ttl = max(3, int(self.presence_interval * 3))
-        await asyncio.wait_for(client.set(self._presence_key, json.dumps(record), ex=ttl), self.ping_timeout)
+        try:
+            await asyncio.wait_for(
+                link.client.set(self._presence_key, json.dumps(record), ex=ttl), self.ping_timeout
+            )
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            self._presence_refused_until = time.monotonic() + PRESENCE_RETRY_SECONDS
+            if not self._presence_refusal_logged:
+                self._presence_refusal_logged = True
+                logger.warning(
+                    "distreload: worker %s cannot write its presence to Redis at %s (%s): it still "
+                    "delivers every reload, but `distreload status` does not list it (grant +set and +del "
+                    "on %s*); trying again every %d s",
+                    self.identity,
+                    self.target.display_url(),
+                    one_line(exc),
+                    presence_prefix(self.target.namespace),
+                    PRESENCE_RETRY_SECONDS,
+                )
+            return
+        self._presence_written = True
 
 
-async def _close_quietly(closable: Any) -> None:
-    try:
-        close = getattr(closable, "aclose", None) or closable.close
-        await asyncio.wait_for(close(), 1.0)
-    except (Exception, asyncio.CancelledError):
-        pass
+# How long a worker whose presence write was refused waits before trying again (ACL rules may change).
+PRESENCE_RETRY_SECONDS = 60
 
 
 _brokers: dict[Target, Broker] = {}

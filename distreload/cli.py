@@ -8,6 +8,7 @@ Starlette, so a deploy hook or an editor's save hook pays a few tens of millisec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -271,7 +272,8 @@ def _add_redis_options(parser: argparse.ArgumentParser) -> None:
         "--redis-url",
         metavar="URL",
         default=None,
-        help=f"redis://, rediss:// or unix:// URL (default: ${ENV_REDIS_URL})",
+        help=f"redis://, rediss://, unix:// or redis+sentinel://h1:26379,h2:26379/<master>/<db> URL; "
+        f"a redis:// URL may name any node of a Redis Cluster (default: ${ENV_REDIS_URL})",
     )
     parser.add_argument(
         "--namespace",
@@ -585,19 +587,26 @@ def _print_reload(
 
 def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
     from .protocol import BadMessage, channel_name, parse_message
-    from .redis_clients import sync_client
+    from .redis_clients import open_sync
 
     target = _redis_target(args)
     channel = channel_name(target.namespace)
-    client = sync_client(target.redis_url)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    try:
+        redis_client = open_sync(target)
+    except Exception as exc:
+        raise CommandError(f"cannot reach Redis at {target.display_url()}: {_one_line(exc)}") from None
+    # On a Redis Cluster (7+) the workers' channel is a shard channel, on the node that owns its slot.
+    sharded = redis_client.sharded
+    pubsub = redis_client.client.pubsub()
+    subscribed, message_type = ("ssubscribe", "smessage") if sharded else ("subscribe", "message")
+    read = pubsub.get_sharded_message if sharded else pubsub.get_message
     seen = 0
     try:
         try:
-            pubsub.subscribe(channel)
+            (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
             # Wait for the confirmation: a reload published after the line below is printed is seen.
             confirm_by = time.monotonic() + 5.0
-            while (reply := pubsub.get_message(timeout=0.5)) is None or reply.get("type") != "subscribe":
+            while (reply := read(timeout=0.5)) is None or reply.get("type") != subscribed:
                 if time.monotonic() > confirm_by:
                     raise TimeoutError("no answer to SUBSCRIBE within 5 s")
         except Exception as exc:
@@ -610,12 +619,14 @@ def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
             if wait <= 0:
                 break
             try:
-                message = pubsub.get_message(timeout=wait)
+                message = read(timeout=wait)
+                if message is not None and message.get("type") in ("unsubscribe", "sunsubscribe"):
+                    raise ConnectionError("Redis dropped the subscription (the namespace's slot moved)")
             except Exception as exc:
                 raise CommandError(
                     f"lost the connection to Redis at {target.display_url()}: {_one_line(exc)}"
                 ) from None
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") != message_type:
                 continue
             try:
                 reload = parse_message(message["data"])
@@ -627,7 +638,9 @@ def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
             seen += 1
             _print_reload(args, str(reload.version), reload.kind, reload.paths, channel)
     finally:
-        pubsub.close()
+        with contextlib.suppress(Exception):
+            pubsub.close()
+        redis_client.close()
     return seen
 
 
@@ -737,17 +750,27 @@ class WorkerPresence:
 def read_presence(target: Target) -> tuple[str | None, list[WorkerPresence]]:
     """The cluster version and every live worker's presence record in ``target``'s namespace."""
     from .protocol import presence_prefix, state_key
-    from .redis_clients import sync_client
+    from .redis_clients import CLUSTER, open_sync
 
-    client = sync_client(target.redis_url)
     try:
-        keys = sorted(client.scan_iter(match=f"{presence_prefix(target.namespace)}*", count=500))
+        redis_client = open_sync(target)
+    except Exception as exc:
+        raise CommandError(f"cannot reach Redis at {target.display_url()}: {_one_line(exc)}") from None
+    client = redis_client.client
+    try:
+        # Every key of a namespace shares one hash slot: on a cluster, only the node that owns it holds them.
+        where = {}
+        if redis_client.kind == CLUSTER:
+            where["target_nodes"] = client.get_node_from_key(state_key(target.namespace))
+        keys = sorted(client.scan_iter(match=f"{presence_prefix(target.namespace)}*", count=500, **where))
         values = client.mget(keys) if keys else []
         epoch, number = client.hmget(state_key(target.namespace), ["epoch", "version"])
     except Exception as exc:
         raise CommandError(
             f"cannot read the cluster from Redis at {target.display_url()}: {_one_line(exc)}"
         ) from None
+    finally:
+        redis_client.close()
     version = None
     if isinstance(epoch, bytes) and number is not None:
         version = f"{epoch.decode()}-{int(number)}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 ENV_REDIS_URL = "DISTRELOAD_REDIS_URL"
 ENV_NAMESPACE = "DISTRELOAD_NAMESPACE"
@@ -23,6 +23,21 @@ MEMORY_URL = "memory://"
 _NAMESPACE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _PREFIX_PATTERN = re.compile(r"(/[A-Za-z0-9_.\-~]+)+")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+DEFAULT_SENTINEL_PORT = 26379
+# What a Sentinel URL's query may say: the Sentinels' own credentials (one userinfo cannot carry two, and
+# the userinfo is the data nodes', as in a redis:// URL) and redis-py's TLS options, which apply to the
+# Sentinels and the data nodes alike.
+SENTINEL_QUERY_OPTIONS = (
+    "sentinel_username",
+    "sentinel_password",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+_SECRET_QUERY_OPTIONS = ("password", "sentinel_password")
 _TRUE_WORDS = {"1", "true", "yes", "on"}
 _FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -66,6 +81,9 @@ def resolve_target(redis_url: str | None = None, namespace: str | None = None) -
 def validate_redis_url(url: str, setting: str = "redis_url") -> str:
     if url == MEMORY_URL:
         return url
+    if is_sentinel_url(url):
+        parse_sentinel_url(url, setting)
+        return url
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number
@@ -74,7 +92,7 @@ def validate_redis_url(url: str, setting: str = "redis_url") -> str:
     if parts.scheme not in _REDIS_SCHEMES:
         raise ConfigError(
             f"{setting}: {mask_password(url)!r} has scheme {parts.scheme!r}; "
-            "use redis://, rediss://, unix:// or memory://"
+            "use redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel:// or memory://"
         )
     if parts.scheme == "unix" and not parts.path:
         raise ConfigError(
@@ -83,6 +101,111 @@ def validate_redis_url(url: str, setting: str = "redis_url") -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ConfigError(f"{setting}: {mask_password(url)!r} names no host (redis://host:6379/0)")
     return url
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in SENTINEL_SCHEMES
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelSettings:
+    """What a ``redis+sentinel://`` URL says: where the Sentinels are, which master they watch, and the
+    credentials and TLS options of each side.
+
+    ``redis+sentinel://[[user]:password@]host1[:port1],host2[:port2]/<master-name>[/<db>][?options]``
+    (``rediss+sentinel://``: TLS to the Sentinels and the data nodes). The userinfo is the data nodes'
+    user and password, as in a ``redis://`` URL; the Sentinels' own come from the query
+    (``sentinel_username``, ``sentinel_password``); without them the Sentinels are asked with no password.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int
+    tls: bool
+    username: str | None
+    password: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
+    tls_options: tuple[tuple[str, str], ...]  # redis-py's ssl_* options, for both sides
+
+
+def parse_sentinel_url(url: str, setting: str = "redis_url") -> SentinelSettings:
+    """Read a Sentinel URL; ConfigError (one line, password masked) for anything it cannot be used as."""
+    shown = mask_password(url)
+
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"{setting}: {shown!r} {reason}")
+
+    form = "redis+sentinel://host1:26379,host2:26379/<master-name>/<db>"
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in SENTINEL_SCHEMES:
+        raise bad(f"is not a Sentinel URL ({form})")
+    netloc, _, path_and_query = rest.partition("/")
+    path, _, query = path_and_query.partition("?")
+    if "?" in netloc or "#" in url:
+        raise bad(f"must name its master after the hosts ({form})")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon and secret else None
+    sentinels = []
+    for item in hosts.split(","):
+        host, port = _host_and_port(item.strip())
+        if not host:
+            raise bad(f"names no Sentinel host in {item.strip()!r} ({form})")
+        if port is None:
+            raise bad(f"has a Sentinel port that is not a number from 1 to 65535 in {item.strip()!r}")
+        sentinels.append((host, port))
+    segments = [unquote(segment) for segment in path.split("/")] if path else []
+    if segments and segments[-1] == "":
+        segments.pop()  # a trailing slash
+    if not segments or not segments[0]:
+        raise bad(f"names no master: the Sentinels' name for it comes after the hosts ({form})")
+    if len(segments) > 2:
+        raise bad(f"has more after the master name and database than it can use ({form})")
+    master_name = segments[0]
+    db_text = segments[1] if len(segments) == 2 else "0"
+    if not db_text.isdigit():
+        raise bad(f"has database {db_text!r}, which is not a number ({form})")
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in SENTINEL_QUERY_OPTIONS:
+            raise bad(f"has option {name!r}; a Sentinel URL takes {', '.join(SENTINEL_QUERY_OPTIONS)}")
+        options[name] = value
+    tls_options = tuple((name, value) for name, value in options.items() if name.startswith("ssl_"))
+    if tls_options and scheme.lower() != "rediss+sentinel":
+        raise bad("has TLS options but no TLS: use rediss+sentinel://")
+    return SentinelSettings(
+        sentinels=tuple(sentinels),
+        master_name=master_name,
+        db=int(db_text),
+        tls=scheme.lower() == "rediss+sentinel",
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+        tls_options=tls_options,
+    )
+
+
+def _host_and_port(item: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]:port``; the port is None when it is not a valid one."""
+    if item.startswith("["):
+        host, bracket, after = item[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            return "", None
+        port_text = after[1:]
+    elif item.count(":") > 1:
+        return item, DEFAULT_SENTINEL_PORT  # a bare IPv6 address
+    else:
+        host, _, port_text = item.partition(":")
+    if not port_text:
+        return host, DEFAULT_SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return host, None
+    return host, int(port_text)
 
 
 def validate_namespace(namespace: str, setting: str = "namespace") -> str:
@@ -127,11 +250,17 @@ def resolve_token(token: str | None = None) -> str | None:
 
 
 def mask_password(url: str) -> str:
+    """The URL with every password in it (userinfo, ``password=`` and ``sentinel_password=``) masked."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
+        password = parts.password
     except ValueError:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    masked = url
+    if password:
+        userinfo, _, _ = parts.netloc.rpartition("@")
+        masked = masked.replace(f"{userinfo}@", f"{userinfo.partition(':')[0]}:***@", 1)
+    if parts.query:
+        for name in _SECRET_QUERY_OPTIONS:
+            masked = re.sub(rf"([?&]{name}=)[^&#]*", r"\1***", masked)
+    return masked

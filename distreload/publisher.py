@@ -5,12 +5,11 @@ event loop: called on a loop's thread (an ``async def`` handler) it hands the pu
 returns at once; anywhere else it waits for Redis and returns the result or raises :class:`PublishError`.
 
 Import-light on purpose: the command line publishes through :func:`publish_blocking`, which speaks Redis's
-protocol itself for a plain one-node Redis and imports redis-py only for a cluster.
+protocol itself for a plain one-node Redis and imports redis-py only for a cluster or Sentinels.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Sequence
@@ -67,6 +66,8 @@ def send_reload_signal(
     broker = _broker_for(redis_url, namespace)
     if not broker.talks_to_redis:
         return broker.publish_blocking(request)  # no I/O: safe on a loop's thread too
+    import asyncio  # here, not at the top: the command line publishes without an event loop
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -108,12 +109,23 @@ async def send_reload_signal_async(
 
 def publish_blocking(target: Target, request: ReloadRequest) -> PublishResult:
     """Publish to the Redis of ``target`` from a thread with no running loop of its own; raise
-    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use."""
+    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use.
+
+    A single server, or the cluster node that holds the namespace's slot, is spoken to directly (no
+    redis-py to import: the command line's start-up is most of its cost). A cluster node that redirects,
+    and the Sentinels, are left to redis-py.
+    """
+    from .config import is_sentinel_url
+
+    if is_sentinel_url(target.redis_url):
+        from .redis_clients import publish_via_sentinel
+
+        return publish_via_sentinel(target, request)
     from .resp import ClusterRedirect, publish_over_resp
 
     try:
         return publish_over_resp(target, request)
     except ClusterRedirect:
-        from .redis_clients import publish_with_redis_py
+        from .redis_clients import publish_to_cluster
 
-        return publish_with_redis_py(target, request)
+        return publish_to_cluster(target, request)

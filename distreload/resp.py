@@ -153,8 +153,15 @@ def publish_over_resp(target: Target, request: ReloadRequest, *, timeout: float 
         finally:
             connection.close()
     except ReplyError as exc:
-        if str(exc).startswith(_CLUSTER_ERRORS):
-            raise ClusterRedirect(str(exc)) from None
+        text = str(exc)
+        if text.startswith(_CLUSTER_ERRORS):
+            raise ClusterRedirect(text) from None
+        if text.startswith("ERR unknown command") and "'eval'" in text.lower():
+            # A Sentinel runs no scripts: the URL names a Sentinel where a data node belongs.
+            exc = ReplyError(
+                f"{text.split(',')[0]} (a Redis Sentinel? name it "
+                "redis+sentinel://host:26379,host2:26379/<master-name>/<db>)"
+            )
         raise PublishError(describe_publish_failure(target.display_url(), exc)) from exc
     except (OSError, ValueError) as exc:
         raise PublishError(describe_publish_failure(target.display_url(), exc)) from exc

@@ -18,7 +18,7 @@ import fakeredis
 import pytest
 import redis
 
-from distreload.broker import Broker, MemoryBroker, RedisBroker, get_broker
+from distreload.broker import Backoff, Broker, MemoryBroker, RedisBroker, get_broker
 from distreload.config import Target
 from distreload.protocol import (
     ClusterVersion,
@@ -30,7 +30,7 @@ from distreload.protocol import (
     presence_prefix,
     state_key,
 )
-from distreload.redis_clients import async_client
+from distreload.redis_clients import AsyncLink, Subscription, async_client
 
 pytestmark = pytest.mark.anyio
 
@@ -388,3 +388,209 @@ async def test_start_with_a_dead_redis_returns_and_keeps_trying() -> None:
     with pytest.raises(PublishError):
         await broker.publish(RELOAD)
     await broker.release(listener)
+
+
+# --- Backoff, failover following, optional presence ------------------------------------------------------
+
+
+def test_backoff_grows_to_a_ceiling_and_starts_over_only_after_a_healthy_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("distreload.broker.random.uniform", lambda low, high: high)
+    backoff = Backoff(0.2, 5.0, 30.0, healthy_after=30.0)
+    waits = [round(backoff.failed(refused=False, connected_for=None), 3) for _ in range(10)]
+    assert waits == [0.2, 0.3, 0.45, 0.675, 1.013, 1.519, 2.278, 3.417, 5.0, 5.0]
+    # A connection that opened and failed at once is no reason to start over.
+    assert backoff.failed(refused=False, connected_for=2.0) == 5.0
+    # Redis refusing (an ACL rule) goes on growing, to a longer ceiling.
+    refused = [backoff.failed(refused=True, connected_for=None) for _ in range(7)]
+    assert refused == [7.5, 11.25, 16.875, 25.3125, 30.0, 30.0, 30.0]
+    # Only a connection that held for healthy_after seconds starts the sequence over.
+    assert backoff.failed(refused=False, connected_for=31.0) == 0.2
+    # Jitter takes off at most a quarter: no wait is ever shorter than the one before it.
+    monkeypatch.setattr("distreload.broker.random.uniform", lambda low, high: low)
+    assert backoff.failed(refused=False, connected_for=None) == pytest.approx(0.75 * 0.3)
+
+
+class ScriptedBroker(RedisBroker):
+    """A broker whose link can be told what to do: fail after subscribing, report a failover, report
+    that the Sentinels moved the master."""
+
+    def __init__(self, backend: Backend, **options: Any) -> None:
+        options.setdefault("startup_wait", 5.0)
+        super().__init__(backend.target, client_factory=backend.make_client, **options)
+        self.subscribes: list[float] = []
+        self.drop_after_subscribe = False
+        self.failed_over = False
+        self.moved_to: str | None = None
+        self.node = "redis-a:6379"
+
+    async def _open_link(self) -> AsyncLink:
+        link = await super()._open_link()
+        broker = self
+
+        class Link(AsyncLink):
+            async def subscribe(self, channel: str, timeout: float) -> Subscription:
+                subscription = await super().subscribe(channel, timeout)
+                subscription.node = broker.node
+                broker.subscribes.append(asyncio.get_running_loop().time())
+                if broker.drop_after_subscribe:
+                    original = subscription.next_event
+                    pongs = 0
+
+                    async def next_event(timeout: float) -> tuple[str, Any] | None:
+                        nonlocal pongs
+                        event = await original(timeout)
+                        if event is not None and event[0] == "pong":
+                            pongs += 1
+                            if pongs > 1:  # connected (the first PONG), then lost at once
+                                raise ConnectionError("connection reset")
+                        return event
+
+                    subscription.next_event = next_event  # type: ignore[method-assign]
+                return subscription
+
+            async def failed_over_from(self, node: str) -> bool:
+                return broker.failed_over
+
+            async def master_moved(self, node: str) -> str | None:
+                return broker.moved_to
+
+        return Link(link.client, link.display_url)
+
+
+async def test_a_connection_that_fails_at_once_backs_off_and_logs_twice_in_all(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = ScriptedBroker(
+        backend, ping_interval=0.05, ping_timeout=1.0, backoff_initial=0.05, backoff_max=0.8, healthy_after=30
+    )
+    broker.drop_after_subscribe = True
+    seen = Recorder()
+    with caplog.at_level(logging.WARNING, logger="distreload.broker"):
+        await broker.hold(seen)
+        await asyncio.sleep(3)
+        await broker.release(seen)
+    gaps = [b - a for a, b in zip(broker.subscribes, broker.subscribes[1:], strict=False)]
+    # 0.05 growing to 0.8 s (jitter: times 0.75-1), never reset by the short-lived connections.
+    assert 4 <= len(broker.subscribes) <= 12, gaps
+    assert gaps[-1] >= 0.4 and gaps[-1] >= 3 * gaps[0], gaps
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # "lost the connection", then "connected" once: not once per attempt
+    assert "lost the connection" in lines[0] and "connected to Redis" in lines[1]
+    backend.sync.delete(state_key(backend.target.namespace))
+
+
+async def test_after_a_failover_the_seed_moves_the_version_past_anything_a_worker_saw(
+    backend: Backend, workers: list[Worker]
+) -> None:
+    """A failover can lose writes some workers saw, and a publish can land on the new master under a
+    number those workers hold already: the first worker to move claims one more than it knows, so every
+    worker reloads once and none misses what was published meanwhile."""
+    watcher = workers[0]
+    mover = Worker(ScriptedBroker(backend), Recorder())
+    await mover.start()
+    try:
+        published = await watcher.broker.publish(RELOAD)
+        await wait_until(lambda: mover.broker.version == published.version)
+        await mover.stop()
+        # The new master lost the last write: its state is one behind. Then a publish lands there.
+        backend.sync.hset(state_key(backend.target.namespace), "version", published.version.number - 1)
+        collided = await watcher.broker.publish(ReloadRequest("css"))
+        assert collided.version == published.version  # the same number, another reload
+        assert isinstance(mover.broker, ScriptedBroker)
+        mover.broker.node, mover.broker.failed_over = "redis-b:6379", True
+        await mover.start()
+        bumped = ClusterVersion(published.version.epoch, published.version.number + 1)
+        assert mover.seen.told()[-1] == Reload(bumped)  # a full reload, covering the css swap it missed
+        await wait_until(lambda: watcher.seen.told()[-1].version == bumped)
+    finally:
+        await mover.stop()
+
+
+async def test_a_move_that_is_no_failover_reloads_nothing(backend: Backend, workers: list[Worker]) -> None:
+    mover = Worker(ScriptedBroker(backend), Recorder())
+    await mover.start()
+    try:
+        published = await workers[0].broker.publish(RELOAD)
+        await wait_until(lambda: mover.broker.version == published.version)
+        await mover.stop()
+        assert isinstance(mover.broker, ScriptedBroker)
+        mover.broker.node = "redis-b:6379"  # a slot migration: the old node is still a master
+        await mover.start()
+        assert mover.broker.version == published.version and len(mover.seen.told()) == 1
+    finally:
+        await mover.stop()
+
+
+async def test_the_subscription_leaves_a_master_the_sentinels_no_longer_name(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = ScriptedBroker(backend, master_check_interval=0.1)
+    seen = Recorder()
+    await broker.hold(seen)
+    try:
+        assert len(broker.subscribes) == 1
+        with caplog.at_level(logging.WARNING, logger="distreload.broker"):
+            broker.moved_to = "redis-b:6379"
+            await wait_until(lambda: len(broker.subscribes) >= 2, timeout=3)
+        assert "the Sentinels now name redis-b:6379 as master, not redis-a:6379" in caplog.text
+    finally:
+        await broker.release(seen)
+        backend.sync.delete(state_key(backend.target.namespace))
+
+
+async def test_a_refused_presence_write_is_said_once_and_reloads_still_arrive(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_client = backend.make_client
+
+    def refusing_client() -> Any:
+        client = make_client()
+
+        async def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise redis.exceptions.NoPermissionError("this user has no permissions to run the 'set' command")
+
+        client.set = refuse
+        return client
+
+    refusing = Backend(backend.target, refusing_client, backend.sync)
+    worker, publisher = (
+        Worker(refusing.broker(presence_interval=0.1), Recorder()),
+        Worker(backend.broker(), Recorder()),
+    )
+    with caplog.at_level(logging.WARNING, logger="distreload.broker"):
+        await worker.start()
+        await publisher.start()
+        try:
+            assert worker.broker.connected
+            result = await publisher.broker.publish(RELOAD)
+            await wait_until(lambda: worker.seen.told() == [Reload(result.version)])
+            await asyncio.sleep(0.5)  # several presence intervals
+            assert worker.broker.connected
+        finally:
+            await worker.stop()
+            await publisher.stop()
+    said = [r.getMessage() for r in caplog.records if "presence" in r.getMessage()]
+    assert len(said) == 1 and "still delivers every reload" in said[0], said
+    assert "lost the connection" not in caplog.text
+    backend.sync.delete(state_key(backend.target.namespace))
+
+
+async def test_stopping_ends_a_listener_that_swallowed_one_cancellation(backend: Backend) -> None:
+    broker = backend.broker()
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # as a library's clean-up may do
+        await asyncio.sleep(3600)
+
+    broker._listen_once = stubborn  # type: ignore[method-assign]
+    seen = Recorder()
+    await broker.hold(seen)
+    started = asyncio.get_running_loop().time()
+    await broker.release(seen)
+    assert swallowed.is_set() and asyncio.get_running_loop().time() - started < 3

@@ -8,6 +8,7 @@ from distreload.config import (
     ConfigError,
     Target,
     mask_password,
+    parse_sentinel_url,
     resolve_enabled,
     resolve_target,
     resolve_token,
@@ -52,6 +53,7 @@ def test_supported_urls(url: str) -> None:
     ("url", "fragment"),
     [
         ("http://localhost:6379", "has scheme 'http'"),
+        ("sentinel://h:26379/mymaster", "has scheme 'sentinel'"),
         ("localhost:6379", "has scheme 'localhost'"),
         ("redis://", "names no host"),
         ("unix://", "names no socket path"),
@@ -144,3 +146,63 @@ def test_token_from_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DISTRELOAD_TOKEN", "env-token")
     assert resolve_token() == "env-token"
     assert resolve_token("arg-token") == "arg-token"
+
+
+# --- Sentinel URLs ----------------------------------------------------------------------------------------
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database() -> None:
+    url = "redis+sentinel://app:data%40pw@s1.test:26380,s2.test,[::1]:5000/mymaster/3?sentinel_password=spw"
+    assert resolve_target(url, "shop").redis_url == url
+    settings = parse_sentinel_url(url)
+    assert settings.sentinels == (("s1.test", 26380), ("s2.test", 26379), ("::1", 5000))
+    assert (settings.master_name, settings.db, settings.tls) == ("mymaster", 3, False)
+    # The userinfo is the data nodes' (as in a redis:// URL); the Sentinels' own comes from the query.
+    assert (settings.username, settings.password) == ("app", "data@pw")
+    assert (settings.sentinel_username, settings.sentinel_password) == (None, "spw")
+
+
+def test_a_sentinel_url_with_tls_and_no_credentials() -> None:
+    settings = parse_sentinel_url(
+        "rediss+sentinel://10.0.0.1:26379/cache?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false"
+        "&sentinel_username=watcher&sentinel_password=s"
+    )
+    assert settings.tls and settings.db == 0 and settings.master_name == "cache"
+    assert settings.password is None and settings.username is None
+    assert settings.sentinel_username == "watcher"
+    assert dict(settings.tls_options) == {"ssl_ca_certs": "/etc/ca.pem", "ssl_check_hostname": "false"}
+    assert parse_sentinel_url("redis+sentinel://h/m/").master_name == "m"  # a trailing slash
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("redis+sentinel://h1:26379,h2:26379", "names no master"),
+        ("redis+sentinel://h1:26379/", "names no master"),
+        ("redis+sentinel:///mymaster", "names no Sentinel host"),
+        ("redis+sentinel://h1,,h2/mymaster", "names no Sentinel host"),
+        ("redis+sentinel://h1:port/mymaster", "port that is not a number"),
+        ("redis+sentinel://h1:70000/mymaster", "port that is not a number"),
+        ("redis+sentinel://h1/mymaster/zero", "database 'zero'"),
+        ("redis+sentinel://h1/mymaster/0/extra", "more after the master name"),
+        ("redis+sentinel://h1/mymaster?timeout=1", "has option 'timeout'"),
+        ("redis+sentinel://:pw@h1/mymaster?ssl_ca_certs=/ca.pem", "use rediss+sentinel://"),
+        ("redis+sentinel://h1?x=1/m", "must name its master after the hosts"),
+    ],
+)
+def test_bad_sentinel_url_is_one_line_naming_the_setting(url: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve_target(url)
+    message = str(raised.value)
+    assert message.startswith("redis_url: ") and fragment in message and "\n" not in message, message
+    assert "pw@" not in message
+
+
+def test_masking_covers_sentinel_urls_and_passwords_in_the_query() -> None:
+    assert (
+        mask_password("redis+sentinel://u:data@h1:1,h2:2/m/0?sentinel_password=spw")
+        == "redis+sentinel://u:***@h1:1,h2:2/m/0?sentinel_password=***"
+    )
+    assert mask_password("redis://h:1/0?password=pw&db=2") == "redis://h:1/0?password=***&db=2"
+    assert mask_password("rediss+sentinel://:p:w@h/m") == "rediss+sentinel://:***@h/m"
+    assert "spw" not in Target("redis+sentinel://h/m?sentinel_password=spw", "n").display_url()

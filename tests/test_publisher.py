@@ -141,3 +141,40 @@ async def test_the_async_twin_waits_without_blocking(shared_redis_url: str, name
     with pytest.raises(PublishError):
         await send_reload_signal_async(redis_url="redis://127.0.0.1:1/0", namespace=namespace)
     redis.Redis.from_url(shared_redis_url).delete(state_key(namespace))
+
+
+def test_publish_blocking_hands_sentinel_urls_and_cluster_redirects_to_redis_py(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from distreload import redis_clients, resp
+    from distreload.protocol import PublishResult, ReloadRequest
+
+    done = PublishResult(ClusterVersion("0123456789abcdef", 1), 3)
+    calls: list[str] = []
+
+    def sentinel(target: Target, request: ReloadRequest) -> PublishResult:
+        calls.append(f"sentinel {target.redis_url}")
+        return done
+
+    def cluster(target: Target, request: ReloadRequest) -> PublishResult:
+        calls.append(f"cluster {target.redis_url}")
+        return done
+
+    def over_resp(target: Target, request: ReloadRequest) -> PublishResult:
+        calls.append(f"resp {target.redis_url}")
+        raise resp.ClusterRedirect("MOVED 1234 127.0.0.1:7001")
+
+    monkeypatch.setattr(redis_clients, "publish_via_sentinel", sentinel)
+    monkeypatch.setattr(redis_clients, "publish_to_cluster", cluster)
+    monkeypatch.setattr(resp, "publish_over_resp", over_resp)
+    request = ReloadRequest()
+    assert (
+        publisher_module.publish_blocking(Target("redis+sentinel://s1,s2/mymaster/0", "n"), request) is done
+    )
+    assert publisher_module.publish_blocking(Target("redis://node:7000/0", "n"), request) is done
+    # Sentinels never see the RESP publisher; a cluster node that redirects goes on to redis-py's client.
+    assert calls == [
+        "sentinel redis+sentinel://s1,s2/mymaster/0",
+        "resp redis://node:7000/0",
+        "cluster redis://node:7000/0",
+    ]

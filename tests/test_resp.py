@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +17,8 @@ from distreload.protocol import ClusterVersion, PublishError, ReloadRequest, cha
 from distreload.resp import ClusterRedirect, publish_over_resp
 
 from .conftest import RedisProcess
+from .system import redis_servers
+from .system.redis_servers import RedisCluster3
 
 pytestmark = pytest.mark.redis
 
@@ -157,3 +160,44 @@ def test_one_round_trip_logs_in_selects_and_publishes(own_redis: RedisProcess, n
     assert result.version.number == 1
     assert redis.Redis(port=own_redis.port, password="pw", db=2).hget(state_key(namespace), "version") == b"1"
     admin.close()
+
+
+def test_a_sentinel_named_where_a_data_node_belongs_is_said_so() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"-ERR unknown command 'EVAL', with args beginning with: 'local' \r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(PublishError, match=r"a Redis Sentinel\? name it redis\+sentinel://") as raised:
+            publish_over_resp(Target(f"redis://127.0.0.1:{port}/0", "x"), ReloadRequest(), timeout=2)
+        assert "\n" not in str(raised.value) and "args beginning" not in str(raised.value)
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisCluster3]:
+    with redis_servers.running(RedisCluster3(tmp_path / "cluster")) as built:
+        yield built
+
+
+def test_on_a_cluster_the_slot_owner_is_published_to_directly_and_the_others_redirect(
+    cluster: RedisCluster3, namespace: str
+) -> None:
+    owner = cluster.owner(cluster.slot_of(state_key(namespace)))
+    result = publish_over_resp(Target(owner.url, namespace), ReloadRequest())
+    assert result.version.number == 1 and owner.command("HGET", state_key(namespace), "version") == "1"
+    for node in cluster.masters:
+        if node is not owner:
+            with pytest.raises(ClusterRedirect, match="MOVED"):
+                publish_over_resp(Target(node.url, namespace), ReloadRequest())

@@ -1133,7 +1133,7 @@ def leftover_net_objects() -> list[str]:
 
 
 @contextlib.contextmanager
-def _built(topology: Any) -> Iterator[Any]:
+def running(topology: Any) -> Iterator[Any]:
     """Start a topology for one test, turning 'this machine cannot' into a skip (a failure under CI)."""
     try:
         topology.start()
@@ -1148,19 +1148,19 @@ def _built(topology: Any) -> Iterator[Any]:
 @pytest.fixture
 def redis_cluster3(tmp_path: Path) -> Iterator[RedisCluster3]:
     """A fresh 3-master Redis Cluster for one test."""
-    with _built(RedisCluster3(tmp_path / "cluster")) as cluster:
+    with running(RedisCluster3(tmp_path / "cluster")) as cluster:
         yield cluster
 
 
 @pytest.fixture
 def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
     """A fresh primary + replica + three Sentinels for one test."""
-    with _built(SentinelSet(tmp_path / "sentinel")) as sentinels:
+    with running(SentinelSet(tmp_path / "sentinel")) as sentinels:
         yield sentinels
 
 
 @pytest.fixture
 def net_hosts() -> Iterator[NetHosts]:
     """Three hosts (h1, h2, h3) in network namespaces on one bridge; the test runs in the root namespace."""
-    with _built(NetHosts(3)) as hosts:
+    with running(NetHosts(3)) as hosts:
         yield hosts
