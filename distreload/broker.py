@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Target, resolve_target
+from .links import MESSAGE, PONG, AsyncLink, Subscription, open_link
 from .process import WorkerIdentity
 from .protocol import (
     _SEED_SCRIPT,
@@ -53,7 +54,7 @@ from .protocol import (
     state_from_reply,
     state_key,
 )
-from .redis_clients import MESSAGE, PONG, AsyncLink, Subscription, is_refusal, open_link
+from .redis_clients import is_refusal
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -10,9 +10,9 @@ the page, the live workers of the cluster, and two buttons: a full reload and a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
-import json
 import os
 import shutil
 import signal
@@ -200,26 +200,14 @@ async def _workers_table(reloader: Any) -> str:
 
 
 async def _read_presence(target: Any) -> list[dict[str, Any]]:
-    from .protocol import presence_prefix
-    from .redis_clients import async_client
+    """The live workers' presence, as ``distreload status`` reads it (on a thread: it is blocking I/O)."""
+    from .cli import CommandError, read_presence
 
-    client = async_client(target.redis_url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{presence_prefix(target.namespace)}*")]
-        values = await client.mget(keys) if keys else []
-    except Exception:
+        _, workers = await asyncio.to_thread(read_presence, target)
+    except CommandError:
         return []
-    finally:
-        await client.aclose()
-    records = []
-    for value in values:
-        if value is None:
-            continue  # expired between SCAN and MGET
-        with contextlib.suppress(TypeError, ValueError):
-            record = json.loads(value)
-            if isinstance(record, dict):
-                records.append(record)
-    return sorted(records, key=lambda r: (str(r.get("host")), int(r.get("pid") or 0)))
+    return [{"host": w.host, "pid": w.pid, "streams": w.streams, "version": w.version} for w in workers]
 
 
 _app: ASGIApp | None = None

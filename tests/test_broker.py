@@ -20,6 +20,7 @@ import redis
 
 from distreload.broker import Backoff, Broker, MemoryBroker, RedisBroker, get_broker
 from distreload.config import Target
+from distreload.links import AsyncLink, Subscription
 from distreload.protocol import (
     ClusterVersion,
     PublishError,
@@ -30,7 +31,7 @@ from distreload.protocol import (
     presence_prefix,
     state_key,
 )
-from distreload.redis_clients import AsyncLink, Subscription, async_client
+from distreload.redis_clients import async_client
 
 pytestmark = pytest.mark.anyio
 
