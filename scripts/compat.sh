@@ -27,14 +27,14 @@ with open("pyproject.toml", "rb") as f:
 PY
 }
 
-prepare() {  # prepare VENV PYTHON [PINS...]: a virtualenv with distreload's test extra, and the pins
+prepare() {  # prepare VENV PYTHON [PINS...]: a virtualenv with what the fast tests need, and the pins
   local venv=$1 python=$2
   shift 2
   local stamp="$venv/.distreload-installed-$(echo "$*" | tr ' /=' '_-_')"
   if [[ ! -x "$venv/bin/python" ]]; then "$python" -m venv "$venv"; fi
   if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$venv/bin/python" -m pip install -q -e ".[test]" "$@"
+    "$venv/bin/python" -m pip install -q -e ".[unit]" "$@"
     touch "$stamp"
   fi
 }
