@@ -150,8 +150,8 @@ class ReloadEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": self._first_events(scope), "more_body": True})
-        # Parked until the client goes away or the hub ends the stream; the hub writes every event.
-        await self.hub.open(send).park(receive)
+        # Written by this request's task until the client goes away or the stream ends.
+        await self.hub.open(send).serve(receive)
 
     def _first_events(self, scope: Scope) -> bytes:
         """The retry hint, hello, and the reload a reconnecting client missed, if any."""

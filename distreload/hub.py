@@ -1,27 +1,27 @@
 """The open event streams of one app in this worker, and how an event reaches all of them at once.
 
-An open stream costs no task, queue or timer of its own while nothing happens: its request coroutine parks
-in ``receive()``, which the server wakes only on disconnect. When the hub has something to say, each stream
-gets a short task that awaits the server's ``send`` (whatever awaitable the server hands back, as ASGI
-asks), created in the stream's own request context, so a request-id or tracing middleware sees the write as
-part of that stream's request, not of whatever triggered the reload. A client that stops reading holds up
-only its own task; what is said to it meanwhile queues behind, up to a limit.
+Each stream is written by its own request's task, so every write runs in that request's context (a
+request-id or tracing middleware sees it as part of the stream's request, not of whatever triggered the
+reload) and awaits whatever the server's ``send`` hands back, as ASGI asks. While nothing happens the request
+waits on a future of its own; the only other thing an open stream holds is a small task waiting in the
+server's ``receive()``, the one way a server tells of a disconnect. An event is one pass over the streams
+that queues it and resolves each stream's future: no task, queue or timer is made per event. A client that
+stops reading holds up only its own request; what is said to it meanwhile queues behind, up to a limit,
+after which it is given up.
 
-When the hub ends a stream (shutdown, a failed write, a client too far behind), it writes the last message
-and then wakes the parked request coroutine by cancelling its task; the coroutine takes that as the end of
-the stream and returns normally, so no server is left waiting for a response that would never finish.
-When the server cancels the request instead (it is stopping, and done waiting), the stream still says
-goodbye (``event: shutdown``, the last body) before the cancellation goes on.
+A stream ends when its last message is written (shutdown: ``event: shutdown``), when a write fails, or when
+the client leaves; the request then returns normally, so no server is left waiting for a response that
+would never finish. When the server cancels the request instead (it is stopping, and done waiting), the
+stream still says goodbye (``event: shutdown``, the last body), within a bound, before the cancellation
+goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
-import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Message, Receive, Send
@@ -37,23 +37,6 @@ STALL_SECONDS = 30.0
 MAX_BACKLOG = 1000
 # The longest a server that cancels an open stream (it is stopping) is held up while the page is told why.
 FAREWELL_SECONDS = 0.5
-
-
-if sys.version_info >= (3, 12):
-
-    def _start_write(
-        loop: asyncio.AbstractEventLoop, write: Coroutine[Any, Any, None], context: contextvars.Context
-    ) -> asyncio.Task[None]:
-        # Eager: a write the server finishes at once (the usual case) completes here, without a trip
-        # through the loop; one that has to wait goes on as an ordinary task.
-        return asyncio.Task(write, loop=loop, context=context, eager_start=True)
-
-else:
-
-    def _start_write(
-        loop: asyncio.AbstractEventLoop, write: Coroutine[Any, Any, None], context: contextvars.Context
-    ) -> asyncio.Task[None]:
-        return loop.create_task(write, context=context)
 
 
 def sse_event(event: str, data: str, event_id: str | None = None) -> bytes:
@@ -73,114 +56,141 @@ def shutdown_event(reason: str) -> bytes:
 
 
 class Stream:
-    """One open event-stream response."""
+    """One open event-stream response, written by its own request's task."""
 
     __slots__ = (
         "_send",
-        "_context",
-        "_task",
-        "_loop",
         "_hub",
-        "_writer",
-        "_backlog",
-        "_parked",
+        "_loop",
+        "_task",
+        "_queue",
+        "_doorbell",
         "_ending",
-        "_released",
-        "_waiting_since",
+        "_given_up",
+        "_writing_since",
+        "_receiving",
         "__weakref__",
     )
 
     def __init__(self, hub: StreamHub, send: Send) -> None:
         self._hub = hub
         self._send = send
-        self._context = contextvars.copy_context()
-        self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
-        self._writer: asyncio.Task[None] | None = None  # the write in flight, if it has to wait
-        self._backlog: list[Message] | None = None  # not None while a write is in flight
-        self._parked = False
+        self._task = asyncio.current_task()
+        self._queue: list[tuple[bytes, bool]] = []  # (body, more_body), waiting for the request's task
+        self._doorbell: asyncio.Future[None] | None = None  # resolved to wake the waiting request
         self._ending = False  # no more writes: the last one is queued, or the stream is given up
-        self._released = False  # the parked request coroutine was told to return
-        self._waiting_since = 0.0  # when the write in flight was handed to the server
+        self._given_up = False  # the hub cancelled a write stuck behind a client that stopped reading
+        self._writing_since: float | None = None  # when the write in flight was handed to the server
+        self._receiving: asyncio.Future[Message] | None = None  # the wait in the server's receive()
 
     def write(self, body: bytes, *, last: bool = False) -> None:
         """Queue ``body`` for this stream; ``last`` ends the response after it."""
         if self._ending:
             return
-        message: Message = {"type": "http.response.body", "body": body, "more_body": not last}
+        if self._queue and self._stalled():
+            self._give_up()
+            return
+        self._queue.append((body, not last))
         if last:
             self._ending = True
-        if self._backlog is not None:
-            waited = self._loop.time() - self._waiting_since
-            if waited > STALL_SECONDS or len(self._backlog) >= MAX_BACKLOG:
-                logger.debug(
-                    "distreload: a client stopped reading its event stream (a write waited %.0f s); "
-                    "dropping the stream",
-                    waited,
-                )
-                self._backlog.clear()
-                self._end()
-                return
-            self._backlog.append(message)
-            return
-        self._backlog = []
-        self._waiting_since = self._loop.time()
-        writer = _start_write(self._loop, self._drain(message), self._context)
-        if not writer.done():
-            self._writer = writer
+        doorbell = self._doorbell
+        if doorbell is not None and not doorbell.done():
+            doorbell.set_result(None)
 
-    async def _drain(self, message: Message) -> None:
-        try:
-            await self._send(message)
-            while self._backlog:
-                self._waiting_since = self._loop.time()
-                await self._send(self._backlog.pop(0))
-        except Exception as exc:  # the server refused the write: the client is gone or the response broken
-            logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
-            self._end()
-        finally:
-            self._backlog = None
-            self._writer = None
-        if self._ending:
-            self._end()
+    def _stalled(self) -> bool:
+        writing_since = self._writing_since
+        waited = 0.0 if writing_since is None else self._loop.time() - writing_since
+        if waited <= STALL_SECONDS and len(self._queue) < MAX_BACKLOG:
+            return False
+        logger.debug(
+            "distreload: a client stopped reading its event stream (a write waited %.0f s); "
+            "dropping the stream",
+            waited,
+        )
+        return True
 
-    def _end(self) -> None:
-        """Stop writing to this stream and let its request coroutine return (once)."""
-        self._ending = True
+    def _give_up(self) -> None:
+        """A write is stuck behind a client that stopped reading: end the request where it waits."""
+        self._ending = self._given_up = True
+        self._queue.clear()
         self._hub.discard(self)
-        if self._parked and not self._released and self._task is not None:
-            self._released = True
+        if self._task is not None:
             self._task.cancel()
 
-    async def park(self, receive: Receive) -> None:
-        """Hold the request until the client leaves or the hub ends the stream."""
-        task = self._task
-        self._parked = True
+    async def serve(self, receive: Receive) -> None:
+        """Write what the hub queues, in this request's task, until the stream ends or the client leaves."""
         try:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            await self._write_until_done(receive)
         except asyncio.CancelledError:
-            self._parked = False
-            if self._released and task is not None and task.uncancel() == 0:
-                return  # the hub ended the stream: the response is complete, or the client gone
-            if not self._released:
+            task = self._task
+            if self._given_up and task is not None and task.uncancel() == 0:
+                return  # the hub gave the stream up: the client is not reading
+            if not self._given_up:
                 # Not the hub's doing: the server cancels the request, as servers do when they stop (daphne
                 # at once, uvicorn and hypercorn when their graceful timeout runs out). Tell the page why
                 # its stream ends, within a bound, then let the cancellation through.
                 await self._say_farewell()
             raise
+        except Exception as exc:  # the server refused a write: the client is gone or the response broken
+            logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
         finally:
-            self._parked = False
+            self._ending = True
             self._hub.discard(self)
+            receiving = self._receiving
+            if receiving is not None:
+                receiving.remove_done_callback(self._ring)
+                receiving.cancel()
+
+    def _listen(self, receive: Receive) -> asyncio.Future[Message]:
+        """Wait in the server's ``receive()`` (the one way it tells of a disconnect); ring when it answers."""
+        receiving = self._receiving = asyncio.ensure_future(receive())
+        receiving.add_done_callback(self._ring)
+        return receiving
+
+    async def _write_until_done(self, receive: Receive) -> None:
+        queue = self._queue
+        receiving = self._listen(receive)
+        while True:
+            while queue:
+                body, more_body = queue.pop(0)
+                self._writing_since = self._loop.time()
+                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+                self._writing_since = None
+                if not more_body:
+                    # The response is complete. One turn of the loop before returning lets the server flush
+                    # it: daphne, stopping, closes at once the connections of requests that have returned.
+                    await asyncio.sleep(0)
+                    return
+            if receiving.done():
+                if receiving.cancelled() or receiving.result()["type"] == "http.disconnect":
+                    return
+                receiving = self._listen(receive)  # the request itself (its empty body): listen on
+                continue
+            self._doorbell = self._loop.create_future()
+            await self._doorbell
+            self._doorbell = None
+
+    def _ring(self, _: object = None) -> None:
+        doorbell = self._doorbell
+        if doorbell is not None and not doorbell.done():
+            doorbell.set_result(None)
 
     async def _say_farewell(self) -> None:
         self._hub.discard(self)
-        self.write(shutdown_event("shutdown"), last=True)  # after whatever is already on its way
-        writer = self._writer
-        if writer is not None and not writer.done():
-            done, _ = await asyncio.wait({writer}, timeout=FAREWELL_SECONDS)
-            if not done:
-                logger.debug("distreload: the server cancelled a stream whose client is not reading")
+        if self._ending and not self._queue:
+            return  # the last message is already written (or being written)
+        try:
+            await asyncio.wait_for(self._send_farewell(), FAREWELL_SECONDS)
+        except (Exception, asyncio.CancelledError):
+            logger.debug("distreload: the server cancelled a stream whose client is not reading")
+
+    async def _send_farewell(self) -> None:
+        queue, self._queue = self._queue, []
+        if not self._ending:
+            queue.append((shutdown_event("shutdown"), False))
+        for body, more_body in queue:
+            await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 class StreamHub:

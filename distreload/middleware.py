@@ -20,7 +20,7 @@ from . import config
 from .broker import Broker, get_broker
 from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint
 from .hub import StreamHub
-from .injector import HtmlInjector
+from .injector import injecting
 from .process import build_id as process_build_id
 from .process import has_sibling_workers
 from .protocol import Reload
@@ -93,7 +93,7 @@ class DistReload:
                 token=config.resolve_token(token),
                 ensure_started=self.ensure_started,
             )
-        self._handle: ASGIApp = HtmlInjector(app, self.tag_for) if inject else app
+        self._inject = inject
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -112,11 +112,15 @@ class DistReload:
                 if subpath is not None:
                     await self.endpoint(scope, receive, send, subpath)
                     return
-            await self._handle(scope, receive, send)
+            wrapped = injecting(scope, send, self.tag_for) if self._inject else None
+            if wrapped is None:
+                await self.app(scope, receive, send)
+            else:
+                await self.app(wrapped[0], receive, wrapped[1])
         elif scope_type == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
-            await self._handle(scope, receive, send)
+            await self.app(scope, receive, send)
 
     def _subpath(self, scope: Scope) -> str | None:
         path: str = scope["path"]
@@ -212,7 +216,7 @@ class DistReload:
             await send(message)
 
         try:
-            await self._handle(scope, app_receive, app_send)
+            await self.app(scope, app_receive, app_send)
         except Exception as exc:
             if startup_received:
                 raise  # the app's own start-up or shutdown failed: the server reports it
