@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,3 +212,65 @@ def over_http(variants: Sequence[str], settings: WrkSettings, log_dir: Path) -> 
             row["samples"] = by_wall[variant][path]["samples"]
             row["wall_ratio"] = by_wall[variant][path]["ratio"]
     return result
+
+
+# --- Instructions per request (callgrind) -------------------------------------------------------------------
+# Timing a few microseconds per call on a shared virtual machine moves by 10-20 % from run to run; the count
+# of instructions a request executes does not (valgrind's callgrind counts them, whatever else the machine
+# does). Each variant runs the same script twice, with FEW and MANY requests: the difference divided by the
+# extra requests is what one request costs, start-up and warm-up cancelled out.
+
+_INSTRUCTION_SCRIPT = """
+import asyncio, os, sys
+sys.path.insert(0, {root!r})
+os.environ["DISTRELOAD_ENABLED"] = "1"
+from benchmarks.apps import build_app
+from benchmarks.overhead import call_once
+async def main():
+    app = build_app({variant!r})
+    for _ in range(50 + {count}):
+        await call_once(app, {path!r})
+asyncio.run(main())
+"""
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def _instructions(variant: str, path: str, count: int) -> int:
+    from benchmarks.common import ROOT
+
+    script = _INSTRUCTION_SCRIPT.format(root=str(ROOT), variant=variant, path=path, count=count)
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts every run: the same count
+    )
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind failed for {variant} {path}:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def instructions(variants: Sequence[str], *, few: int, many: int) -> dict[str, dict[str, Any]]:
+    """Instructions per request for each variant and route, and the ratio bare / variant (the throughput
+    ratio a CPU-bound process would show)."""
+    if shutil.which("valgrind") is None:
+        raise Skipped("valgrind is not installed (Debian: apt-get install valgrind)")
+    log(f"overhead in instructions: {', '.join(variants)}; callgrind, {many} - {few} requests per route")
+    per_request: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        per_request[variant] = {
+            path: (_instructions(variant, path, many) - _instructions(variant, path, few)) / (many - few)
+            for path in ROUTES
+        }
+    return {
+        variant: {
+            path: {
+                "instructions": round(cost),
+                "ratio": round(per_request[BARE][path] / cost, 3),
+            }
+            for path, cost in by_path.items()
+        }
+        for variant, by_path in per_request.items()
+    }

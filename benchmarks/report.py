@@ -50,7 +50,12 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
 
     overhead = results.get("overhead", {})
-    for place, label in (("in_process", "in process"), ("http", "HTTP, wrk, 1 uvicorn worker")):
+    places = (
+        ("instructions", "in process, instructions per request (callgrind)"),
+        ("in_process", "in process, CPU time"),
+        ("http", "HTTP, wrk, 1 uvicorn worker"),
+    )
+    for place, label in places:
         table = overhead.get(place)
         if not isinstance(table, dict) or DISTRELOAD not in table:
             continue
@@ -357,6 +362,21 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
             "and by fastapi-reloader's `patch_for_auto_reloading(app)`. Ratio = throughput / bare "
             "throughput, from the best of interleaved rounds (the least disturbed by other work).",
         ]
+        if isinstance(overhead.get("instructions"), dict):
+            table = overhead["instructions"]
+            lines += [
+                "",
+                "In process, instructions per request (valgrind's callgrind; the same every run, where "
+                "timings of a few microseconds move by 10-20 % on a shared machine):",
+                "",
+                "| variant | JSON instructions | ratio | HTML instructions | ratio |",
+                "|---|---:|---:|---:|---:|",
+                *(
+                    f"| {variant} | {row['/json']['instructions']} | {row['/json']['ratio']:.3f} "
+                    f"| {row['/page']['instructions']} | {row['/page']['ratio']:.3f} |"
+                    for variant, row in table.items()
+                ),
+            ]
         if isinstance(overhead.get("in_process"), dict):
             settings = overhead.get("in_process_settings", {})
             lines += [

@@ -106,6 +106,15 @@ def _run_overhead(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, A
         "in_process_settings": {"calls": sizes.calls, "rounds": sizes.rounds},
     }
     results["overhead"] = section  # kept even if the HTTP half fails
+    try:
+        # Each count runs the interpreter under valgrind (about 12 s of start-up): the smoke run counts
+        # only what the targets compare.
+        counted = _variants(BARE, DISTRELOAD) if smoke else variants
+        few, many = (20, 120) if smoke else (200, 1200)
+        section["instructions"] = overhead.instructions(counted, few=few, many=many)
+    except Skipped as exc:
+        results["skipped"]["Request overhead in instructions"] = str(exc)
+        log(f"skipped: request overhead in instructions: {exc}")
     http_variants = _variants(BARE, DISTRELOAD, FASTAPI_RELOADER) if smoke else variants
     try:
         section["http"] = overhead.over_http(http_variants, sizes.wrk, log_dir)

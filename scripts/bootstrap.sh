@@ -17,6 +17,7 @@ if [[ ",$EXTRAS," == *",test,"* ]]; then
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)  # the rediss:// tests make a certificate
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)  # the benchmarks' HTTP load generator
+  command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)  # the benchmarks count instructions per request
 fi
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
