@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +65,38 @@ def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[by
             return
         time.sleep(0.05)
     raise TimeoutError(f"port {port} did not open within {timeout} s")
+
+
+def distreload_cli(
+    *arguments: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``distreload`` as a user would, with no DISTRELOAD_* setting but the ones given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTRELOAD_")}
+    python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "distreload", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**clean, "PYTHONPATH": python_path, **(env or {})},
+        cwd=str(ROOT),
+    )
+
+
+def cli_publish(
+    redis_url: str, namespace: str, *extra: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``distreload publish --json`` as a deploy hook runs it; the finished process, failed or not."""
+    return distreload_cli(
+        "publish", "--redis-url", redis_url, "--namespace", namespace, "--json", *extra, timeout=timeout
+    )
+
+
+def cli_published(redis_url: str, namespace: str, *extra: str) -> dict[str, Any]:
+    """``distreload publish --json`` that must succeed; its answer (version, receivers)."""
+    done = cli_publish(redis_url, namespace, *extra)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def unique_namespace() -> str:

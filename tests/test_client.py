@@ -21,8 +21,6 @@ import mimetypes
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -34,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ROOT, ServerFactory, ServerProcess, free_port, wait_for_port
+from .conftest import ROOT, ServerFactory, ServerProcess, cli_published, free_port, wait_for_port
 
 CONNECTED = "window.__distreload && window.__distreload.connected && !window.__distreload.reloading"
 APPS = Path(__file__).resolve().parent / "apps"
@@ -227,29 +225,6 @@ def wait_for_subscribers(
     raise AssertionError(f"fewer than {count} workers subscribed to {channel}")
 
 
-def publish_from_the_command_line(redis_url: str, namespace: str, *options: str) -> dict[str, Any]:
-    """`distreload publish --json` with ``options``; its answer (version, receivers)."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distreload",
-            "publish",
-            "--redis-url",
-            redis_url,
-            "--namespace",
-            namespace,
-            "--json",
-            *options,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.redis
@@ -279,7 +254,7 @@ def test_pages_on_two_hosts_of_two_gunicorn_workers_each_reload_exactly_once(
             break
     assert len(stream_workers) == 4, f"streams reached only {stream_workers}"
 
-    published = publish_from_the_command_line(shared_redis_url, namespace)
+    published = cli_published(shared_redis_url, namespace)
     assert published["receivers"] == 4
     took = wait_until(lambda: reload_counts(tabs) == [1] * len(tabs), 20, tabs[0], "every page to reload")
     settle(tabs[0], 2)
@@ -1092,7 +1067,7 @@ def test_an_images_reload_refreshes_img_srcset_and_backgrounds_in_place_once_the
     # Only the paths named (`distreload publish --images PATH`): the plain image is refreshed, the others
     # keep what they had.
     control(server, "image-revision", 3)
-    published = publish_from_the_command_line(shared_redis_url, namespace, "--images", "/img/plain.svg")
+    published = cli_published(shared_redis_url, namespace, "--images", "/img/plain.svg")
     assert published["receivers"] == 2
     wait_until(
         lambda: all(tab.evaluate(IMAGE_STATE)["plain"][0] == 30 for tab in tabs),

@@ -11,9 +11,6 @@ after the publish started, a reload of the same or a later version.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,7 +20,7 @@ from dataclasses import dataclass, field
 
 from distreload.protocol import ClusterVersion
 
-from ..conftest import ROOT, ServerFactory, ServerProcess, wait_for_port
+from ..conftest import ServerFactory, ServerProcess, wait_for_port
 from ..sse import SSEReader
 
 APP = "tests.apps.cluster_app:app"
@@ -193,29 +190,6 @@ def _wait_connected(server: ServerProcess, workers: int, timeout: float) -> list
         else:
             time.sleep(0.05)
     return sorted(connected)
-
-
-def cli(
-    *arguments: str, timeout: float = 60, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``distreload`` as a user would, with no DISTRELOAD_* setting but the ones given."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTRELOAD_")}
-    python_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", "distreload", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**clean, "PYTHONPATH": python_path, **(env or {})},
-        cwd=str(ROOT),
-    )
-
-
-def cli_publish(url: str, namespace: str, *extra: str) -> dict[str, object]:
-    done = cli("publish", "--redis-url", url, "--namespace", namespace, "--json", *extra)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout)
-    return result
 
 
 def trigger(server: ServerProcess) -> dict[str, object]:

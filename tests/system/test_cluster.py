@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +11,7 @@ import pytest
 
 from distreload.protocol import channel_name
 
-from ..conftest import ServerFactory, ServerProcess
+from ..conftest import ServerFactory, ServerProcess, cli_published
 from ..sse import SSEReader
 
 pytestmark = pytest.mark.redis
@@ -77,24 +75,7 @@ def test_cli_publish_reaches_every_worker_of_both_hosts_exactly_once(
     workers = {r.wait_for("hello")[0].json()["worker"] for r in readers}
     assert len(workers) == 4
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distreload",
-            "publish",
-            "--redis-url",
-            shared_redis_url,
-            "--namespace",
-            namespace,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result = cli_published(shared_redis_url, namespace)
     assert result["receivers"] == 4
 
     for reader in readers:

@@ -11,8 +11,6 @@ import contextlib
 import json
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +23,7 @@ import redis
 
 from distreload.protocol import MAX_MESSAGE_BYTES, ClusterVersion, channel_name, state_key
 
-from ..conftest import RedisProcess, ServerFactory, ServerProcess
+from ..conftest import RedisProcess, ServerFactory, ServerProcess, cli_publish
 from ..sse import SSEReader
 from .test_cluster import readers_on_every_worker, wait_for_workers
 
@@ -67,29 +65,8 @@ IGNORED = "ignored a message"
 # --- helpers -----------------------------------------------------------------------------------------------
 
 
-def cli_publish(
-    redis_url: str, namespace: str, *extra: str, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distreload",
-            "publish",
-            "--redis-url",
-            redis_url,
-            "--namespace",
-            namespace,
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def publish_ok(redis_url: str, namespace: str) -> dict[str, object]:
-    done = cli_publish(redis_url, namespace, "--json")
+    done = cli_publish(redis_url, namespace)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -709,7 +686,7 @@ def test_clients_that_stop_reading_or_vanish_mid_event_harm_no_one(
     paths = [f"/static/{i:03d}-" + "x" * 1800 + ".css" for i in range(30)]
     versions = []
     for _ in range(6):
-        done = cli_publish(own_redis.url, namespace, "--json", "--css", *paths)
+        done = cli_publish(own_redis.url, namespace, "--css", *paths)
         assert done.returncode == 0, done.stderr
         versions.append(json.loads(done.stdout)["version"])
     good.wait_for("reload", 6, timeout=20)

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import re
 import resource
 import selectors
 import signal
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from ..conftest import ServerFactory, ServerProcess, missing
+from ..conftest import ServerFactory, ServerProcess, cli_published, missing
 from .test_cluster import wait_for_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -179,24 +176,7 @@ def test_5000_streams_on_two_workers_leave_ordinary_requests_fast(
     per_worker = streams.workers()
     busy = request_latencies(server)
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distreload",
-            "publish",
-            "--redis-url",
-            shared_redis_url,
-            "--namespace",
-            namespace,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["receivers"] == 2
+    assert cli_published(shared_redis_url, namespace)["receivers"] == 2
     fan_out = streams.pump_until(lambda: streams.count(b"event: reload")[1] == 5000, 60, "the reload")
     assert streams.count(b"event: reload") == Counter({1: 5000})
     assert streams.closed_by_server == 0

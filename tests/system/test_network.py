@@ -41,7 +41,7 @@ import pytest
 
 from distreload.protocol import channel_name
 
-from ..conftest import ROOT, unique_namespace
+from ..conftest import ROOT, cli_published, unique_namespace
 from ..sse import SSEReader
 from . import redis_servers
 from .redis_servers import NetHosts, RedisNode, Unavailable, require_binaries
@@ -169,26 +169,7 @@ class Network:
 
     def publish(self) -> dict[str, Any]:
         """Publish one reload from the driver with the command line, as a deploy hook would."""
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "distreload",
-                "publish",
-                "--redis-url",
-                self.redis_url,
-                "--namespace",
-                self.namespace,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=str(ROOT),
-        )
-        assert done.returncode == 0, done.stderr
-        result: dict[str, Any] = json.loads(done.stdout)
-        return result
+        return cli_published(self.redis_url, self.namespace)
 
     def connections_received(self) -> int:
         return int(self.redis.info("stats")["total_connections_received"])

@@ -26,13 +26,11 @@ from distreload.config import Target
 from distreload.protocol import PublishError, ReloadRequest, presence_prefix, state_key
 from distreload.publisher import publish_blocking
 
-from ..conftest import ROOT, ServerFactory, wait_for_port
+from ..conftest import ROOT, ServerFactory, cli_published, distreload_cli, wait_for_port
 from ..sse import SSEReader
 from . import redis_servers
 from .redis_apps import (
     APP,
-    cli,
-    cli_publish,
     cli_rule,
     info,
     set_user,
@@ -95,7 +93,7 @@ def test_cli_user_with_the_documented_rule_publishes_lists_and_listens(
         assert listen.stderr is not None
         line = listen.stderr.readline()
         assert "listening on" in line, line + listen.stderr.read()
-        published = cli_publish(cli_url, namespace)
+        published = cli_published(cli_url, namespace)
         assert published["receivers"] == 3  # two workers and the listener
         out, err = listen.communicate(timeout=60)
         assert listen.returncode == 0, err
@@ -108,7 +106,7 @@ def test_cli_user_with_the_documented_rule_publishes_lists_and_listens(
     for reader in fleet.readers:
         reader.wait_for("reload", 2)
         assert fleet.ids(reader) == [published["version"], from_worker["version"]]
-    status = cli("status", "--redis-url", cli_url, "--namespace", namespace, "--json")
+    status = distreload_cli("status", "--redis-url", cli_url, "--namespace", namespace, "--json")
     assert status.returncode == 0, status.stderr
     listed = json.loads(status.stdout)
     assert sorted(f"{w['host']}:{w['pid']}" for w in listed["workers"]) == fleet.workers
@@ -124,7 +122,7 @@ def test_worker_without_the_presence_right_delivers_and_says_so_once(
     fleet = start_fleet(start_server, open_sse, [url_of(server, "dr-worker")], namespace, workers=2)
     admin = server.client()
     before = connections(admin)
-    published = cli_publish(url_of(server, "dr-cli"), namespace)
+    published = cli_published(url_of(server, "dr-cli"), namespace)
     assert published["receivers"] == 2
     for reader in fleet.readers:
         assert [e.id for e in reader.wait_for("reload")] == [published["version"]]
@@ -135,7 +133,7 @@ def test_worker_without_the_presence_right_delivers_and_says_so_once(
     said = fleet.log_lines("cannot write its presence")
     assert len(said) == 2 and all("no permissions to run the 'set' command" in line for line in said), said
     assert not fleet.log_lines("cannot use") and not fleet.log_lines("lost the connection"), fleet.logs()
-    status = cli("status", "--redis-url", url_of(server, "dr-cli"), "--namespace", namespace)
+    status = distreload_cli("status", "--redis-url", url_of(server, "dr-cli"), "--namespace", namespace)
     assert status.returncode == 0 and "no live workers" in status.stdout, status.stdout + status.stderr
     print(f"\npresence refused: {made} connection in 6 s, {len(said)} log lines for 2 workers")
 
@@ -264,7 +262,7 @@ def cli_does_everything(url: str, namespace: str, admin: Admin) -> str | None:
             return "status read no version or no worker"
     except Exception as exc:
         return str(exc)
-    done = cli("listen", "--redis-url", url, "--namespace", namespace, "--timeout", "0.5")
+    done = distreload_cli("listen", "--redis-url", url, "--namespace", namespace, "--timeout", "0.5")
     return None if done.returncode == 0 else done.stderr.strip()
 
 

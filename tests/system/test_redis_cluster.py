@@ -19,14 +19,12 @@ import pytest
 from distreload import send_reload_signal
 from distreload.protocol import state_key
 
-from ..conftest import ROOT, ServerFactory
+from ..conftest import ROOT, ServerFactory, cli_published, distreload_cli
 from ..sse import SSEReader
 from . import redis_servers
 from .redis_apps import (
     Fleet,
     Ledger,
-    cli,
-    cli_publish,
     cli_rule,
     publish_over_http,
     set_user,
@@ -100,10 +98,10 @@ def test_workers_on_different_nodes_get_every_reload_from_every_path(
 
     # The command line, given each node in turn: the owner answers at once, the others redirect.
     for node in cluster.masters:
-        check(cli_publish(cli_url(node), namespace), f"CLI via {node.name} (owner: {node is owner})")
+        check(cli_published(cli_url(node), namespace), f"CLI via {node.name} (owner: {node is owner})")
     check(trigger(fleet.servers[0]), "send_reload_signal_async() in a worker")
     check(publish_over_http(fleet.servers[1]), "POST <prefix>/publish")
-    done = cli("publish", "--url", fleet.servers[2].base_url, "--token", "fleet-token", "--json")
+    done = distreload_cli("publish", "--url", fleet.servers[2].base_url, "--token", "fleet-token", "--json")
     assert done.returncode == 0, done.stderr
     check(json.loads(done.stdout), "distreload publish --url")
     result = send_reload_signal(redis_url=cli_url(cluster.masters[1]), namespace=namespace)
@@ -111,7 +109,9 @@ def test_workers_on_different_nodes_get_every_reload_from_every_path(
     check({"version": str(result.version), "receivers": result.receivers}, "send_reload_signal()")
 
     # status: every worker, whichever node it was given, from whichever node status is given.
-    status = cli("status", "--redis-url", cli_url(cluster.masters[2]), "--namespace", namespace, "--json")
+    status = distreload_cli(
+        "status", "--redis-url", cli_url(cluster.masters[2]), "--namespace", namespace, "--json"
+    )
     assert status.returncode == 0, status.stderr
     listed = json.loads(status.stdout)
     assert sorted(f"{w['host']}:{w['pid']}" for w in listed["workers"]) == fleet.workers
@@ -143,7 +143,7 @@ def test_workers_on_different_nodes_get_every_reload_from_every_path(
             assert process.stderr is not None
             line = process.stderr.readline()
             assert ready in line, line + process.stderr.read()
-        check(cli_publish(cli_url(owner), namespace), "CLI while listen runs", receivers=4)
+        check(cli_published(cli_url(owner), namespace), "CLI while listen runs", receivers=4)
         (watched / "page.html").write_text("changed")
         watch_out, watch_err = watch.communicate(timeout=60)
         assert watch.returncode == 0, watch_err
@@ -170,7 +170,7 @@ def test_slot_migration_moves_every_subscription_and_loses_nothing(
     ledger = Ledger(fleet)
 
     def publish(label: str) -> str:
-        attempt = ledger.publish(label, lambda: cli_publish(cli_url(bystander), namespace))
+        attempt = ledger.publish(label, lambda: cli_published(cli_url(bystander), namespace))
         assert attempt.version is not None, attempt.error
         return str(attempt.version)
 
@@ -191,7 +191,7 @@ def test_slot_migration_moves_every_subscription_and_loses_nothing(
     assert fleet.received() == {k: [before, migrating, stranded, after] for k in fleet.received()}
     took = caught_up - finished
     print(f"\nslot migration: every stream had the stranded reload {took:.2f} s after SETSLOT NODE")
-    status = cli("status", "--redis-url", cli_url(source), "--namespace", namespace, "--json")
+    status = distreload_cli("status", "--redis-url", cli_url(source), "--namespace", namespace, "--json")
     assert status.returncode == 0, status.stderr
     assert len(json.loads(status.stdout)["workers"]) == 3
 
@@ -210,7 +210,7 @@ def test_a_killed_master_is_replaced_and_every_worker_follows(
     fleet = fleet_on_every_master(cluster, namespace, start_server, open_sse)
     survivor = next(node for node in cluster.masters if node is not owner)
     ledger = Ledger(fleet)
-    first = ledger.publish("before", lambda: cli_publish(cli_url(survivor), namespace))
+    first = ledger.publish("before", lambda: cli_published(cli_url(survivor), namespace))
     assert first.version is not None, first.error
 
     def in_process() -> dict[str, object]:
@@ -228,7 +228,7 @@ def test_a_killed_master_is_replaced_and_every_worker_follows(
         time.sleep(3)
     finally:
         stop()
-    last = ledger.publish("after", lambda: cli_publish(cli_url(survivor), namespace))
+    last = ledger.publish("after", lambda: cli_published(cli_url(survivor), namespace))
     assert last.version is not None, last.error
     ledger.assert_none_lost(timeout=30)
     during = [a for a in ledger.attempts if killed <= a.started]
@@ -239,6 +239,6 @@ def test_a_killed_master_is_replaced_and_every_worker_follows(
         f"\nmaster killed: replica promoted after {promoted - killed:.2f} s; the first successful publish "
         f"after the kill reached every stream {everywhere - killed:.2f} s after it\n" + ledger.summary(killed)
     )
-    status = cli("status", "--redis-url", cli_url(survivor), "--namespace", namespace, "--json")
+    status = distreload_cli("status", "--redis-url", cli_url(survivor), "--namespace", namespace, "--json")
     assert status.returncode == 0, status.stderr
     assert len(json.loads(status.stdout)["workers"]) == 3

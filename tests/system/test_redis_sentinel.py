@@ -19,10 +19,10 @@ import pytest
 
 from distreload import send_reload_signal
 
-from ..conftest import ROOT, ServerFactory
+from ..conftest import ROOT, ServerFactory, cli_published, distreload_cli
 from ..sse import SSEReader
 from . import redis_servers
-from .redis_apps import Fleet, Ledger, cli, cli_publish, cli_rule, set_user, start_fleet, trigger, worker_rule
+from .redis_apps import Fleet, Ledger, cli_rule, set_user, start_fleet, trigger, worker_rule
 from .redis_servers import SentinelSet
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -94,7 +94,7 @@ def check_recovery(
     assert first_after.version is not None
     everywhere = fleet.wait_all_reach(first_after.version, first_after.marks, timeout=30)
     recovered()
-    last = ledger.publish("after", lambda: cli_publish(cli_url, namespace))
+    last = ledger.publish("after", lambda: cli_published(cli_url, namespace))
     assert last.version is not None, last.error
     ledger.assert_none_lost(timeout=30)
     print(
@@ -111,7 +111,7 @@ def test_forced_failover_every_worker_follows_before_the_old_master_is_demoted(
 ) -> None:
     fleet, ledger, cli_url = fleet_and_publishers(sentinels, namespace, start_server, open_sse)
     old = sentinels.primary
-    first = ledger.publish("before", lambda: cli_publish(cli_url, namespace))
+    first = ledger.publish("before", lambda: cli_published(cli_url, namespace))
     assert first.version is not None, first.error
     # SENTINEL FAILOVER: the old master stays a writable master for ~10 s, until the Sentinels demote it.
     fault = publish_during(
@@ -125,7 +125,7 @@ def test_forced_failover_every_worker_follows_before_the_old_master_is_demoted(
         assert role == "master", f"streams caught up only after the old master was demoted ({role})"
 
     check_recovery(ledger, fleet, cli_url, namespace, "SENTINEL FAILOVER", fault, before_the_demotion)
-    final = cli_publish(cli_url, namespace)
+    final = cli_published(cli_url, namespace)
     assert final["receivers"] == 4  # all four subscribed on the new master
 
 
@@ -133,13 +133,13 @@ def test_killed_primary_every_worker_follows_and_nothing_is_lost(
     sentinels: SentinelSet, namespace: str, start_server: ServerFactory, open_sse: Callable[..., SSEReader]
 ) -> None:
     fleet, ledger, cli_url = fleet_and_publishers(sentinels, namespace, start_server, open_sse)
-    first = ledger.publish("before", lambda: cli_publish(cli_url, namespace))
+    first = ledger.publish("before", lambda: cli_published(cli_url, namespace))
     assert first.version is not None, first.error
     fault = publish_during(ledger, fleet, cli_url, namespace, sentinels.kill_primary, settle=3.0)
     check_recovery(ledger, fleet, cli_url, namespace, "primary killed", fault)
     # While no master was reachable, publishes failed (with a reason), none vanished.
     assert ledger.failed, "expected publishes to fail while no master was reachable"
-    final = cli_publish(cli_url, namespace)
+    final = cli_published(cli_url, namespace)
     assert final["receivers"] == 4
 
 
@@ -169,7 +169,7 @@ def test_tls_sentinels_with_their_own_password_and_every_cli_command(
             line = listen.stderr.readline()
             assert "listening on" in line, line + listen.stderr.read()
             assert "datapw" not in line and "sentpw" not in line
-            published = cli_publish(url, namespace)
+            published = cli_published(url, namespace)
             assert published["receivers"] == 3  # two workers and the listener
             out, err = listen.communicate(timeout=60)
             assert listen.returncode == 0, err
@@ -180,14 +180,14 @@ def test_tls_sentinels_with_their_own_password_and_every_cli_command(
                 listen.communicate()
         for reader in fleet.readers:
             assert [e.id for e in reader.wait_for("reload")] == [published["version"]]
-        status = cli("status", "--redis-url", url, "--namespace", namespace, "--json")
+        status = distreload_cli("status", "--redis-url", url, "--namespace", namespace, "--json")
         assert status.returncode == 0, status.stderr
         assert (
             sorted(f"{w['host']}:{w['pid']}" for w in json.loads(status.stdout)["workers"]) == fleet.workers
         )
         # The Sentinels' password given as the data nodes' (a common mistake): one line that says so.
         wrong = url.replace("sentinel_password=sentpw&", "")
-        refused = cli("publish", "--redis-url", wrong, "--namespace", namespace)
+        refused = distreload_cli("publish", "--redis-url", wrong, "--namespace", namespace)
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
         assert "sentinel_password" in refused.stderr and "datapw" not in refused.stderr, refused.stderr
     finally:

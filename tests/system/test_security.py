@@ -9,7 +9,6 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +21,7 @@ import redis
 
 from distreload.protocol import channel_name, state_key
 
-from ..conftest import RedisProcess, ServerFactory, ServerProcess, free_port, missing
+from ..conftest import RedisProcess, ServerFactory, ServerProcess, cli_publish, free_port, missing
 from ..sse import SSEReader
 from .test_cluster import wait_for_workers
 from .test_faults import readers_everywhere
@@ -50,26 +49,6 @@ def request(
     except urllib.error.HTTPError as error:
         with error:
             return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
-
-
-def cli_publish(redis_url: str, namespace: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distreload",
-            "publish",
-            "--redis-url",
-            redis_url,
-            "--namespace",
-            namespace,
-            "--json",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def client_names(redis_url: str) -> list[str]:
