@@ -697,13 +697,29 @@ class SentinelSet(_Topology):
             10,
             "the replica's link to the primary",
         )
+        # Each Sentinel is told its own id and the others' addresses and ids, and the replica, as Sentinel
+        # writes them into its own configuration once it has found them: left to find each other through
+        # hello messages (every 2 s) and the primary's INFO (every 10 s), they sometimes took over 20 s.
+        ports: list[int] = []
+        while len(ports) < 3:
+            port = free_port(self.host)
+            if port not in ports and port not in (primary.port, replica.port):
+                ports.append(port)
+        ids = [secrets.token_hex(20) for _ in ports]
         for index in range(3):
             directory = self.directory / f"sentinel{index}"
             directory.mkdir(parents=True, exist_ok=True)
             config = directory / "sentinel.conf"
             lines = [
                 f"dir {directory}",
+                f"sentinel myid {ids[index]}",
                 f"sentinel monitor {self.master_name} {self.host} {primary.port} 2",
+                f"sentinel known-replica {self.master_name} {self.host} {replica.port}",
+                *(
+                    f"sentinel known-sentinel {self.master_name} {self.host} {ports[other]} {ids[other]}"
+                    for other in range(3)
+                    if other != index
+                ),
                 f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
                 f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
                 f"sentinel parallel-syncs {self.master_name} 1",
@@ -716,7 +732,7 @@ class SentinelSet(_Topology):
             config.write_text("\n".join(lines) + "\n")  # Sentinel rewrites this file: one per process
             sentinel = RedisNode(
                 f"sentinel{index}",
-                free_port(self.host),
+                ports[index],
                 directory,
                 self.host,
                 config_file=config,
@@ -728,9 +744,8 @@ class SentinelSet(_Topology):
             self.nodes.append(sentinel)
         for sentinel in self.sentinels:
             sentinel.start()
-        # Sentinels find each other through hello messages on the primary (every 2 s); a kill_primary()
-        # before they do would find no majority to authorise the failover.
-        wait_until(self._agreed, 20, "three Sentinels that know each other and the replica", interval=0.1)
+        # A kill_primary() before every Sentinel knows the others would find no majority for the failover.
+        wait_until(self._agreed, 40, "three Sentinels that know each other and the replica", interval=0.1)
         self.startup_seconds = time.monotonic() - started
 
     def stop(self) -> None:
@@ -800,9 +815,18 @@ class SentinelSet(_Topology):
     def failover(self, timeout: float = 30.0, *, wait_demoted: bool = True) -> RedisNode:
         """SENTINEL FAILOVER; wait until every Sentinel names the new primary and it says role:master, then
         (``wait_demoted``) until the old primary is its replica: Sentinel demotes it only ~10 s later
-        (measured), and until then the old primary is a second, writable master."""
+        (measured), and until then the old primary is a second, writable master.
+
+        A planned switchover: it starts once the replica holds every write the primary has (replication is
+        asynchronous, and Sentinel promotes the replica as it is)."""
         old = self.primary
         new = next(node for node in self.servers if node is not old)
+        written = int(old.info("replication")["master_repl_offset"])
+        wait_until(
+            lambda: int(new.info("replication").get("slave_repl_offset", -1)) >= written,
+            10,
+            "the replica holding every write before the switchover",
+        )
         next(s for s in self.sentinels if s.alive).command("SENTINEL", "FAILOVER", self.master_name)
         self._wait_promoted(new, timeout)
         if not wait_demoted:
