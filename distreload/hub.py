@@ -94,9 +94,7 @@ class Stream:
         self._queue.append((body, not last))
         if last:
             self._ending = True
-        doorbell = self._doorbell
-        if doorbell is not None and not doorbell.done():
-            doorbell.set_result(None)
+        self._ring()
 
     def _stalled(self) -> bool:
         writing_since = self._writing_since

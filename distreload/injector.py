@@ -210,8 +210,8 @@ class _Injection:
                     index = _last_marker(body, after=0)
                     body = body + tag if index == -1 else body[:index] + tag + body[index:]
                 _grow_length(self._headers, self._length_at, len(tag))
-                start["headers"] = self._headers  # the app is done with its message: no copy
-                await self._send(start)
+                # A copy: an app may send the same start message for every response.
+                await self._send({**start, "headers": self._headers})
                 await self._send({"type": "http.response.body", "body": body, "more_body": False})
                 return
             await self._flush_start(body)

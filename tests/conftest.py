@@ -27,11 +27,6 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 SHARED_REDIS_URL = os.environ.get("DISTRELOAD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-# A test run started in the background of a script (`cmd &`) inherits Ctrl-C ignored, and so would every
-# process the tests start: the tests that stop a server or `distreload watch` with SIGINT need it back.
-if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 CHROMIUM = os.environ.get("DISTRELOAD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -40,6 +35,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+# A test run started in the background of a script (`cmd &`) inherits Ctrl-C ignored, and so would every
+# process the tests start: the tests that stop a server or `distreload watch` with SIGINT need it back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

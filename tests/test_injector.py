@@ -39,6 +39,25 @@ async def test_tag_goes_before_body_close_and_content_length_follows() -> None:
     assert header(sent, b"content-length") == [str(len(page) + len(TAG)).encode()]
 
 
+async def test_an_app_that_sends_the_same_start_message_every_time_keeps_it_as_it_was() -> None:
+    page = b"<html><body>hi</body></html>"
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/html"), (b"content-length", str(len(page)).encode())],
+    }
+    original = {**start, "headers": list(start["headers"])}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start)
+        await send({"type": "http.response.body", "body": page, "more_body": False})
+
+    for _ in range(3):
+        sent = await call(wrap(app))
+        assert header(sent, b"content-length") == [str(len(page) + len(TAG)).encode()]
+    assert start == original
+
+
 async def test_marker_split_across_chunks_is_found() -> None:
     chunks = [b"<html><body>a</bo", b"dy></html>"]
     app = wrap(raw_app(chunks=chunks))
