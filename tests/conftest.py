@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -49,7 +49,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def missing(what: str) -> None:
+def missing(what: str) -> NoReturn:
     """Skip locally, fail under CI: CI must never pass by skipping the real thing."""
     if IN_CI:
         pytest.fail(f"{what} is required under CI=true", pytrace=False)

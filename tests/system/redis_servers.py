@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NoReturn, Self
+from typing import IO, Any, Self
 
 import pytest
 import redis
@@ -33,19 +33,13 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from ..conftest import missing
+
 LOCALHOST = "127.0.0.1"
 
 
 class Unavailable(RuntimeError):
     """This machine cannot build the topology (a missing binary, no root); the message says why."""
-
-
-def missing(what: str) -> NoReturn:
-    """Skip locally, fail under CI (a copy of tests/conftest.py's rule: CI never passes by skipping)."""
-    if IN_CI:
-        pytest.fail(f"{what} is required under CI=true", pytrace=False)
-    pytest.skip(what)
 
 
 def require_binaries(*names: str) -> dict[str, str]:

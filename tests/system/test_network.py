@@ -41,7 +41,8 @@ import pytest
 
 from distreload.protocol import channel_name
 
-from ..conftest import ROOT, cli_published, unique_namespace
+from .. import conftest
+from ..conftest import ROOT, cli_published, missing, unique_namespace
 from ..sse import SSEReader
 from . import redis_servers
 from .redis_servers import NetHosts, RedisNode, Unavailable, require_binaries
@@ -72,7 +73,7 @@ def network_hosts() -> Iterator[NetHosts]:
     else:
         unavailable = ""
     if unavailable:  # outside the except block: the skip or failure says why, without a chained traceback
-        redis_servers.missing(unavailable)
+        missing(unavailable)
     try:
         yield hosts
     finally:
@@ -273,7 +274,7 @@ def network(tmp_path: Path) -> Iterator[Network]:
         else:
             unavailable = ""
         if unavailable:
-            redis_servers.missing(unavailable)
+            missing(unavailable)
         net = Network(hosts, server, unique_namespace())
         try:
             for name in ("app1", "app2"):
@@ -384,10 +385,10 @@ class Stream:
 
 def test_without_root_the_network_tests_skip_and_under_ci_they_fail(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(redis_servers, "IN_CI", False)
+    monkeypatch.setattr(conftest, "IN_CI", False)
     with pytest.raises(pytest.skip.Exception, match="need root"), network_hosts():
         pass
-    monkeypatch.setattr(redis_servers, "IN_CI", True)
+    monkeypatch.setattr(conftest, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="need root.*required under CI=true"), network_hosts():
         pass
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests import conftest
+from tests.conftest import missing
 from tests.system import redis_servers
 from tests.system.redis_servers import (
     NetHosts,
@@ -97,7 +99,7 @@ def test_sentinel_set_over_tls_serves_a_tls_client(tmp_path: Path) -> None:
     try:
         sentinels = SentinelSet(tmp_path / "tls", tls=True, password="datapw").start()
     except Unavailable as exc:
-        redis_servers.missing(str(exc))
+        missing(str(exc))
     try:
         assert sentinels.startup_seconds < STARTUP_BUDGET and sentinels.tls is not None
         assert sentinels.url().startswith("rediss+sentinel://:datapw@127.0.0.1:")
@@ -229,7 +231,7 @@ def test_net_hosts_cleanup_removes_everything_even_after_a_failure() -> None:
     try:
         hosts = NetHosts(2).start()
     except Unavailable as exc:  # checked apart: Unavailable is a RuntimeError too
-        redis_servers.missing(str(exc))
+        missing(str(exc))
     names = [host.namespace for host in hosts.hosts.values()]
     address = hosts["h2"].address
     with pytest.raises(RuntimeError, match="boom"):
@@ -253,12 +255,12 @@ def test_without_root_net_hosts_says_why(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_missing_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_servers, "IN_CI", True)
+    monkeypatch.setattr(conftest, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="required under CI=true"):
-        redis_servers.missing("the thing")
-    monkeypatch.setattr(redis_servers, "IN_CI", False)
+        missing("the thing")
+    monkeypatch.setattr(conftest, "IN_CI", False)
     with pytest.raises(pytest.skip.Exception, match="the thing"):
-        redis_servers.missing("the thing")
+        missing("the thing")
 
 
 @pytest.mark.redis
@@ -266,7 +268,7 @@ def test_a_failed_start_leaves_no_process_behind(tmp_path: Path) -> None:
     try:
         redis_servers.require_binaries("redis-server", "redis-cli")
     except Unavailable as exc:  # checked apart: Unavailable is a RuntimeError too
-        redis_servers.missing(str(exc))
+        missing(str(exc))
     cluster = RedisCluster3(tmp_path / "cluster", extra_args=["--no-such-option", "x"])
     with pytest.raises(RuntimeError, match="did not start"):
         cluster.start()
