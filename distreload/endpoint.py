@@ -149,16 +149,25 @@ class ReloadEndpoint:
                 "headers": [*SSE_HEADERS, *self.version_headers()[:2]],
             }
         )
-        await send({"type": "http.response.body", "body": self._first_events(scope), "more_body": True})
-        # Written by this request's task until the client goes away or the stream ends.
-        await self.hub.open(send).serve(receive)
-
-    def _first_events(self, scope: Scope) -> bytes:
-        """The retry hint, hello, and the reload a reconnecting client missed, if any."""
         query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
         last_event_id = _header(scope, b"last-event-id") or (query.get("last_event_id") or [""])[0]
         seen = ClusterVersion.parse(last_event_id)
         current = self.broker.version
+        # Registered before the first events go out, so a reload arriving while they are written is queued
+        # behind them. A client that comes from a worker further on is not told again what it has.
+        ahead = seen if seen is not None and current.is_behind(seen) else None
+        stream = self.hub.open(send, client_ahead=ahead)
+        try:
+            first = self._first_events(seen, current)
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        except BaseException:
+            self.hub.discard(stream)
+            raise
+        # Written by this request's task until the client goes away or the stream ends.
+        await stream.serve(receive)
+
+    def _first_events(self, seen: ClusterVersion | None, current: ClusterVersion) -> bytes:
+        """The retry hint, hello, and the reload a reconnecting client missed, if any."""
         hello = json.dumps(
             {
                 "version": str(current),

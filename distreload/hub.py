@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Send
 
-from .protocol import Reload
+from .protocol import ClusterVersion, Reload
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class Stream:
     """One open event-stream response, written by its own request's task."""
 
     __slots__ = (
+        "client_ahead",
         "_send",
         "_hub",
         "_loop",
@@ -72,7 +73,9 @@ class Stream:
         "__weakref__",
     )
 
-    def __init__(self, hub: StreamHub, send: Send) -> None:
+    def __init__(self, hub: StreamHub, send: Send, client_ahead: ClusterVersion | None = None) -> None:
+        # A version the client already holds that this worker had not reached when the stream opened.
+        self.client_ahead = client_ahead
         self._hub = hub
         self._send = send
         self._loop = asyncio.get_running_loop()
@@ -206,9 +209,10 @@ class StreamHub:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def open(self, send: Send) -> Stream:
-        """Register the stream of the running request (its first bytes are already sent)."""
-        stream = Stream(self, send)
+    def open(self, send: Send, *, client_ahead: ClusterVersion | None = None) -> Stream:
+        """Register the stream of the running request; ``client_ahead``: a version its client already
+        holds that this worker has not reached (the client came from a worker further on)."""
+        stream = Stream(self, send, client_ahead)
         self._streams.add(stream)
         if self._heartbeat_task is None or self._heartbeat_task.done():
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat())
@@ -222,8 +226,16 @@ class StreamHub:
             stream.write(body)
 
     def deliver(self, reload: Reload) -> None:
-        """A new version reached this worker (called by the broker): tell every stream, then the app."""
-        self.broadcast(reload_event(reload))
+        """A new version reached this worker (called by the broker): tell every stream whose client does
+        not have it yet, then the app."""
+        body = reload_event(reload)
+        for stream in list(self._streams):
+            ahead = stream.client_ahead
+            if ahead is not None:
+                if not ahead.is_behind(reload.version):
+                    continue  # the worker is catching up with what this client already has
+                stream.client_ahead = None
+            stream.write(body)
         if self._on_reload is not None:
             self._on_reload(reload)
 

@@ -62,12 +62,14 @@ class FakeServer:
         return {"type": "http.disconnect"}
 
 
-def open_stream(hub: StreamHub, server: FakeServer, request_id: str = "r") -> asyncio.Task[None]:
+def open_stream(
+    hub: StreamHub, server: FakeServer, request_id: str = "r", client_ahead: ClusterVersion | None = None
+) -> asyncio.Task[None]:
     """Run a request that opens a stream and parks in it, as the endpoint does."""
 
     async def request() -> None:
         REQUEST_ID.set(request_id)
-        await hub.open(server.send).serve(server.receive)
+        await hub.open(server.send, client_ahead=client_ahead).serve(server.receive)
 
     return asyncio.ensure_future(request())
 
@@ -109,6 +111,21 @@ async def test_every_reload_arrives_whatever_awaitable_send_returns(shape: str) 
     hub.close_all()
     await asyncio.wait_for(task, 2)
     assert server.finished and server.bodies[-1] == shutdown_event("shutdown")
+
+
+async def test_a_client_from_a_worker_further_on_is_not_told_again_what_it_has() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    behind, ahead = FakeServer(), FakeServer()
+    tasks = [open_stream(hub, behind), open_stream(hub, ahead, client_ahead=reload(2).version)]
+    await settle()
+    for number in (1, 2, 3):
+        hub.deliver(reload(number))
+        await settle()
+    ids = [[body.split(b"\n")[1] for body in server.bodies] for server in (behind, ahead)]
+    assert ids[0] == [b"id: 0123456789abcdef-1", b"id: 0123456789abcdef-2", b"id: 0123456789abcdef-3"]
+    assert ids[1] == [b"id: 0123456789abcdef-3"]
+    hub.close_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
 
 
 async def test_writes_run_in_the_streams_own_request_context() -> None:
