@@ -199,7 +199,7 @@ async def open_link(target: Target) -> AsyncLink:
     await _close_quietly(probe)
     from redis.asyncio.cluster import RedisCluster
 
-    cluster = RedisCluster.from_url(url, **cluster_options())
+    cluster = RedisCluster.from_url(url, **cluster_options(asynchronous=True))
     try:
         # Before any pub/sub call: redis-py 8.1 raises KeyError / SlotNotCoveredError on a cluster client
         # that has not read its slot map yet (redis-py #4296).

@@ -46,15 +46,23 @@ class Misconfigured(Exception):
     change. Retrying does not help until someone changes the setting (or the ACL rules)."""
 
 
-def redis_options() -> dict[str, Any]:
-    """Options for every redis-py client distreload makes."""
+def redis_options(*, asynchronous: bool) -> dict[str, Any]:
+    """Options for every redis-py client distreload makes. An asyncio client gets the asyncio ``Retry``:
+    redis-py 8.2 warns when it is given the synchronous one (and converts it)."""
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
+    if asynchronous:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(NoBackoff(), 0)
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(NoBackoff(), 0)
     return {
         "socket_connect_timeout": 2.0,
         "socket_timeout": 5.0,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": retry,
         "health_check_interval": 0,
         # No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user
         # is refused anyway, and a look-up of package versions that the command line pays for.
@@ -66,14 +74,14 @@ def async_client(url: str) -> redis.asyncio.Redis:
     """A client for one Redis server (no topology detection)."""
     import redis.asyncio
 
-    return redis.asyncio.Redis.from_url(url, **redis_options())
+    return redis.asyncio.Redis.from_url(url, **redis_options(asynchronous=True))
 
 
 def sync_client(url: str) -> redis.Redis:
     """A client for one Redis server (no topology detection)."""
     import redis
 
-    return redis.Redis.from_url(url, **redis_options())
+    return redis.Redis.from_url(url, **redis_options(asynchronous=False))
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -160,9 +168,9 @@ def _database(url: str) -> int:
     return int(path) if path.isdigit() else 0
 
 
-def cluster_options() -> dict[str, Any]:
+def cluster_options(*, asynchronous: bool) -> dict[str, Any]:
     # A cluster that lost every copy of some slots still serves the namespaces in the others.
-    return {**redis_options(), "require_full_coverage": False}
+    return {**redis_options(asynchronous=asynchronous), "require_full_coverage": False}
 
 
 def cluster_error(exc: BaseException) -> BaseException:
@@ -182,7 +190,7 @@ def cluster_error(exc: BaseException) -> BaseException:
 SentinelArguments = tuple[list[tuple[str, int]], dict[str, Any], dict[str, Any]]
 
 
-def sentinel_arguments(settings: SentinelSettings) -> SentinelArguments:
+def sentinel_arguments(settings: SentinelSettings, *, asynchronous: bool) -> SentinelArguments:
     """The Sentinels' addresses, the options for connections to them, and the options for connections to
     the data nodes, as redis-py's ``Sentinel(addresses, sentinel_kwargs=..., **data_options)`` takes them.
 
@@ -194,7 +202,7 @@ def sentinel_arguments(settings: SentinelSettings) -> SentinelArguments:
         tls["ssl"] = True
         for name, value in settings.tls_options:
             tls[name] = value.lower() not in ("false", "no", "0") if name == "ssl_check_hostname" else value
-    options = redis_options()
+    options = redis_options(asynchronous=asynchronous)
     # A Sentinel that does not answer within 2 s is skipped for the next one (redis-py asks them in turn).
     to_sentinels = {
         **options,
@@ -223,7 +231,7 @@ def make_sentinel(settings: SentinelSettings, *, asynchronous: bool) -> Any:
         from redis.sentinel import Sentinel
 
         factory = Sentinel
-    addresses, to_sentinels, to_data_nodes = sentinel_arguments(settings)
+    addresses, to_sentinels, to_data_nodes = sentinel_arguments(settings, asynchronous=asynchronous)
     return factory(addresses, sentinel_kwargs=to_sentinels, **to_data_nodes)
 
 
@@ -313,7 +321,7 @@ def _sync_cluster(url: str) -> redis.cluster.RedisCluster:
     from redis.cluster import RedisCluster
 
     try:
-        return RedisCluster.from_url(url, **cluster_options())
+        return RedisCluster.from_url(url, **cluster_options(asynchronous=False))
     except Exception as exc:
         raise cluster_error(exc) from exc
 

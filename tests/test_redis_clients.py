@@ -66,7 +66,7 @@ def test_sentinel_options_keep_each_sides_credentials_apart() -> None:
         "rediss+sentinel://app:datapw@s1:1,s2:2/mymaster/4"
         "?sentinel_password=sentpw&ssl_ca_certs=/ca.pem&ssl_check_hostname=false"
     )
-    addresses, to_sentinels, to_data_nodes = sentinel_arguments(settings)
+    addresses, to_sentinels, to_data_nodes = sentinel_arguments(settings, asynchronous=False)
     assert addresses == [("s1", 1), ("s2", 2)]
     assert (to_sentinels["username"], to_sentinels["password"]) == (None, "sentpw")
     assert (to_data_nodes["username"], to_data_nodes["password"], to_data_nodes["db"]) == ("app", "datapw", 4)
