@@ -265,8 +265,11 @@ class Partition:
 
     def close(self) -> None:
         self._stopping.set()
+        # The accept thread first: a worker reconnecting meanwhile would otherwise be accepted after heal()
+        # took the list of sockets to close, and its two sockets would be left open.
+        self._threads[0].join(5)
         self.heal()
-        for thread in self._threads:
+        for thread in self._threads[1:]:
             thread.join(5)
         self.listener.close()
 
