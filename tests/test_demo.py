@@ -263,7 +263,9 @@ def test_demo_with_an_unreachable_redis_is_one_line() -> None:
 def test_demo_app_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("DISTRELOAD_REDIS_URL", "DISTRELOAD_NAMESPACE", "DISTRELOAD_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DISTRELOAD_DEMO_HOST", "solo")
+    monkeypatch.setenv("DISTRELOAD_HOST_NAME", "solo")
+    # A namespace of its own: a broker made by an earlier test would carry that test's host name.
+    monkeypatch.setenv("DISTRELOAD_NAMESPACE", f"demo-solo-{os.getpid()}")
     from distreload.demo import create_app
 
     app = create_app()
