@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +24,7 @@ from .cli_tools import (  # noqa: F401 - fixtures
     run_cli,
     spy_fixture,
 )
-from .conftest import ServerFactory, ServerProcess, free_port
+from .conftest import ServerFactory, ServerProcess, free_port, missing
 from .sse import SSEReader
 
 pytestmark = pytest.mark.usefixtures("clean_cli_environment")
@@ -174,9 +178,219 @@ def test_publish_over_http_with_a_wrong_token(app_with_token: ServerProcess) -> 
     )
 
 
-def test_publish_over_http_to_an_app_without_a_token(start_server: ServerFactory) -> None:
+def test_publish_over_http_to_an_app_without_a_token_says_the_token_is_missing(
+    start_server: ServerFactory,
+) -> None:
     server = start_server("tests.apps.cluster_app:app")
-    done = run_cli("publish", "--url", server.base_url, "--token", TOKEN)
+    done = run_cli("publish", "--url", server.base_url, env={"DISTRELOAD_TOKEN": TOKEN})
     assert done.returncode == 1
-    assert "publish not found (404)" in done.stderr and "DISTRELOAD_TOKEN" in done.stderr
+    assert done.stderr == (
+        f"distreload publish: {server.base_url}/---distreload---/publish not found (404): the app serves "
+        f"it only when it runs with a token: set DISTRELOAD_TOKEN (or token=) where the app runs; "
+        f"check --prefix\n"
+    )
+    assert "DISTRELOAD_ENABLED" not in done.stderr
+
+
+# --- the token: never in argv, never to another origin --------------------------------------------------
+
+
+def test_the_token_is_read_from_a_file(app_with_token: ServerProcess, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")  # as `echo` or a mounted secret writes it
+    done = run_cli("publish", "--url", app_with_token.base_url, "--token-file", str(token_file), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["receivers"] == 1
+
+
+def test_the_token_is_read_from_standard_input(app_with_token: ServerProcess) -> None:
+    done = run_cli(
+        "publish", "--url", app_with_token.base_url, "--token-file", "-", "--json", stdin=TOKEN + "\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["receivers"] == 1
+
+
+def test_a_wrong_token_from_a_file_is_refused(app_with_token: ServerProcess, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("not-it\n")
+    done = run_cli("publish", "--url", app_with_token.base_url, "--token-file", str(token_file))
+    assert done.returncode == 1 and "refused the token (401)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--token-file", "EMPTY"], "--token-file: EMPTY holds no token"),
+        (["--token-file", "-"], "--token-file: standard input holds no token"),
+        (["--token", "x", "--token-file", "-"], "not allowed with argument"),
+    ],
+)
+def test_token_file_mistakes_are_usage_errors(argv: list[str], message: str, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    argv = [str(empty) if a == "EMPTY" else a for a in argv]
+    done = run_cli("publish", "--url", "http://127.0.0.1:1", *argv, stdin="")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: distreload publish ")
+    assert message.replace("EMPTY", str(empty)) in done.stderr.splitlines()[-1]
+
+
+def test_help_shows_the_token_through_the_environment_or_a_file_never_in_argv(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["publish", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--token-file PATH" in text and "discouraged" in text
+    commands = [line for line in text.split("examples:", 1)[1].splitlines() if "distreload publish" in line]
+    assert not [line for line in commands if "--token " in line]
+    assert any("DISTRELOAD_TOKEN=" in line for line in commands)
+    assert any("--token-file -" in line for line in commands)
+
+
+class RecordingServer:
+    """A local HTTP server that answers every POST with one fixed status (and Location), recording what
+    reached it: the app, or the host a redirect points to."""
+
+    def __init__(self, status: int = 200, location: str | None = None, tls: tuple[Path, Path] | None = None):
+        import http.server
+        import ssl
+
+        self.requests: list[dict[str, str]] = []
+        recording = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                recording.requests.append({k.lower(): v for k, v in self.headers.items()})
+                self.send_response(status)
+                if location is not None:
+                    self.send_header("location", location)
+                body = b'{"version": "0123456789abcdef-1", "receivers": 1}' if status == 200 else b""
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., RecordingServer]]:
+    started: list[RecordingServer] = []
+
+    def start(*args: Any, **kwargs: Any) -> RecordingServer:
+        started.append(RecordingServer(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_origin_is_not_followed(
+    status: int, servers: Callable[..., RecordingServer]
+) -> None:
+    elsewhere = servers()
+    target = f"http://127.0.0.1:{elsewhere.port}/login?next=/"
+    app = servers(status, target)
+    done = run_cli("publish", "--url", f"http://127.0.0.1:{app.port}", env={"DISTRELOAD_TOKEN": TOKEN})
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"distreload publish: http://127.0.0.1:{app.port}/---distreload---/publish redirected ({status}) to "
+        f"{target}: not followed, the token is sent only to the --url given (pass the app's own address)\n"
+    )
+    assert len(app.requests) == 1 and app.requests[0]["authorization"] == f"Bearer {TOKEN}"
+    assert elsewhere.requests == []
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        missing("openssl (to make a certificate for a local https server)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_a_redirect_from_https_to_http_is_not_followed(
+    servers: Callable[..., RecordingServer], self_signed: tuple[Path, Path]
+) -> None:
+    plain = servers()
+    target = f"http://127.0.0.1:{plain.port}/---distreload---/publish"
+    app = servers(301, target, tls=self_signed)
+    done = run_cli(
+        "publish",
+        "--url",
+        f"https://127.0.0.1:{app.port}",
+        env={"DISTRELOAD_TOKEN": TOKEN, "SSL_CERT_FILE": str(self_signed[0])},
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"redirected (301) to {target}: not followed" in done.stderr
     assert done.stderr.count("\n") == 1
+    assert len(app.requests) == 1 and plain.requests == []
+
+
+def test_a_working_endpoint_still_publishes(servers: Callable[..., RecordingServer]) -> None:
+    """The redirect refusal is no general refusal: the same server answering 200 is a publish."""
+    app = servers(200)
+    done = run_cli("publish", "--url", f"http://127.0.0.1:{app.port}", env={"DISTRELOAD_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    assert "published reload 0123456789abcdef-1 through" in done.stdout
+
+
+# --- Redis URLs the user gets wrong ----------------------------------------------------------------------
+
+
+def test_a_database_that_is_not_a_number_is_a_usage_error_in_the_user_s_terms() -> None:
+    done = run_cli("publish", "--redis-url", "redis://127.0.0.1:6379/abc")
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("distreload publish: --redis-url: ") and "'redis://127.0.0.1:6379/abc'" in last
+    assert "invalid literal" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.redis
+def test_tls_against_a_plain_redis_fails_fast_and_says_nothing_was_sent(shared_redis_url: str) -> None:
+    tls_url = shared_redis_url.replace("redis://", "rediss://", 1)
+    done = run_cli("publish", "--redis-url", tls_url, "--namespace", "cli-tls")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "TLS handshake" in done.stderr and "nothing was sent" in done.stderr
+    assert "goes out if Redis runs it later" not in done.stderr
