@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distreload.cli import main
-from distreload.cli.watch import classify_changes
-from distreload.protocol import parse_message
+from distreload.cli.watch import classify_changes, request_for, saved_files
+from distreload.protocol import MAX_PATHS, parse_message, reload_request
 
 from .cli_tools import ChannelSpy, clean_cli_environment_fixture, spawn_cli, spy_fixture  # noqa: F401 - fixtures
+from .conftest import missing
 
 pytestmark = pytest.mark.usefixtures("clean_cli_environment")
 
@@ -145,3 +150,151 @@ def test_watch_stops_after_count_publishes(
         thread.join(30)
     assert outcome == [0]
     assert "changed; published reload" in capsys.readouterr().out
+
+
+# --- what editors write on the way to a save -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sedA7Bjpw",
+        ".site.css.swp",
+        ".site.css.swx",
+        ".site.css.swo",
+        "4913",
+        "site.css~",
+        "site.css___jb_tmp___",
+        "site.css___jb_old___",
+        "site.css.tmp",
+        ".#site.css",
+        "#site.css#",
+    ],
+)
+def test_editor_temporaries_are_not_what_the_user_saved(name: str, tmp_path: Path) -> None:
+    saved = str(tmp_path / "static" / "site.css")
+    assert saved_files([str(tmp_path / "static" / name), saved]) == [saved]
+
+
+def test_ordinary_files_are_what_the_user_saved(tmp_path: Path) -> None:
+    names = ["site.css", "app.py", "page.html", "sed.css", "v2.js", "template.tmpl", "notes.swift"]
+    paths = [str(tmp_path / name) for name in names]
+    assert saved_files(paths) == sorted(paths)
+
+
+def test_more_paths_than_one_reload_names_swap_all_of_that_kind() -> None:
+    options = reload_request()
+    paths = tuple(f"/static/{index}.css" for index in range(MAX_PATHS + 1))
+    assert request_for("css", paths, options) == reload_request("css", ())
+    assert request_for("css", paths[:MAX_PATHS], options).paths == paths[:MAX_PATHS]
+    fleet = reload_request(spread=5, match="/screens/*")
+    assert request_for("images", paths, fleet) == reload_request("images", (), 5, "/screens/*")
+
+
+def _sed(path: Path) -> None:
+    subprocess.run(["sed", "-i", "s/red/blue/", str(path)], check=True)
+
+
+def _vim(path: Path) -> None:
+    """vim itself, as configured on many machines: a swap file, the 4913 write test, a backup renamed
+    away (backupcopy=no) and a new file written in its place."""
+    if shutil.which("vim") is None:
+        missing("vim")
+    command = ["vim", "-u", "NONE", "-N", "-es", "-c", "set backupcopy=no writebackup", "-c", "%s/red/blue/"]
+    subprocess.run([*command, "-c", "wq", str(path)], check=True, cwd=path.parent, timeout=30)
+
+
+def _jetbrains(path: Path) -> None:
+    """JetBrains "safe write": the text to x___jb_tmp___, x moved to x___jb_old___, the new one moved in."""
+    temporary, old = Path(f"{path}___jb_tmp___"), Path(f"{path}___jb_old___")
+    temporary.write_text("p { color: blue }")
+    os.rename(path, old)
+    os.rename(temporary, path)
+    old.unlink()
+
+
+def _vs_code(path: Path) -> None:
+    """VS Code's save: the file truncated, then written (two changes of the one file)."""
+    with open(path, "r+") as file:
+        file.truncate(0)
+        file.flush()
+        os.fsync(file.fileno())
+        file.write("p { color: blue }")
+
+
+def _renamed_over(path: Path) -> None:
+    """The atomic save of many tools: x.tmp written, then renamed over x."""
+    temporary = Path(f"{path}.tmp")
+    temporary.write_text("p { color: blue }")
+    os.replace(temporary, path)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("save", [_sed, _vim, _jetbrains, _vs_code, _renamed_over])
+def test_a_stylesheet_saved_by_any_editor_is_a_stylesheet_swap(
+    save: Callable[[Path], None], spy: ChannelSpy, shared_redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    stylesheet = static / "site.css"
+    stylesheet.write_text("p { color: red }")
+    watcher = _start_watching(tmp_path, shared_redis_url, namespace)
+    try:
+        save(stylesheet)
+        published = parse_message(spy.next(timeout=10))
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=15)
+    assert watcher.returncode == 0, err
+    assert (published.kind, published.paths) == ("css", ("/static/site.css",)), out
+    assert stylesheet.read_text().strip() == "p { color: blue }"
+    printed = json.loads(out.splitlines()[0])
+    assert printed["changed"] == [str(stylesheet)]
+
+
+def _start_watching(root: Path, redis_url: str, namespace: str) -> subprocess.Popen[str]:
+    static = root / "static"
+    watcher = spawn_cli(
+        "watch",
+        str(static),
+        "--redis-url",
+        redis_url,
+        "--namespace",
+        namespace,
+        "--static-dir",
+        str(static),
+        "--debounce",
+        "200",
+        "--timeout",
+        "60",
+        "--json",
+    )
+    assert watcher.stderr is not None
+    assert watcher.stderr.readline().startswith("watching ")
+    return watcher
+
+
+@pytest.mark.redis
+def test_a_batch_past_the_paths_limit_swaps_every_stylesheet_and_the_watch_goes_on(
+    spy: ChannelSpy, shared_redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    sheets = [static / f"sheet-{index:03d}.css" for index in range(MAX_PATHS + 1)]
+    for sheet in sheets:
+        sheet.write_text("p { color: red }")
+    watcher = _start_watching(tmp_path, shared_redis_url, namespace)
+    try:
+        for sheet in sheets:
+            sheet.write_text("p { color: blue }")
+        batch = parse_message(spy.next(timeout=10))
+        sheets[0].write_text("p { color: green }")
+        after = parse_message(spy.next(timeout=10))
+        assert watcher.poll() is None
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=15)
+    assert watcher.returncode == 0, err
+    assert (batch.kind, batch.paths) == ("css", ())  # every stylesheet, as many as changed
+    assert (after.kind, after.paths) == ("css", ("/static/sheet-000.css",))
+    assert len(json.loads(out.splitlines()[0])["changed"]) == MAX_PATHS + 1

@@ -23,13 +23,15 @@ NAME = "watch"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".avif", ".ico", ".bmp"})
 
 # Files editors and tools write on the way to saving another one, never what the user saved: sed -i's
-# sedXXXXXX, vim's swap files (.x.swp, .swx, ...), its write test 4913 (and the numbers after it) and its
-# backup x~, JetBrains' x___jb_tmp___ / x___jb_old___, VS Code's x.vsctmp, emacs' .#x and #x#, and the
-# x.tmp that many tools write and rename over x. The rename itself shows as a change of x.
+# sedXXXXXX; vim's swap files (.x.swp, .x.swo, ... and .x.swx), its write test 4913 (and the numbers after
+# it) and its backup x~; JetBrains' x___jb_tmp___ / x___jb_old___; VS Code's x.vsctmp; emacs' .#x and #x#;
+# Chrome's x.crswap; and the x.tmp that many tools write and rename over x. The rename itself shows as a
+# change of x.
 EDITOR_TEMPORARY = re.compile(
     r"""
       sed[A-Za-z0-9]{6}
-    | .*\.sw[a-p]
+    | \..*\.s[a-w][a-z]
+    | .*\.sw[px]
     | \d+
     | .*~
     | .*___jb_(tmp|old|bak)___
