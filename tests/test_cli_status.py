@@ -85,3 +85,59 @@ def test_status_forgets_a_worker_when_its_presence_expires(
     assert capsys.readouterr().out == (
         f"no live workers in namespace {namespace!r} at {shared_redis_url} (cluster version none yet)\n"
     )
+
+
+@pytest.mark.redis
+def test_a_bad_presence_record_is_skipped_with_one_line_and_the_rest_is_shown(
+    shared_redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    prefix = presence_prefix(namespace)
+    good = {"host": "web-1", "pid": 7, "started": time.time(), "streams": 2, "version": "ab-1", "build": "b"}
+    with redis.Redis.from_url(shared_redis_url) as client:
+        client.set(prefix + "web-1:7", json.dumps(good), ex=30)
+        client.set(prefix + "evil:1", b'{"host": "evil", "pid": 1, "started": 1e999}', ex=30)
+        client.set(prefix + "types:2", json.dumps({"host": 5, "pid": "x"}), ex=30)
+        client.set(prefix + "junk:3", b"\x1b[2J not json", ex=30)
+    target = ["--redis-url", shared_redis_url, "--namespace", namespace]
+    assert main(["status", *target]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1].split()[:3] == ["web-1", "7", "2"]
+    assert captured.out.splitlines()[-1].startswith("1 host, 1 worker, 2 browser streams;")
+    notes = captured.err.splitlines()
+    assert notes == [
+        "distreload status: skipped the unreadable presence record 'evil:1': started inf is not a time",
+        "distreload status: skipped the unreadable presence record 'junk:3': not JSON (JSONDecodeError)",
+        "distreload status: skipped the unreadable presence record 'types:2': host 5 is not text",
+    ]
+    assert main(["status", *target, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert [w["pid"] for w in status["workers"]] == [7] and status["skipped"] == 3
+
+
+@pytest.mark.redis
+def test_text_from_redis_is_printed_with_its_control_characters_escaped(
+    shared_redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    hostile = {
+        "host": "web\x1b]0;owned\x07\x1b[2J",
+        "pid": 9,
+        "started": time.time(),
+        "streams": 0,
+        "version": "ab-1\r\x1b[31m",
+        "build": "b\u202e1",
+    }
+    with redis.Redis.from_url(shared_redis_url) as client:
+        client.set(presence_prefix(namespace) + "web:9", json.dumps(hostile), ex=30)
+    target = ["--redis-url", shared_redis_url, "--namespace", namespace]
+    assert main(["status", *target]) == 0
+    out = capsys.readouterr().out
+    assert not [c for c in out if not c.isprintable() and c != "\n"]
+    row = out.splitlines()[1].split()
+    assert row[0] == "web\\x1b]0;owned\\x07\\x1b[2J"
+    assert row[3] == "ab-1\\r\\x1b[31m" and row[4] == "b\\u202e1"
+    assert main(["status", *target, "--json"]) == 0  # JSON escapes them itself, and keeps the text as it is
+    assert json.loads(capsys.readouterr().out)["workers"][0]["host"] == hostile["host"]
