@@ -368,3 +368,24 @@ def test_the_embedded_redis_takes_the_next_port_when_its_own_is_taken() -> None:
 def port_was_any_free_one(taken: int, port: int) -> bool:
     """When the ports after the taken one are all in use as well, any free port does."""
     return all(not port_is_closed(candidate) for candidate in range(taken + 1, taken + PORT_FALLBACKS))
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_servers_are_stopped_without_process_groups_where_there_are_none(
+    stop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no os.killpg: the demo ends its servers with terminate() (stop) or kill() there."""
+    from distreload import demo
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], **demo._new_process_group()
+    )
+    try:
+        monkeypatch.setattr(sys, "platform", "win32")
+        monkeypatch.delattr(os, "killpg")
+        demo._signal_server(server, stop=stop)
+        assert server.wait(10) == -(signal.SIGTERM if stop else signal.SIGKILL)
+    finally:
+        monkeypatch.undo()
+        server.kill()
+        server.wait()
