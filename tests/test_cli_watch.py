@@ -182,6 +182,13 @@ def test_ordinary_files_are_what_the_user_saved(tmp_path: Path) -> None:
     assert saved_files(paths) == sorted(paths)
 
 
+def test_a_directory_made_or_removed_is_no_save(tmp_path: Path) -> None:
+    """A new directory of stylesheets is a stylesheet swap, not a full reload for the directory itself."""
+    (tmp_path / "many").mkdir()
+    sheet = str(tmp_path / "many" / "a.css")
+    assert saved_files([str(tmp_path / "many"), sheet]) == [sheet]
+
+
 def test_more_paths_than_one_reload_names_swap_all_of_that_kind() -> None:
     options = reload_request()
     paths = tuple(f"/static/{index}.css" for index in range(MAX_PATHS + 1))
@@ -196,12 +203,27 @@ def _sed(path: Path) -> None:
 
 
 def _vim(path: Path) -> None:
-    """vim itself, as configured on many machines: a swap file, the 4913 write test, a backup renamed
-    away (backupcopy=no) and a new file written in its place."""
+    """vim itself (this one writes the file in place, with its swap files beside it)."""
     if shutil.which("vim") is None:
         missing("vim")
-    command = ["vim", "-u", "NONE", "-N", "-es", "-c", "set backupcopy=no writebackup", "-c", "%s/red/blue/"]
-    subprocess.run([*command, "-c", "wq", str(path)], check=True, cwd=path.parent, timeout=30)
+    command = ["vim", "-u", "NONE", "-i", "NONE", "-N", "-es", "-c", "%s/red/blue/", "-c", "wq", str(path)]
+    subprocess.run(command, check=True, cwd=path.parent, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def _vim_backupcopy_no(path: Path) -> None:
+    """What vim does with backupcopy=no (and its default "auto" on many files): it checks that it may
+    create a file in the directory (4913, at once deleted), renames the file to its backup x~, writes a new
+    x and deletes the backup; the swap file .x.swp is there all along."""
+    swap = path.parent / f".{path.name}.swp"
+    swap.write_bytes(b"b0VIM 9.0")
+    probe = path.parent / "4913"
+    probe.write_bytes(b"")
+    probe.unlink()
+    backup = Path(f"{path}~")
+    os.rename(path, backup)
+    path.write_text("p { color: blue }")
+    backup.unlink()
+    swap.unlink()
 
 
 def _jetbrains(path: Path) -> None:
@@ -230,7 +252,7 @@ def _renamed_over(path: Path) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("save", [_sed, _vim, _jetbrains, _vs_code, _renamed_over])
+@pytest.mark.parametrize("save", [_sed, _vim, _vim_backupcopy_no, _jetbrains, _vs_code, _renamed_over])
 def test_a_stylesheet_saved_by_any_editor_is_a_stylesheet_swap(
     save: Callable[[Path], None], spy: ChannelSpy, shared_redis_url: str, namespace: str, tmp_path: Path
 ) -> None:

@@ -94,8 +94,15 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
 
 
 def saved_files(changed: Iterable[str]) -> list[str]:
-    """The files the user saved among a batch of changed paths: editors' temporaries left out, each once."""
-    return sorted({path for path in changed if not EDITOR_TEMPORARY.fullmatch(os.path.basename(path))})
+    """The files the user saved among a batch of changed paths: editors' temporaries and directories (made
+    to hold new files, which come in the same batch) left out, each file once."""
+    return sorted(
+        {
+            path
+            for path in changed
+            if not EDITOR_TEMPORARY.fullmatch(os.path.basename(path)) and not os.path.isdir(path)
+        }
+    )
 
 
 def classify_changes(
