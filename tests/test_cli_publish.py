@@ -387,10 +387,13 @@ def test_a_database_that_is_not_a_number_is_a_usage_error_in_the_user_s_terms() 
 
 
 @pytest.mark.redis
-def test_tls_against_a_plain_redis_fails_fast_and_says_nothing_was_sent(shared_redis_url: str) -> None:
+@pytest.mark.parametrize("command", ["publish", "status", "listen"])
+def test_tls_against_a_plain_redis_fails_fast_and_says_nothing_was_sent(
+    command: str, shared_redis_url: str
+) -> None:
     tls_url = shared_redis_url.replace("redis://", "rediss://", 1)
-    done = run_cli("publish", "--redis-url", tls_url, "--namespace", "cli-tls")
+    done = run_cli(command, "--redis-url", tls_url, "--namespace", "cli-tls")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1, done.stderr
-    assert "TLS handshake" in done.stderr and "nothing was sent" in done.stderr
+    assert "TLS handshake" in done.stderr and "nothing was sent" in done.stderr, done.stderr
     assert "goes out if Redis runs it later" not in done.stderr

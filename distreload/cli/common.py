@@ -189,5 +189,13 @@ def printable(text: object) -> str:
     return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in value)
 
 
+def with_tls_hint(target: Target, message: str) -> str:
+    """A connection to a rediss:// URL that timed out most likely met a Redis without TLS, which reads the
+    TLS handshake as the start of a command and never answers: say so, and that nothing was sent."""
+    if target.redis_url.startswith(("rediss://", "rediss+sentinel://")) and "Timeout" in message:
+        return f"{message} (no TLS handshake completed, nothing was sent: a Redis without TLS takes redis://)"
+    return message
+
+
 def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from .common import (
     printable,
     reason,
     redis_target,
+    with_tls_hint,
 )
 from .publish import app_base
 
@@ -99,7 +100,9 @@ def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
     try:
         redis_client = open_sync(target)
     except Exception as exc:
-        raise CommandError(f"cannot reach Redis at {target.display_url()}: {one_line(exc)}") from None
+        raise CommandError(
+            with_tls_hint(target, f"cannot reach Redis at {target.display_url()}: {one_line(exc)}")
+        ) from None
     # On a Redis Cluster (7+) the workers' channel is a shard channel, on the node that owns its slot.
     sharded = redis_client.sharded
     pubsub = redis_client.client.pubsub()

@@ -6,7 +6,16 @@ import argparse
 import json
 import time
 
-from .common import CommandError, Parser, add_command, add_redis_options, note, printable, redis_target
+from .common import (
+    CommandError,
+    Parser,
+    add_command,
+    add_redis_options,
+    note,
+    printable,
+    redis_target,
+    with_tls_hint,
+)
 
 NAME = "status"
 
@@ -39,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cluster = read_presence(target)
     except PresenceUnavailable as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(with_tls_hint(target, str(exc))) from None
     for key, why in cluster.skipped:
         note(printable(f"distreload status: skipped the unreadable presence record {key!r}: {why}"))
     workers, version = cluster.workers, cluster.version
