@@ -264,13 +264,14 @@ def test_a_stylesheet_saved_by_any_editor_is_a_stylesheet_swap(
     try:
         save(stylesheet)
         published = parse_message(spy.next(timeout=10))
+        assert watcher.stdout is not None
+        printed = json.loads(watcher.stdout.readline())  # before the stop: the line follows the publish
     finally:
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=15)
+        _, err = watcher.communicate(timeout=15)
     assert watcher.returncode == 0, err
-    assert (published.kind, published.paths) == ("css", ("/static/site.css",)), out
+    assert (published.kind, published.paths) == ("css", ("/static/site.css",)), printed
     assert stylesheet.read_text().strip() == "p { color: blue }"
-    printed = json.loads(out.splitlines()[0])
     assert printed["changed"] == [str(stylesheet)]
 
 
@@ -310,13 +311,15 @@ def test_a_batch_past_the_paths_limit_swaps_every_stylesheet_and_the_watch_goes_
         for sheet in sheets:
             sheet.write_text("p { color: blue }")
         batch = parse_message(spy.next(timeout=10))
+        assert watcher.stdout is not None
+        printed = json.loads(watcher.stdout.readline())
         sheets[0].write_text("p { color: green }")
         after = parse_message(spy.next(timeout=10))
         assert watcher.poll() is None
     finally:
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=15)
+        _, err = watcher.communicate(timeout=15)
     assert watcher.returncode == 0, err
     assert (batch.kind, batch.paths) == ("css", ())  # every stylesheet, as many as changed
     assert (after.kind, after.paths) == ("css", ("/static/sheet-000.css",))
-    assert len(json.loads(out.splitlines()[0])["changed"]) == MAX_PATHS + 1
+    assert len(printed["changed"]) == MAX_PATHS + 1
