@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import threading
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Target, resolve_target
 from .links import MESSAGE, PONG, AsyncLink, Subscription, open_link
+from .presence import presence_of
 from .process import WorkerIdentity
 from .protocol import (
     _SEED_SCRIPT,
@@ -301,6 +301,7 @@ class RedisBroker(Broker):
         self._outage_logged = False
         self._recovery_logged = False
         self._presence_written = False
+        self._presence_streams = -1  # the stream count of the last record written
         self._presence_refused_until = -float("inf")
         self._presence_refusal_logged = False
         self._warn_bad_message = RateLimitedWarning()
@@ -487,7 +488,10 @@ class RedisBroker(Broker):
         while True:
             # Wake up for whatever is due first: a ping, a presence record, a look at the Sentinels.
             due = min(next_presence, next_master_check) - now
-            event = await subscription.next_event(max(0.01, min(1.0, self.ping_interval, due)))
+            # Never longer than PRESENCE_PROMPT_SECONDS: a browser connecting or leaving shows in
+            # `distreload status` within a second, not at the next refresh.
+            wait = min(PRESENCE_PROMPT_SECONDS, self.ping_interval, due)
+            event = await subscription.next_event(max(0.01, wait))
             now = time.monotonic()
             if event is not None:
                 last_heard, ping_sent = now, None
@@ -499,7 +503,7 @@ class RedisBroker(Broker):
             if ping_sent is None and now - last_heard >= self.ping_interval:
                 await asyncio.wait_for(subscription.send_ping(), self.ping_timeout)
                 ping_sent = now
-            if now >= next_presence:
+            if now >= next_presence or self.stream_count() != self._presence_streams:
                 await self._write_presence(link)
                 next_presence = now + self.presence_interval
             if now >= next_master_check:
@@ -548,18 +552,13 @@ class RedisBroker(Broker):
         gets every reload, and is told once what it cannot do."""
         if time.monotonic() < self._presence_refused_until:
             return
-        record = {
-            "host": self.identity.host,
-            "pid": self.identity.pid,
-            "started": round(self.identity.started, 3),
-            "streams": self.stream_count(),
-            "version": str(self.version),
-            "build": self.build_id,
-        }
+        record = presence_of(
+            self.identity, streams=self.stream_count(), version=self.version, build=self.build_id
+        )
         ttl = max(3, int(self.presence_interval * 3))
         try:
             await asyncio.wait_for(
-                link.client.set(self._presence_key, json.dumps(record), ex=ttl), self.ping_timeout
+                link.client.set(self._presence_key, record.to_json(), ex=ttl), self.ping_timeout
             )
         except Exception as exc:
             if not is_refusal(exc):
@@ -579,7 +578,11 @@ class RedisBroker(Broker):
                 )
             return
         self._presence_written = True
+        self._presence_streams = record.streams
 
+
+# How often at most a worker rewrites its presence because its browser count changed.
+PRESENCE_PROMPT_SECONDS = 0.25
 
 # How long a worker whose presence write was refused waits before trying again (ACL rules may change).
 PRESENCE_RETRY_SECONDS = 60

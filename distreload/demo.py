@@ -10,7 +10,6 @@ the page, the live workers of the cluster, and two buttons: a full reload and a 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import html
 import os
@@ -27,16 +26,18 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .process import ENV_HOST_NAME
+
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.types import ASGIApp
 
-ENV_DEMO_HOST = "DISTRELOAD_DEMO_HOST"  # the name this app server shows on its pages
 ENV_DEMO_LINKS = "DISTRELOAD_DEMO_LINKS"  # space-separated URLs of every host, for the page's links
 
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
+PORT_FALLBACKS = 10  # ports tried after a taken --redis-port before any free one
 
 
 class DemoError(RuntimeError):
@@ -52,6 +53,7 @@ PAGE = """<!doctype html>
 <title>distreload demo · {host}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="/style.css">
+<link rel="icon" href="data:,">
 </head>
 <body>
 <main>
@@ -69,7 +71,8 @@ PAGE = """<!doctype html>
   <h2>Live workers</h2>
   {workers}
   <p class="hint">Or from a shell: <code>distreload publish</code>,
-    <code>distreload publish --css /style.css</code>, <code>distreload status</code>
+    <code>distreload publish --morph</code>, <code>distreload publish --css /style.css</code>,
+    <code>distreload status</code>
     (with this cluster's <code>--redis-url</code> and <code>--namespace</code>).</p>
 </main>
 <script>
@@ -116,10 +119,9 @@ def create_app() -> ASGIApp:
     from .middleware import DistReload
     from .publisher import send_reload_signal_async
 
-    host_name = os.environ.get(ENV_DEMO_HOST) or socket.gethostname()
-
     async def index(request: Request) -> Response:
         version = reloader.broker.version
+        host_name = reloader.broker.identity.host
         links = [url for url in os.environ.get(ENV_DEMO_LINKS, "").split() if url]
         link_html = ", ".join(f'<a href="{html.escape(url)}">{html.escape(url)}</a>' for url in links)
         page = PAGE.format(
@@ -153,13 +155,16 @@ def create_app() -> ASGIApp:
             {
                 "version": str(result.version),
                 "receivers": result.receivers,
-                "host": host_name,
+                "host": reloader.broker.identity.host,
                 "pid": os.getpid(),
             }
         )
 
     async def whoami(request: Request) -> Response:
-        return JSONResponse({"host": host_name, "pid": os.getpid(), "version": str(reloader.broker.version)})
+        identity = reloader.broker.identity
+        return JSONResponse(
+            {"host": identity.host, "pid": identity.pid, "version": str(reloader.broker.version)}
+        )
 
     inner = Starlette(
         routes=[
@@ -174,40 +179,28 @@ def create_app() -> ASGIApp:
 
 
 async def _workers_table(reloader: Any) -> str:
-    """The live workers, read from the presence records every worker keeps in Redis."""
+    """The live workers, from the presence records every worker keeps in Redis (as `distreload status`)."""
+    from .presence import PresenceUnavailable, presence_of, read_presence_async
+
     broker = reloader.broker
     if broker.target.is_memory:
-        records = [
-            {
-                "host": broker.identity.host,
-                "pid": broker.identity.pid,
-                "streams": len(reloader.hub),
-                "version": str(broker.version),
-            }
+        workers = [
+            presence_of(broker.identity, streams=broker.stream_count(), version=broker.version, build="")
         ]
     else:
-        records = await _read_presence(broker.target)
+        try:
+            workers = (await read_presence_async(broker.target)).workers
+        except PresenceUnavailable:
+            workers = []
     rows = "".join(
-        f"<tr><td>{html.escape(str(r.get('host')))}</td><td>{html.escape(str(r.get('pid')))}</td>"
-        f"<td>{html.escape(str(r.get('streams')))}</td><td><code>{html.escape(str(r.get('version')))}</code></td>"
-        "</tr>"
-        for r in records
+        f"<tr><td>{html.escape(w.host)}</td><td>{w.pid}</td><td>{w.streams}</td>"
+        f"<td><code>{html.escape(w.version)}</code></td></tr>"
+        for w in workers
     )
     return (
-        '<table id="workers"><tr><th>machine</th><th>pid</th><th>browser streams</th>'
+        '<table id="workers"><tr><th>host</th><th>pid</th><th>browser streams</th>'
         f"<th>version</th></tr>{rows}</table>"
     )
-
-
-async def _read_presence(target: Any) -> list[dict[str, Any]]:
-    """The live workers' presence, as ``distreload status`` reads it (on a thread: it is blocking I/O)."""
-    from .cli import CommandError, read_presence
-
-    try:
-        _, workers = await asyncio.to_thread(read_presence, target)
-    except CommandError:
-        return []
-    return [{"host": w.host, "pid": w.pid, "streams": w.streams, "version": w.version} for w in workers]
 
 
 _app: ASGIApp | None = None
@@ -240,7 +233,8 @@ class EmbeddedRedis:
         return f"redis://{host}:{port}/0"
 
     @classmethod
-    def start(cls, bind: str = "127.0.0.1") -> EmbeddedRedis:
+    def start(cls, bind: str = "127.0.0.1", port: int = 0) -> EmbeddedRedis:
+        """Serve on ``port``, else the next free one of the few after it, else any (``port`` 0: any)."""
         try:
             import lupa  # type: ignore[import-untyped]  # noqa: F401 - distreload publishes with Lua
             from fakeredis import TcpFakeServer
@@ -249,7 +243,16 @@ class EmbeddedRedis:
                 "the embedded Redis needs fakeredis with Lua: pip install 'distreload[demo]' "
                 "(or pass --redis-url)"
             ) from None
-        server = TcpFakeServer((bind, 0), server_type="redis")
+        candidates = [*range(port, min(port + PORT_FALLBACKS, 65536)), 0] if port else [0]
+        for candidate in candidates:
+            try:
+                server = TcpFakeServer((bind, candidate), server_type="redis")
+                break
+            except OSError:
+                if candidate == 0:
+                    raise
+        else:  # pragma: no cover - the last candidate, 0, either binds or raises
+            raise DemoError("no port for the embedded Redis")
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -277,19 +280,35 @@ class DemoCluster:
     def stop(self) -> None:
         for process in self.processes:
             if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+                _signal_server(process, stop=True)
         deadline = time.monotonic() + STOP_TIMEOUT
         for process in self.processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                _signal_server(process, stop=False)
                 process.wait(5)
 
     def exited(self) -> subprocess.Popen[bytes] | None:
         return next((p for p in self.processes if p.poll() is not None), None)
+
+
+def _signal_server(process: subprocess.Popen[bytes], *, stop: bool) -> None:
+    """Ask an app server and its workers to stop (``stop``), or end them. On POSIX the server leads its
+    own process group; Windows has no process groups to signal, where terminate() ends the server and
+    uvicorn's workers notice their parent is gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if sys.platform == "win32" or not hasattr(os, "killpg"):
+            process.terminate() if stop else process.kill()
+        else:
+            os.killpg(process.pid, signal.SIGTERM if stop else signal.SIGKILL)
+
+
+def _new_process_group() -> dict[str, Any]:
+    """Popen arguments that keep a Ctrl-C in the terminal from reaching the server directly."""
+    if sys.platform == "win32":
+        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+    return {"start_new_session": True}
 
 
 def _check_redis(url: str) -> None:
@@ -385,6 +404,7 @@ def instructions(cluster: DemoCluster, *, embedded: bool, workers: int) -> str:
         "",
         "  open      " + "   ".join(cluster.urls) + "   (several tabs of each)",
         f"  reload    {command} publish {target}",
+        f"  morph     {command} publish {target} --morph",
         f"  css only  {command} publish {target} --css /style.css",
         f"  status    {command} status {target}",
         f"  listen    {command} listen {target}",
@@ -413,6 +433,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 def run_demo(
     *,
     redis_url: str | None = None,
+    redis_port: int = 6390,
     namespace: str = "demo",
     bind: str = "127.0.0.1",
     port: int = 8000,
@@ -429,7 +450,7 @@ def run_demo(
         raise DemoError("the demo needs uvicorn: pip install 'distreload[demo]'") from None
     namespace = validate_namespace(namespace, "--namespace")
     ports = _pick_ports(bind, port, hosts)
-    embedded = None if redis_url else EmbeddedRedis.start()
+    embedded = None if redis_url else EmbeddedRedis.start(bind, redis_port)
     url = validate_redis_url(redis_url, "--redis-url") if redis_url else embedded.url  # type: ignore[union-attr]
     shown = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
     cluster = DemoCluster(url, namespace, [f"http://{shown}:{p}/" for p in ports])
@@ -443,7 +464,8 @@ def run_demo(
                         "DISTRELOAD_ENABLED": "1",
                         "DISTRELOAD_REDIS_URL": url,
                         "DISTRELOAD_NAMESPACE": namespace,
-                        ENV_DEMO_HOST: f"host-{index + 1}",
+                        # The name on its pages, in their worker table and in `distreload status`.
+                        ENV_HOST_NAME: f"host-{index + 1}",
                         ENV_DEMO_LINKS: " ".join(cluster.urls),
                     }
                     command = [
@@ -464,7 +486,7 @@ def run_demo(
                         "5",
                     ]
                     # Own session: a Ctrl-C reaches this command, which stops the servers in order.
-                    cluster.processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+                    cluster.processes.append(subprocess.Popen(command, env=env, **_new_process_group()))
                 _wait_until_serving(cluster, ports, bind, workers)
                 print(instructions(cluster, embedded=embedded is not None, workers=workers), flush=True)
                 deadline = time.monotonic() + timeout if timeout else None

@@ -14,12 +14,20 @@ from pathlib import Path
 
 from .config import ENV_BUILD_ID
 
+# The host name a worker gives in `distreload status` and the logs, when the machine's own is no help (every
+# container its own random one; the demo's several "hosts" on one machine).
+ENV_HOST_NAME = "DISTRELOAD_HOST_NAME"
+
+
+def host_name() -> str:
+    return os.environ.get(ENV_HOST_NAME, "").strip()[:253] or socket.gethostname()
+
 
 @dataclass(frozen=True)
 class WorkerIdentity:
     """How ``distreload status`` and the logs name a worker process."""
 
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=host_name)
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=time.time)
 

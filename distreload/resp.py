@@ -116,7 +116,28 @@ def _wrap_tls(sock: socket.socket, hostname: str | None, query: dict[str, list[s
         context.verify_mode = ssl.CERT_NONE
     elif requirement in ("optional", "CERT_OPTIONAL"):
         context.verify_mode = ssl.CERT_OPTIONAL
-    return context.wrap_socket(sock, server_hostname=hostname)
+    # A TLS handshake answers within a round trip or two; a server that does not speak TLS (a plain Redis
+    # reads the ClientHello as the start of a command) never answers, so it gets the connect timeout, not
+    # the command timeout, and the error says that nothing was sent.
+    timeout = sock.gettimeout()
+    sock.settimeout(min(timeout or TLS_HANDSHAKE_TIMEOUT, TLS_HANDSHAKE_TIMEOUT))
+    try:
+        wrapped = context.wrap_socket(sock, server_hostname=hostname)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise TLSHandshakeFailed(
+            f"TLS handshake with {hostname} failed ({exc.__class__.__name__}: {exc}); nothing was sent "
+            f"(a Redis without TLS takes redis://, not rediss://)"
+        ) from None
+    wrapped.settimeout(timeout)
+    return wrapped
+
+
+TLS_HANDSHAKE_TIMEOUT = 2.0
+
+
+class TLSHandshakeFailed(ConnectionError):
+    """The TLS handshake did not complete, so no command reached the server."""
 
 
 def _first(query: dict[str, list[str]], name: str) -> str | None:

@@ -20,6 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from distreload.cli.demo import DEFAULT_REDIS_PORT
+from distreload.demo import PORT_FALLBACKS, EmbeddedRedis
+
 from .conftest import ROOT
 from .sse import SSEReader
 
@@ -123,11 +126,18 @@ def test_demo_runs_a_cluster_with_no_redis_installed(
     text = "".join(demo.output)
     assert "2 hosts x 2 workers" in text and "embedded Redis-protocol server (fakeredis)" in text
     assert demo.namespace == "demo" and len(demo.urls) == 2
+    # Every kind of publish is shown, and the embedded Redis is on the stable default port (or, when
+    # something else holds that, one of the few after it), so the commands stay the same run after run.
+    assert f"publish --redis-url {demo.redis_url} --namespace demo --morph" in text
+    assert f"publish --redis-url {demo.redis_url} --namespace demo --css /style.css" in text
+    embedded_port = int(demo.redis_url.rsplit(":", 1)[1].split("/")[0])
+    assert DEFAULT_REDIS_PORT <= embedded_port < DEFAULT_REDIS_PORT + PORT_FALLBACKS
 
     for index, url in enumerate(demo.urls, start=1):
         page, _ = get(url)
         assert f'<b id="host">host-{index}</b>' in page
         assert page.count("data-distreload=") == 1  # the reload script went in
+        assert '<link rel="icon" href="data:,">' in page  # no request for /favicon.ico, so no 404
         assert all(link in page for link in demo.urls)
     readers = [open_sse(port) for port in demo.ports for _ in range(3)]
     assert all(reader.wait_for("hello") for reader in readers)
@@ -185,7 +195,13 @@ def test_demo_runs_a_cluster_with_no_redis_installed(
         timeout=30,
         cwd=ROOT,
     )
-    assert len(json.loads(status.stdout)["workers"]) == 4
+    # One name per host, the same on the pages, in their worker table and in `distreload status`.
+    status_json = json.loads(status.stdout)
+    assert len(status_json["workers"]) == 4
+    assert status_json["hosts"] == ["host-1", "host-2"]
+    for url in demo.urls:
+        table = get(url)[0].split('<table id="workers">', 1)[1].split("</table>", 1)[0]
+        assert sorted(re.findall(r"<tr><td>([^<]+)</td>", table)) == ["host-1", "host-1", "host-2", "host-2"]
 
     took = demo.stop()
     assert demo.process.returncode == 0
@@ -263,7 +279,9 @@ def test_demo_with_an_unreachable_redis_is_one_line() -> None:
 def test_demo_app_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("DISTRELOAD_REDIS_URL", "DISTRELOAD_NAMESPACE", "DISTRELOAD_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DISTRELOAD_DEMO_HOST", "solo")
+    monkeypatch.setenv("DISTRELOAD_HOST_NAME", "solo")
+    # A namespace of its own: a broker made by an earlier test would carry that test's host name.
+    monkeypatch.setenv("DISTRELOAD_NAMESPACE", f"demo-solo-{os.getpid()}")
     from distreload.demo import create_app
 
     app = create_app()
@@ -331,3 +349,43 @@ def test_demo_page_buttons_swap_the_stylesheet_in_place_and_reload_every_tab(
             page.wait_for_timeout(100)
         assert len(navigations) == 2, navigations
     assert first_navigations[-1] == demo.urls[0]
+
+
+def test_the_embedded_redis_takes_the_next_port_when_its_own_is_taken() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        embedded = EmbeddedRedis.start("127.0.0.1", taken)
+        try:
+            port = int(embedded.url.rsplit(":", 1)[1].split("/")[0])
+            assert port != taken
+            assert taken < port <= taken + PORT_FALLBACKS or port_was_any_free_one(taken, port)
+        finally:
+            embedded.stop()
+
+
+def port_was_any_free_one(taken: int, port: int) -> bool:
+    """When the ports after the taken one are all in use as well, any free port does."""
+    return all(not port_is_closed(candidate) for candidate in range(taken + 1, taken + PORT_FALLBACKS))
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_servers_are_stopped_without_process_groups_where_there_are_none(
+    stop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no os.killpg: the demo ends its servers with terminate() (stop) or kill() there."""
+    from distreload import demo
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], **demo._new_process_group()
+    )
+    try:
+        monkeypatch.setattr(sys, "platform", "win32")
+        monkeypatch.delattr(os, "killpg")
+        demo._signal_server(server, stop=stop)
+        assert server.wait(10) == -(signal.SIGTERM if stop else signal.SIGKILL)
+    finally:
+        monkeypatch.undo()
+        server.kill()
+        server.wait()

@@ -60,7 +60,7 @@ def test_app_hosts_run_gunicorn_with_two_uvicorn_workers(name: str) -> None:
     environment = service["environment"]
     assert environment["DISTRELOAD_ENABLED"] == "1"
     assert environment["DISTRELOAD_REDIS_URL"] == "redis://redis:6379/0"
-    assert environment["DISTRELOAD_DEMO_HOST"] == name
+    assert environment["DISTRELOAD_HOST_NAME"] == name  # the name on its pages and in status
     assert environment["DISTRELOAD_TOKEN"]
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
 

@@ -29,6 +29,10 @@ from .test_cluster import wait_for_workers as wait_for_subscribers
 
 README = (ROOT / "README.md").read_text()
 
+INSTALL = "pip install distreload"
+INSTALL_EXAMPLES = "pip install 'distreload[fastapi,demo]'"
+INSTALL_GUNICORN = "pip install gunicorn uvicorn-worker"
+INSTALL_WATCH = "pip install 'distreload[watch]'"
 DEMO = "bash scripts/demo.sh"
 TESTS = "bash scripts/test.sh"
 EXAMPLE_SERVER = (
@@ -51,17 +55,18 @@ GUNICORN_RELOAD = (
 )
 COMPOSE_UP = "docker compose up --build"
 COMPOSE_PUBLISH = "distreload publish --redis-url redis://127.0.0.1:6380/0 --namespace compose"
-CI_PUBLISH = 'distreload publish --url "$STAGING_URL" --token "$DISTRELOAD_TOKEN"'
-KIOSK_PUBLISH = (
-    "distreload publish --spread 60 --match '/screens/lobby/*' "
-    '--url "$STAGING_URL" --token "$DISTRELOAD_TOKEN"'
-)
+CI_PUBLISH = 'distreload publish --url "$STAGING_URL"'
+KIOSK_PUBLISH = "distreload publish --spread 60 --match '/screens/lobby/*' --url \"$STAGING_URL\""
 DEPLOY_HOOK = (
     'distreload publish --redis-url "$DISTRELOAD_REDIS_URL" --namespace "$DISTRELOAD_NAMESPACE" '
     '|| echo "no reload sent"'
 )
 
 RUNS = {
+    INSTALL: "test_install_lines_bring_what_each_example_and_recipe_needs",
+    INSTALL_EXAMPLES: "test_install_lines_bring_what_each_example_and_recipe_needs",
+    INSTALL_GUNICORN: "test_install_lines_bring_what_each_example_and_recipe_needs",
+    INSTALL_WATCH: "test_install_lines_bring_what_each_example_and_recipe_needs",
     DEMO: "test_quick_start_demo",
     TESTS: "test_quick_start_tests",
     EXAMPLE_SERVER: "test_ten_line_example_on_two_workers",
@@ -103,6 +108,142 @@ def test_every_readme_command_is_run_by_a_test() -> None:
     assert sorted(set(commands)) == sorted(RUNS)
     assert all(callable(globals().get(name)) for name in RUNS.values())
     assert set(re.findall(r"^```(\w*)$", README, re.M)) <= {"bash", "python", "nginx", ""}
+
+
+# --- install and platforms -------------------------------------------------------------------------------
+
+
+def modules_of_requirements(requirements: list[str]) -> set[str]:
+    """The top-level modules that installing ``requirements`` (and what they require) makes importable,
+    read from the metadata of the distributions installed here."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    provided = metadata.packages_distributions()
+    by_distribution: dict[str, set[str]] = {}
+    for module, distributions in provided.items():
+        for distribution in distributions:
+            by_distribution.setdefault(canonical(distribution), set()).add(module)
+    modules: set[str] = set()
+    pending, seen = [Requirement(r) for r in requirements], set()
+    while pending:
+        requirement = pending.pop()
+        name = canonical(requirement.name)
+        if (name, tuple(sorted(requirement.extras))) in seen:
+            continue
+        seen.add((name, tuple(sorted(requirement.extras))))
+        modules |= by_distribution.get(name, set())
+        if name == "distreload":  # this checkout, whatever the venv holds
+            modules.add("distreload")
+            pending += [Requirement(r) for r in project_requirements(requirement.extras)]
+            continue
+        for text in metadata.requires(requirement.name) or []:
+            nested = Requirement(text)
+            if nested.marker is None or any(
+                nested.marker.evaluate({"extra": extra}) for extra in ("", *requirement.extras)
+            ):
+                pending.append(nested)
+    return modules
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_requirements(extras: set[str]) -> list[str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = project["optional-dependencies"]
+    assert extras <= set(optional), f"the README names an extra pyproject lacks: {extras - set(optional)}"
+    return [*project["dependencies"], *(r for extra in extras for r in optional[extra])]
+
+
+def installed_by(*commands: str) -> set[str]:
+    requirements = [word.strip("'") for command in commands for word in command.split()[2:]]
+    return modules_of_requirements(requirements)
+
+
+def test_install_lines_bring_what_each_example_and_recipe_needs() -> None:
+    """No network here to install from PyPI: what each README install line brings is read from
+    pyproject.toml and the installed distributions' metadata, and must cover every module the example
+    imports and every program its commands run."""
+    import ast
+
+    assert readme_commands()[:4] == [INSTALL, INSTALL_EXAMPLES, INSTALL_GUNICORN, INSTALL_WATCH]
+    base = installed_by(INSTALL)
+    assert {"distreload", "starlette", "redis"} <= base and "fastapi" not in base
+    example_imports = {
+        alias.name.split(".")[0]
+        for node in ast.walk(ast.parse(code_blocks("python")[0]))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
+    }
+    examples = installed_by(INSTALL_EXAMPLES)
+    assert example_imports == {"fastapi", "distreload"} and example_imports <= examples
+    assert {"uvicorn", "fakeredis", "lupa"} <= examples  # `uvicorn ...` and `distreload demo`
+    assert EXAMPLE_SERVER.split()[2] == "uvicorn" and UVICORN_RELOAD.split()[1] == "uvicorn"
+    gunicorn = installed_by(INSTALL_EXAMPLES, INSTALL_GUNICORN)
+    assert {"gunicorn", "uvicorn_worker"} <= gunicorn and "gunicorn" not in examples
+    assert "gunicorn " in GUNICORN_RELOAD and "uvicorn_worker.UvicornWorker" in GUNICORN_RELOAD
+    assert "watchfiles" in installed_by(INSTALL_WATCH) and "watchfiles" not in base
+
+
+# Calls and names that exist on POSIX only, and how a module may use them: inside an `if` that asks
+# about the platform (sys.platform, hasattr), or for what only exists on POSIX anyway (unix:// URLs).
+POSIX_ONLY = {
+    "os.killpg",
+    "os.getpgid",
+    "os.setsid",
+    "os.fork",
+    "signal.SIGKILL",
+    "signal.SIGHUP",
+    "signal.SIGQUIT",
+    "signal.SIGUSR1",
+    "signal.SIGUSR2",
+    "socket.AF_UNIX",
+    "os.getuid",
+    "os.geteuid",
+}
+POSIX_ONLY_MODULES = {"fcntl", "termios", "pwd", "grp", "resource", "posix"}
+GUARDS = ("sys.platform", "hasattr(", 'scheme == "unix"')
+
+
+def test_no_posix_only_call_on_a_path_that_runs_on_windows() -> None:
+    import ast
+
+    unguarded = []
+    for path in sorted((ROOT / "distreload").rglob("*.py")):
+        source = path.read_text()
+        tree = ast.parse(source)
+
+        def visit(node: ast.AST, guarded: bool, file: Path = path, text: str = source) -> None:
+            if isinstance(node, ast.If):
+                condition = ast.get_source_segment(text, node.test) or ""
+                guard = guarded or any(g in condition for g in GUARDS)
+                for child in [*node.body, *node.orelse]:
+                    visit(child, guard)
+                return
+            name = None
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                name = f"{node.value.id}.{node.attr}"
+            if (name in POSIX_ONLY and not guarded) or (
+                isinstance(node, ast.Import | ast.ImportFrom)
+                and ({a.name.split(".")[0] for a in node.names} | {getattr(node, "module", None)})
+                & POSIX_ONLY_MODULES
+            ):
+                unguarded.append(f"{file.relative_to(ROOT)}:{node.lineno} {name or 'import'}")
+            for child in ast.iter_child_nodes(node):
+                visit(child, guarded)
+
+        visit(tree, False)
+    assert unguarded == []
+
+
+def test_the_platforms_section_names_what_was_checked() -> None:
+    section = README.split("## Platforms", 1)[1].split("\n## ", 1)[0]
+    assert "Windows" in section and "macOS" in section and "pip install 'distreload[demo]'" in section
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import pytest
 
 from distreload.broker import RedisBroker
-from distreload.cli import read_presence
 from distreload.config import Target
+from distreload.presence import read_presence
 from distreload.protocol import PublishError, ReloadRequest, presence_prefix, state_key
 from distreload.publisher import publish_blocking
 
@@ -257,8 +257,8 @@ def cli_does_everything(url: str, namespace: str, admin: Admin) -> str | None:
     admin.command("SET", presence_prefix(namespace) + "host:1", record, "EX", 60)
     try:
         publish_blocking(target, ReloadRequest())
-        version, workers = read_presence(target)
-        if version is None or not workers:
+        cluster = read_presence(target)
+        if cluster.version is None or not cluster.workers:
             return "status read no version or no worker"
     except Exception as exc:
         return str(exc)
