@@ -11,8 +11,11 @@ ASGI way to learn earlier, so distreload listens where the server itself does:
   ``uvicorn --reload`` and ``--workers`` (the supervisor's signal reaches the worker as a flag);
 - gunicorn's worker ``alive`` flag, which its ``--reload`` clears without any signal;
 - the event hypercorn's supervisor sets to stop its worker processes, which get no signal at all (a thread
-  waits on it, so every worker hears of the stop at once: hypercorn kills the remaining workers as soon as
-  one has exited).
+  reads it, so every worker hears of the stop at once: hypercorn kills the remaining workers as soon as
+  one has exited). The thread reads the event's value without waiting on it: a process blocked in the
+  event's ``wait()`` is counted as a sleeper the setter must wake, and when SIGTERM reaches the whole
+  process group the worker dies in that wait, so the supervisor's ``set()`` waits forever for it to wake
+  and hypercorn never stops.
 
 The flags and the event are not a documented interface of those servers: this is where distreload relies
 on a server's internals, because no public mechanism exists (the README lists what each server does).
@@ -26,6 +29,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -34,6 +38,9 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1  # a flag read ten times a second: a few microseconds each
+# hypercorn's stop event is read more often: its supervisor kills the other workers as soon as one has
+# exited, so each must end its streams well before the quickest one is gone.
+STOP_EVENT_INTERVAL = 0.02
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -127,7 +134,8 @@ class ExitWatch:
             return
 
         def wait() -> None:
-            event.wait()
+            while not _event_is_set(event):
+                time.sleep(STOP_EVENT_INTERVAL)
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed in between
@@ -219,3 +227,12 @@ def _hypercorn_stop_event() -> Any:
         return None
     event = (getattr(process, "_kwargs", None) or {}).get("shutdown_event")
     return event if callable(getattr(event, "wait", None)) else None
+
+
+def _event_is_set(event: Any) -> bool:
+    """A ``multiprocessing.Event``'s state, read without its lock where the platform allows: a process
+    killed while holding that lock would leave the supervisor's ``set()`` waiting for it forever."""
+    try:
+        return bool(event._flag.get_value())  # the event is set while its semaphore is 1
+    except (AttributeError, NotImplementedError):  # macOS has no sem_getvalue; hypercorn itself polls so
+        return bool(event.is_set())
