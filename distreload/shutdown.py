@@ -28,6 +28,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -160,7 +161,7 @@ def exit_watch() -> ExitWatch:
     return _exit_watch
 
 
-def _server_objects() -> Iterator[Any]:
+def server_objects() -> Iterator[Any]:
     """The objects (uvicorn's ``Server``, a gunicorn worker) whose methods handle SIGTERM and SIGINT."""
     for signum in _SIGNALS:
         try:
@@ -182,32 +183,46 @@ def _handler_owners(handler: Any) -> Iterator[Any]:
 
 def _server_is_exiting() -> bool:
     """Read uvicorn's ``should_exit`` (and gunicorn's ``alive``) from the objects behind the handlers."""
-    for candidate in _server_objects():
+    for candidate in server_objects():
         if getattr(candidate, "should_exit", False) is True:
             return True
         if getattr(candidate, "alive", True) is False:
             return True
-        worker = _gunicorn_worker_behind(candidate)
-        if worker is not None and getattr(worker, "alive", True) is False:
-            # gunicorn's reloader (--reload) marks the worker dead and ends only its own thread with
-            # sys.exit; uvicorn's server under it never hears of it and goes on serving the old code
-            # (benoitc/gunicorn#2339). Stop the server as SIGTERM would, so gunicorn boots new code.
-            candidate.should_exit = True
+        worker = gunicorn_worker_behind(candidate)
+        if worker is not None and worker.alive is False:
+            _finish_gunicorns_stop(candidate)
             return True
     return False
 
 
-def _gunicorn_worker_behind(server: Any) -> Any:
+def _finish_gunicorns_stop(server: Any) -> None:
+    """Stop the uvicorn ``Server`` of a gunicorn worker that gunicorn has already marked dead.
+
+    gunicorn clears a worker's ``alive`` only to stop it: its reloader (``--reload``, which then ends only
+    its own thread with sys.exit), SIGQUIT (sent for SIGINT to the master) and SIGTERM. uvicorn-worker
+    hears of the first two not at all, so its server goes on serving the old code (benoitc/gunicorn#2339)
+    until the master kills it. Setting ``should_exit`` is what uvicorn's own SIGTERM handler does. It is
+    written only to a uvicorn ``Server`` whose flag is still False and whose gunicorn worker is marked
+    dead, so distreload never stops a server gunicorn is not stopping.
+    """
+    if type(server).__module__.startswith("uvicorn.") and server.should_exit is False:
+        server.should_exit = True
+
+
+def gunicorn_worker_behind(server: Any) -> Any:
     """The gunicorn worker running a uvicorn ``Server`` (uvicorn-worker passes its bound
     ``callback_notify`` into the server's config), or None."""
     callback = getattr(getattr(server, "config", None), "callback_notify", None)
     worker = getattr(callback, "__self__", None)
-    return worker if worker is not None and hasattr(worker, "alive") else None
+    gunicorn_worker = getattr(sys.modules.get("gunicorn.workers.base"), "Worker", None)
+    if isinstance(gunicorn_worker, type) and isinstance(worker, gunicorn_worker):
+        return worker
+    return None
 
 
 def _gunicorn_reloader_on() -> bool:
-    for candidate in _server_objects():
-        worker = _gunicorn_worker_behind(candidate)
+    for candidate in server_objects():
+        worker = gunicorn_worker_behind(candidate)
         if worker is not None and getattr(worker, "reloader", None) is not None:
             return True
     return False
@@ -221,12 +236,19 @@ def _hypercorn_stop_event() -> Any:
     hands the event to the worker function as ``shutdown_event``; the worker's ``Process`` object keeps
     the call's arguments (``_target``, ``_kwargs``). Both are internals: no public way exists.
     """
+    event = (hypercorn_worker_arguments() or {}).get("shutdown_event")
+    return event if callable(getattr(event, "wait", None)) else None
+
+
+def hypercorn_worker_arguments() -> dict[str, Any] | None:
+    """The arguments hypercorn's supervisor started this worker process with (``config``,
+    ``shutdown_event``, ``sockets``), or None outside a hypercorn worker process."""
     process = multiprocessing.current_process()
     target = getattr(process, "_target", None)
     if not str(getattr(target, "__module__", "")).startswith("hypercorn."):
         return None
-    event = (getattr(process, "_kwargs", None) or {}).get("shutdown_event")
-    return event if callable(getattr(event, "wait", None)) else None
+    arguments = getattr(process, "_kwargs", None)
+    return arguments if isinstance(arguments, dict) else None
 
 
 def _event_is_set(event: Any) -> bool:
