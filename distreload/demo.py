@@ -119,7 +119,7 @@ def create_app() -> ASGIApp:
     host_name = os.environ.get(ENV_DEMO_HOST) or socket.gethostname()
 
     async def index(request: Request) -> Response:
-        version = reloader.broker.version
+        version = broker.version
         links = [url for url in os.environ.get(ENV_DEMO_LINKS, "").split() if url]
         link_html = ", ".join(f'<a href="{html.escape(url)}">{html.escape(url)}</a>' for url in links)
         page = PAGE.format(
@@ -134,7 +134,7 @@ def create_app() -> ASGIApp:
 
     async def style(request: Request) -> Response:
         return Response(
-            STYLE.format(hue=_accent_hue(reloader.broker.version.number)),
+            STYLE.format(hue=_accent_hue(broker.version.number)),
             media_type="text/css",
             headers={"cache-control": "no-store"},
         )
@@ -159,7 +159,7 @@ def create_app() -> ASGIApp:
         )
 
     async def whoami(request: Request) -> Response:
-        return JSONResponse({"host": host_name, "pid": os.getpid(), "version": str(reloader.broker.version)})
+        return JSONResponse({"host": host_name, "pid": os.getpid(), "version": str(broker.version)})
 
     inner = Starlette(
         routes=[
@@ -170,6 +170,7 @@ def create_app() -> ASGIApp:
         ]
     )
     reloader = DistReload(inner, enabled=True)
+    broker: Any = reloader.broker  # enabled=True: never None
     return reloader
 
 

@@ -72,31 +72,38 @@ class DistReload:
             csp_nonce=csp_nonce,
             endpoint_url=endpoint_url,
         )
+        self._explicit_build_id = build_id
+        self.build_id = build_id or ""
+        self._on_reload = on_reload
+        self._inject = inject
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        # When off, there is nothing to reach or serve: no broker, no hub, no endpoint, and starting or
+        # shutting down does nothing.
+        self.hub: StreamHub | None = None
+        self.endpoint: ReloadEndpoint | None = None
         if not self.enabled:
             _say_off(explicitly=enabled is not None or config.enabled_in_environment() is not None)
             return
-        self._explicit_build_id = build_id
-        self.build_id = build_id or ""
-        self.broker = broker or get_broker(redis_url, namespace)
-        self._on_reload = on_reload
-        self.hub: StreamHub | None = None
-        self.endpoint: ReloadEndpoint | None = None
+        self._broker = broker or get_broker(redis_url, namespace)
         if routes:
             self.hub = StreamHub(
                 heartbeat_interval=heartbeat_interval,
                 on_reload=self._run_on_reload if on_reload is not None else None,
             )
             self.endpoint = ReloadEndpoint(
-                self.broker,
+                self._broker,
                 self.hub,
                 build_id=self.build_id,
                 token=config.resolve_token(token),
                 ensure_started=self.ensure_started,
             )
-        self._inject = inject
-        self._started = False
-        self._start_lock: asyncio.Lock | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def broker(self) -> Broker | None:
+        """The broker this app's reloads travel through; None when distreload is off."""
+        return self._broker if self.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.enabled:
@@ -134,17 +141,18 @@ class DistReload:
     def tag_for(self, scope: Scope) -> bytes:
         """The script tag for a page of this request."""
         if not self.build_id:
-            self.build_id = self.broker.build_id or process_build_id()
+            self.build_id = self._broker.build_id or process_build_id()
         return self.tag.render(
             scope,
             base=self.tag.endpoint_base(scope, self.prefix),
-            version=self.broker.version,
+            version=self._broker.version,
             build_id=self.build_id,
         )
 
     async def ensure_started(self) -> None:
-        """Start this worker's subscription: from the lifespan, or on the first request without one."""
-        if self._started:
+        """Start this worker's subscription: from the lifespan, or on the first request without one
+        (nothing to start when off)."""
+        if self._started or not self.enabled:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
@@ -153,17 +161,17 @@ class DistReload:
                 return
             if not self._explicit_build_id:
                 self.build_id = process_build_id()
-            self.broker.build_id = self.build_id
+            self._broker.build_id = self.build_id
             if self.endpoint is not None:
                 self.endpoint.build_id = self.build_id
-            use_as_default(self.broker)
+            use_as_default(self._broker)
             if self.hub is not None:
                 self.hub.closing = False
-                await self.broker.hold(self.hub)
+                await self._broker.hold(self.hub)
                 exit_watch().attach(self.hub)
             self._started = True
-            if self.hub is not None and not self.broker.announced:
-                self.broker.announced = True  # one line per worker, however many apps share the broker
+            if self.hub is not None and not self._broker.announced:
+                self._broker.announced = True  # one line per worker, however many apps share the broker
                 self._announce()
 
     def _announce(self) -> None:
@@ -172,12 +180,12 @@ class DistReload:
             "distreload active: endpoint %s, Redis %s, namespace %r, worker %s, build %s "
             "(development live-reload, not for production: DISTRELOAD_ENABLED=0 turns it off)",
             self.prefix,
-            self.broker.target.display_url(),
-            self.broker.target.namespace,
-            self.broker.identity,
+            self._broker.target.display_url(),
+            self._broker.target.namespace,
+            self._broker.identity,
             self.build_id,
         )
-        if self.broker.target.is_memory and has_sibling_workers():
+        if self._broker.target.is_memory and has_sibling_workers():
             logger.warning(
                 "distreload: running under several workers with no Redis URL; a reload "
                 "reaches only the worker it was sent in. Set %s (redis://...) to reach all.",
@@ -193,12 +201,12 @@ class DistReload:
         self._started = False
         if self.hub is not None:
             exit_watch().detach(self.hub)
-            await self.broker.release(self.hub)
+            await self._broker.release(self.hub)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app's lifespan, with distreload starting before the app's start-up and stopping after
         its shutdown; for an app that refuses the lifespan, distreload runs it alone."""
-        startup_received = False
+        startup_received = startup_completed = False
 
         async def app_receive() -> Message:
             nonlocal startup_received
@@ -211,7 +219,14 @@ class DistReload:
             return message
 
         async def app_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            nonlocal startup_completed
+            if message["type"] == "lifespan.startup.complete":
+                startup_completed = True
+            elif message["type"] in (
+                "lifespan.startup.failed",  # the server will not serve: let go of what start-up began
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+            ):
                 await self.shutdown()
             await send(message)
 
@@ -219,6 +234,8 @@ class DistReload:
             await self.app(scope, app_receive, app_send)
         except Exception as exc:
             if startup_received:
+                if not startup_completed:
+                    await self.shutdown()  # a start-up that raised without saying it failed
                 raise  # the app's own start-up or shutdown failed: the server reports it
             # Django, for one, raises on any scope but HTTP. Servers take that as "no lifespan", or (uvicorn
             # --lifespan on) refuse to start; answering the lifespan here keeps both running, with

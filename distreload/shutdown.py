@@ -30,7 +30,6 @@ import multiprocessing
 import signal
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -62,6 +61,7 @@ class ExitWatch:
         self._poll: asyncio.Task[None] | None = None
         self._fired = False  # the signal and the flag both tell of one stop: end the streams once
         self._event_waiter: threading.Thread | None = None
+        self._event_waiter_done = threading.Event()  # set when the last app is gone: the thread ends
 
     def attach(self, hub: Closable) -> None:
         """Watch for the server stopping on the running loop, on behalf of ``hub``."""
@@ -86,6 +86,9 @@ class ExitWatch:
         if self._poll is not None:
             self._poll.cancel()
             self._poll = None
+        if self._event_waiter is not None:
+            self._event_waiter_done.set()
+            self._event_waiter = None
         self._loop = None
 
     def close_all(self) -> None:
@@ -134,9 +137,12 @@ class ExitWatch:
         if event is None:
             return
 
+        done = self._event_waiter_done = threading.Event()
+
         def wait() -> None:
             while not _event_is_set(event):
-                time.sleep(STOP_EVENT_INTERVAL)
+                if done.wait(STOP_EVENT_INTERVAL):
+                    return  # every app shut down (or never started): nothing left to end
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed in between

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from distreload import middleware as middleware_module
 from distreload.broker import MemoryBroker
 from distreload.config import ConfigError, Target
 from distreload.protocol import ReloadRequest
+from distreload.shutdown import exit_watch
 
 from .asgi import body_of, call, header, raw_app
 
@@ -163,6 +166,57 @@ async def test_an_app_whose_own_start_up_fails_is_reported_as_failing() -> None:
     with pytest.raises(RuntimeError, match="no database"):
         async with LifespanManager(wrap(failing_startup)):
             pass
+
+
+@pytest.fixture
+def server_handlers() -> Iterator[Callable[[int, FrameType | None], None]]:
+    """A server's own SIGINT/SIGTERM handler installed (distreload chains in front of it); the originals
+    are put back afterwards."""
+    originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None: ...
+
+    for signum in originals:
+        signal.signal(signum, handle_exit)
+    yield handle_exit
+    for signum, original in originals.items():
+        signal.signal(signum, original)
+
+
+async def startup_raises(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    raise RuntimeError("no database")
+
+
+async def startup_says_failed(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+
+@pytest.mark.parametrize("app", [startup_raises, startup_says_failed], ids=["raises", "says-failed"])
+async def test_a_failed_start_up_leaves_no_subscription_no_exit_watch_and_no_chained_handler(
+    app: ASGIApp, server_handlers: Callable[[int, FrameType | None], None]
+) -> None:
+    wrapped = wrap(app)
+    with pytest.raises(Exception):  # noqa: B017 - asgi_lifespan's own error, or the app's
+        async with LifespanManager(wrapped):
+            pass
+    assert wrapped.broker is not None and not wrapped.broker.listening
+    assert signal.getsignal(signal.SIGTERM) is server_handlers
+    assert signal.getsignal(signal.SIGINT) is server_handlers
+    watch = exit_watch()
+    assert len(watch._hubs) == 0 and watch._poll is None and watch._event_waiter is None
+
+
+async def test_off_has_no_broker_no_hub_and_starting_or_shutting_down_does_nothing(
+    server_handlers: Callable[[int, FrameType | None], None],
+) -> None:
+    app = wrap(raw_app(), enabled=False)
+    assert (app.broker, app.hub, app.endpoint) == (None, None, None)
+    await app.ensure_started()
+    await app.shutdown()
+    assert body_of(await call(app)) == b"<html><body>hi</body></html>"
+    assert signal.getsignal(signal.SIGTERM) is server_handlers
 
 
 async def test_started_on_the_first_request_when_the_server_runs_no_lifespan() -> None:
