@@ -50,7 +50,7 @@ class DistReload:
         *,
         redis_url: str | None = None,
         namespace: str | None = None,
-        enabled: bool | None = None,
+        enabled: bool | str | None = None,
         on_reload: ReloadCallback | None = None,
         prefix: str = config.DEFAULT_PREFIX,
         token: str | None = None,

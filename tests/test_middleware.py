@@ -23,7 +23,7 @@ from distreload import middleware as middleware_module
 from distreload.broker import MemoryBroker
 from distreload.config import ConfigError, Target
 from distreload.protocol import ReloadRequest
-from distreload.shutdown import exit_watch
+from distreload.shutdown import ExitWatch
 
 from .asgi import body_of, call, header, raw_app
 
@@ -101,6 +101,19 @@ def test_enabled_comes_from_the_environment_when_not_given(monkeypatch: pytest.M
     monkeypatch.setenv("DISTRELOAD_ENABLED", "maybe")
     with pytest.raises(ConfigError, match="DISTRELOAD_ENABLED"):
         DistReload(raw_app(), broker=memory_broker())
+
+
+@pytest.mark.parametrize("word", ["false", "0", "off", "no"])
+async def test_enabled_false_as_a_string_is_off(word: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISTRELOAD_ENABLED", raising=False)
+    app = DistReload(raw_app(), enabled=word, broker=memory_broker())
+    assert not app.enabled
+    assert body_of(await call(app)) == b"<html><body>hi</body></html>"
+
+
+def test_an_enabled_that_is_no_known_word_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="^enabled: 'maybe' is not one of 1/0, true/false, yes/no, on/off$"):
+        DistReload(raw_app(), enabled="maybe", broker=memory_broker())
 
 
 async def test_lifespan_state_and_startup_are_preserved() -> None:
@@ -195,8 +208,10 @@ async def startup_says_failed(scope: Scope, receive: Receive, send: Send) -> Non
 
 @pytest.mark.parametrize("app", [startup_raises, startup_says_failed], ids=["raises", "says-failed"])
 async def test_a_failed_start_up_leaves_no_subscription_no_exit_watch_and_no_chained_handler(
-    app: ASGIApp, server_handlers: Callable[[int, FrameType | None], None]
+    app: ASGIApp, server_handlers: Callable[[int, FrameType | None], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    watch = ExitWatch()  # this app's alone: apps other tests left running share the process's one
+    monkeypatch.setattr(middleware_module, "exit_watch", lambda: watch)
     wrapped = wrap(app)
     with pytest.raises(Exception):  # noqa: B017 - asgi_lifespan's own error, or the app's
         async with LifespanManager(wrapped):
@@ -204,7 +219,6 @@ async def test_a_failed_start_up_leaves_no_subscription_no_exit_watch_and_no_cha
     assert wrapped.broker is not None and not wrapped.broker.listening
     assert signal.getsignal(signal.SIGTERM) is server_handlers
     assert signal.getsignal(signal.SIGINT) is server_handlers
-    watch = exit_watch()
     assert len(watch._hubs) == 0 and watch._poll is None and watch._event_waiter is None
 
 
