@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import TESTS
+from ..conftest import TESTS, ServerLauncher
 from .serving import (
+    PREFIX,
+    SERVERS_WITHOUT_LIFESPAN,
     STOP_BOUND,
     STOP_SIGNALS,
     Configuration,
@@ -295,3 +297,81 @@ def test_every_server_stops_within_2_s_with_streams_open_however_it_is_signalled
         assert served.server.leftovers(grace=0) == [], log[-3000:]
     finally:
         started_ahead.done(case)
+
+
+# --- the warnings each server prints -----------------------------------------------------------------------
+
+SEVERAL_WORKERS_WARNING = "running under several workers with no Redis URL"
+WARNED = [
+    # name, server, workers, extra arguments, whether it runs several worker processes
+    ("uvicorn", "uvicorn", 1, (), False),
+    ("uvicorn-reload", "uvicorn", 1, ("--reload",), False),
+    ("uvicorn-reload-workers-2", "uvicorn", 2, ("--reload",), False),  # its reloader runs one worker
+    ("uvicorn-workers-2", "uvicorn", 2, (), True),
+    ("gunicorn-w-1", "gunicorn", 1, (), False),
+    ("gunicorn-w2", "gunicorn", 1, ("-w2",), True),
+    ("gunicorn-workers=2", "gunicorn", 1, ("--workers=2",), True),
+    ("gunicorn-reload", "gunicorn", 1, ("--reload",), False),
+    ("hypercorn", "hypercorn", 1, (), False),
+    ("hypercorn-in-process", "hypercorn", 0, (), False),
+    ("hypercorn-workers-2", "hypercorn", 2, (), True),
+    ("granian", "granian", 1, (), False),
+    ("granian-reload", "granian", 1, ("--reload",), False),
+    ("granian-workers-2", "granian", 2, (), True),
+    ("daphne", "daphne", 1, (), False),
+]
+
+
+@pytest.fixture(scope="module")
+def warnings_at_start(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[str]]]:
+    """Every server of WARNED started without Redis, in parallel; what distreload logged in each once
+    every worker process has started it."""
+    directory = tmp_path_factory.mktemp("warnings")
+    project = directory / "project"  # the reloaders watch this directory, not the repository
+    project.mkdir()
+    shutil.copy(TESTS / "apps" / "server_app.py", project / "reloadable.py")
+    launcher = ServerLauncher(directory)
+
+    def start(name: str, server: str, workers: int, extra: tuple[str, ...], several: bool) -> list[str]:
+        started = launcher.start(
+            RELOADABLE,
+            server=server,
+            workers=workers,
+            env={"DISTRELOAD_REDIS_URL": ""},
+            extra_args=list(extra),
+            cwd=project,
+        )
+        processes = 2 if several else 1
+        deadline = time.monotonic() + 30
+        while started.log().count("distreload active") < processes:
+            assert time.monotonic() < deadline, f"{name}: distreload did not start:\n{started.log()}"
+            if server in SERVERS_WITHOUT_LIFESPAN:
+                get(started.port, PREFIX)  # distreload starts on a worker's first request there
+            time.sleep(0.05)
+        time.sleep(0.2)  # a warning is logged right after the line it follows
+        logged = started.log().splitlines()
+        return [
+            line for line in logged if "distreload" in line and f"GET {PREFIX}" not in line
+        ]  # no access log
+
+    try:
+        with ThreadPoolExecutor(max_workers=STARTED_AHEAD) as pool:
+            futures = {case[0]: pool.submit(start, *case) for case in WARNED}
+            yield {name: future.result() for name, future in futures.items()}
+    finally:
+        launcher.stop_all()
+
+
+@pytest.mark.parametrize(
+    ("name", "several"), [(case[0], case[4]) for case in WARNED], ids=[case[0] for case in WARNED]
+)
+def test_the_several_workers_warning_is_printed_exactly_where_several_workers_run(
+    name: str, several: bool, warnings_at_start: dict[str, list[str]]
+) -> None:
+    lines = warnings_at_start[name]
+    warned = [line for line in lines if SEVERAL_WORKERS_WARNING in line]
+    others = [
+        line for line in lines if "distreload active" not in line and SEVERAL_WORKERS_WARNING not in line
+    ]
+    assert bool(warned) is several, lines
+    assert others == [], lines
