@@ -9,9 +9,11 @@ lifespan) and ends the open streams when the server stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,7 +66,8 @@ class DistReload:
         broker: Broker | None = None,
     ) -> None:
         self.app = app
-        self.enabled = config.resolve_enabled(enabled)
+        with refusing_to_start_on_a_bad_environment():
+            self.enabled = config.resolve_enabled(enabled)
         self.prefix = config.validate_prefix(prefix)
         self.tag = ScriptTag(
             script_version=CLIENT_SCRIPT_ETAG,
@@ -86,7 +89,8 @@ class DistReload:
         if not self.enabled:
             _say_off(explicitly=enabled is not None or config.enabled_in_environment() is not None)
             return
-        self._broker = broker or get_broker(redis_url, namespace)
+        with refusing_to_start_on_a_bad_environment():
+            self._broker = broker or get_broker(redis_url, namespace)
         if routes:
             self.hub = StreamHub(
                 heartbeat_interval=heartbeat_interval,
@@ -267,6 +271,26 @@ class DistReload:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("distreload: on_reload failed", exc_info=task.exception())
+
+
+# gunicorn takes a worker's exit status 3 as "failed to boot" and stops, where it would boot the worker
+# again and again after any other; uvicorn exits with 3 itself when an app's start-up fails.
+BAD_ENVIRONMENT_EXIT_STATUS = 3
+
+
+@contextlib.contextmanager
+def refusing_to_start_on_a_bad_environment() -> Iterator[None]:
+    """A setting read from a ``DISTRELOAD_*`` variable that distreload cannot use stops the process with
+    one line naming the variable, the value and what is accepted: the fix is in the environment, and a
+    traceback of the user's code (the app is made at import) would only bury that line. A bad argument
+    is a bug in the code and raises ConfigError as usual."""
+    try:
+        yield
+    except config.ConfigError as exc:
+        if not str(exc).startswith("DISTRELOAD_"):  # every message starts with the setting's name
+            raise
+        print(f"distreload: {exc}; not starting", file=sys.stderr, flush=True)
+        raise SystemExit(BAD_ENVIRONMENT_EXIT_STATUS) from None
 
 
 def _say_off(*, explicitly: bool) -> None:

@@ -113,6 +113,15 @@ def test_the_drop_in_names_refuse_an_enabled_they_cannot_read(value: object) -> 
             middleware(page_app(), enabled=value, broker=memory_broker())
 
 
+def test_a_bad_distreload_enabled_stops_the_drop_in_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "maybe")
+    with pytest.raises(SystemExit):
+        patch_for_auto_reloading(page_app(), broker=memory_broker())
+    assert capsys.readouterr().err.startswith("distreload: DISTRELOAD_ENABLED: 'maybe' is not one of ")
+
+
 async def test_lifespan_state_passes_through_the_patch() -> None:
     events: list[str] = []
 

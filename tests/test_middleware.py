@@ -98,9 +98,36 @@ def test_enabled_comes_from_the_environment_when_not_given(monkeypatch: pytest.M
     assert DistReload(raw_app(), broker=memory_broker()).enabled is True
     monkeypatch.setenv("DISTRELOAD_ENABLED", "0")
     assert DistReload(raw_app(), broker=memory_broker()).enabled is False
-    monkeypatch.setenv("DISTRELOAD_ENABLED", "maybe")
-    with pytest.raises(ConfigError, match="DISTRELOAD_ENABLED"):
-        DistReload(raw_app(), broker=memory_broker())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "DISTRELOAD_ENABLED",
+            "maybe",
+            "DISTRELOAD_ENABLED: 'maybe' is not one of 1/0, true/false, yes/no, on/off",
+        ),
+        ("DISTRELOAD_REDIS_URL", "127.0.0.1:6391", "DISTRELOAD_REDIS_URL: '127.0.0.1:6391' has scheme"),
+        ("DISTRELOAD_NAMESPACE", "two words", "DISTRELOAD_NAMESPACE: 'two words' is not a valid namespace"),
+    ],
+)
+def test_a_bad_environment_value_stops_the_process_with_one_line(
+    variable: str, value: str, line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "1")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exited:
+        DistReload(raw_app())
+    assert exited.value.code == middleware_module.BAD_ENVIRONMENT_EXIT_STATUS
+    printed = capsys.readouterr().err.splitlines()
+    assert len(printed) == 1 and printed[0].startswith(f"distreload: {line}"), printed
+
+
+def test_a_bad_argument_is_an_error_in_the_code_not_an_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "1")
+    with pytest.raises(ConfigError, match="^redis_url: "):
+        DistReload(raw_app(), redis_url="127.0.0.1:6391")
 
 
 @pytest.mark.parametrize("word", ["false", "0", "off", "no"])

@@ -375,3 +375,33 @@ def test_the_several_workers_warning_is_printed_exactly_where_several_workers_ru
     ]
     assert bool(warned) is several, lines
     assert others == [], lines
+
+
+# --- a bad setting in the environment -----------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    ("DISTRELOAD_ENABLED", "maybe", "'maybe' is not one of 1/0, true/false, yes/no, on/off"),
+    ("DISTRELOAD_REDIS_URL", "127.0.0.1:6391", "'127.0.0.1:6391' has scheme ''; use redis://"),
+    ("DISTRELOAD_NAMESPACE", "two words", "'two words' is not a valid namespace"),
+]
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+@pytest.mark.parametrize(("variable", "value", "reason"), BAD_SETTINGS, ids=[bad[0] for bad in BAD_SETTINGS])
+def test_a_bad_environment_value_is_one_line_and_the_server_does_not_start(
+    server: str, variable: str, value: str, reason: str, tmp_path: Path
+) -> None:
+    launcher = ServerLauncher(tmp_path)
+    try:
+        started = launcher.start(APP, server=server, env={variable: value}, wait=False)
+        status = started.process.wait(30)
+        log = started.log()
+    finally:
+        launcher.stop_all()
+    lines = [line for line in log.splitlines() if "distreload" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"distreload: {variable}: {reason}"), log
+    assert lines[0].endswith("; not starting") and "Traceback" not in log, log
+    assert status != 0, log
+    print(
+        f"\n{server} with {variable}={value}: exit status {status}, {len(log.splitlines())} lines of output"
+    )
