@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType, SimpleNamespace
 from typing import Any
@@ -116,6 +118,38 @@ async def test_a_hypercorn_worker_process_hears_of_the_stop_through_its_supervis
     await asyncio.sleep(0.05)
     assert hub.closed == ["shutdown"]
     watch.detach(hub)
+
+
+def watch_the_stop_event_until_killed(stop: Any, watching: Any) -> None:
+    """A hypercorn worker process as distreload sees it: an app started, its supervisor's event watched."""
+    shutdown._hypercorn_stop_event = lambda: stop
+
+    async def serve() -> None:
+        ExitWatch().attach(Hub())
+        watching.set()
+        await asyncio.sleep(60)
+
+    asyncio.run(serve())
+
+
+def test_a_worker_killed_while_watching_the_stop_event_never_holds_up_the_supervisor() -> None:
+    """SIGTERM to hypercorn's process group kills its workers at once (they keep the default action);
+    the supervisor then sets the stop event. A worker that died inside the event's wait() would leave
+    that set() waiting forever for it to wake, and hypercorn would never exit."""
+    spawn = multiprocessing.get_context("spawn")  # as hypercorn starts its workers
+    stop, watching = spawn.Event(), spawn.Event()
+    worker = spawn.Process(target=watch_the_stop_event_until_killed, args=(stop, watching), daemon=True)
+    worker.start()
+    try:
+        assert watching.wait(30)
+        time.sleep(shutdown.POLL_INTERVAL)  # the worker's watch is under way
+    finally:
+        worker.kill()
+        worker.join(10)
+    supervisor = threading.Thread(target=stop.set, daemon=True)  # daemon: a hang must not hold pytest
+    supervisor.start()
+    supervisor.join(10)
+    assert not supervisor.is_alive(), "the supervisor's set() is stuck on the killed worker"
 
 
 def test_no_stop_event_is_looked_for_outside_hypercorn_workers() -> None:
