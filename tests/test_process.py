@@ -43,7 +43,7 @@ def test_an_explicit_build_id_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         (["/venv/bin/uvicorn", "main:app"], {}, 1),
         (["/venv/bin/uvicorn", "main:app", "--reload"], {}, 1),
         (["/venv/bin/uvicorn", "main:app", "--reload", "--workers", "4"], {}, 1),  # the reloader runs one
-        (["/venv/bin/uvicorn", "main:app", "--reload-dir", "src", "--workers=4"], {}, 1),
+        (["/venv/bin/uvicorn", "main:app", "--reload-dir", "src", "--workers=4"], {}, 4),  # no --reload
         (["/venv/bin/uvicorn", "main:app", "--workers", "4"], {}, 4),
         (["/venv/bin/uvicorn", "main:app", "--workers=4"], {}, 4),
         (["/venv/bin/uvicorn", "main:app"], {"WEB_CONCURRENCY": "3"}, 3),
@@ -55,6 +55,8 @@ def test_an_explicit_build_id_wins(monkeypatch: pytest.MonkeyPatch) -> None:
         (["/venv/bin/gunicorn", "main:app", "--workers=4"], {}, 4),
         (["/venv/bin/gunicorn", "main:app"], {"WEB_CONCURRENCY": "3"}, 3),
         (["/venv/bin/gunicorn", "main:app", "-w", "1"], {"WEB_CONCURRENCY": "3"}, 1),  # the flag wins
+        (["/venv/bin/gunicorn", "main:app"], {"GUNICORN_CMD_ARGS": "--bind :80 --workers=3"}, 3),
+        (["/venv/bin/gunicorn", "main:app", "-w2"], {"GUNICORN_CMD_ARGS": "-w 3"}, 2),
         (["/venv/bin/hypercorn", "main:app"], {}, 1),
         (["/venv/bin/hypercorn", "main:app", "-w", "0"], {}, 1),  # served in hypercorn's own process
         (["/venv/bin/hypercorn", "main:app", "-w4"], {}, 4),
@@ -69,7 +71,7 @@ def test_an_explicit_build_id_wins(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_worker_count_is_read_from_every_form_of_each_servers_command_line(
     argv: list[str], environment: dict[str, str], workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("WEB_CONCURRENCY", "GRANIAN_WORKERS"):
+    for name in ("WEB_CONCURRENCY", "GRANIAN_WORKERS", "GUNICORN_CMD_ARGS"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
