@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -122,13 +123,13 @@ def _workers_on_command_line(argv: list[str]) -> int | None:
     if server is None:
         return None
     options, variable = _WORKER_OPTIONS[server]
+    # uvicorn's reloader runs one worker, whatever --workers says (--reload-dir alone is no reload).
     if server == "uvicorn" and "--reload" in argv:
-        return (
-            1  # uvicorn's reloader runs one worker, whatever --workers says (--reload-dir alone is no reload)
-        )
+        return 1
     if server == "gunicorn":
-        # gunicorn reads GUNICORN_CMD_ARGS before its command line, which wins over it
-        argv = [argv[0], *shlex.split(os.environ.get("GUNICORN_CMD_ARGS", "")), *argv[1:]]
+        # gunicorn reads GUNICORN_CMD_ARGS before its command line, which wins over it.
+        with contextlib.suppress(ValueError):  # unbalanced quotes: gunicorn itself would have refused it
+            argv = [argv[0], *shlex.split(os.environ.get("GUNICORN_CMD_ARGS", "")), *argv[1:]]
     asked: str | None = os.environ.get(variable) if variable else None
     for index, arg in enumerate(argv[1:], start=1):
         for option in options:
