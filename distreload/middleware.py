@@ -87,7 +87,8 @@ class DistReload:
         self.hub: StreamHub | None = None
         self.endpoint: ReloadEndpoint | None = None
         if not self.enabled:
-            _say_off(explicitly=enabled is not None or config.enabled_in_environment() is not None)
+            given = isinstance(enabled, bool) or bool(enabled and enabled.strip())  # "" is not given
+            _say_off(explicitly=given or config.enabled_in_environment() is not None)
             return
         with refusing_to_start_on_a_bad_environment():
             self._broker = broker or get_broker(redis_url, namespace)

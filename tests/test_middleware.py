@@ -78,6 +78,7 @@ def test_off_by_default_says_so_once_with_how_to_turn_it_on(
     with caplog.at_level(logging.INFO, logger="distreload"):
         for _ in range(3):
             assert DistReload(raw_app()).enabled is False
+            assert DistReload(raw_app(), enabled="").enabled is False  # a setting read empty: not given
     lines = [r for r in caplog.records if "distreload is off" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     assert "DISTRELOAD_ENABLED=1" in lines[0].getMessage() and "enabled=True" in lines[0].getMessage()
@@ -90,6 +91,12 @@ def test_turned_off_explicitly_says_so_only_at_info(
     monkeypatch.setattr(middleware_module, "_said_off", False)
     with caplog.at_level(logging.INFO, logger="distreload"):
         assert DistReload(raw_app()).enabled is False
+    assert [r.levelno for r in caplog.records if "distreload is off" in r.getMessage()] == [logging.INFO]
+    monkeypatch.delenv("DISTRELOAD_ENABLED")
+    monkeypatch.setattr(middleware_module, "_said_off", False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="distreload"):
+        assert DistReload(raw_app(), enabled="false").enabled is False
     assert [r.levelno for r in caplog.records if "distreload is off" in r.getMessage()] == [logging.INFO]
 
 
