@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from . import config
 from .injector import HtmlInjector
-from .middleware import DistReload
+from .middleware import DistReload, refusing_to_start_on_a_bad_environment
 
 
 class UniversalMiddleware(Middleware):
@@ -34,7 +34,8 @@ class UniversalMiddleware(Middleware):
 
 
 def _opted_in(options: dict[str, Any]) -> dict[str, Any]:
-    return {**options, "enabled": config.resolve_enabled(options.get("enabled"), default=True)}
+    with refusing_to_start_on_a_bad_environment():
+        return {**options, "enabled": config.resolve_enabled(options.get("enabled"), default=True)}
 
 
 def _injection_only(app: ASGIApp, **options: Any) -> ASGIApp:

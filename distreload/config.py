@@ -224,24 +224,42 @@ def validate_prefix(prefix: str) -> str:
     return cleaned
 
 
-def resolve_enabled(enabled: bool | None = None, *, default: bool = False) -> bool:
-    """Explicit argument, else ``DISTRELOAD_ENABLED``, else ``default``."""
-    if enabled is not None:
+def resolve_enabled(enabled: bool | str | None = None, *, default: bool = False) -> bool:
+    """Explicit argument, else ``DISTRELOAD_ENABLED``, else ``default``.
+
+    The argument is a bool, or a string with the words the variable takes (``"1"``/``"0"``, ``"true"``/
+    ``"false"``, ``"yes"``/``"no"``, ``"on"``/``"off"``; an empty string is not given): a setting read from
+    the environment or a settings file as text means what it says. Anything else is a ConfigError.
+    """
+    if isinstance(enabled, bool):
         return enabled
+    if isinstance(enabled, str):
+        from_argument = _switch(enabled, "enabled")
+        if from_argument is not None:
+            return from_argument
+    elif enabled is not None:
+        raise ConfigError(f"enabled: {enabled!r} is not a bool or one of {_SWITCH_WORDS}")
     from_environment = enabled_in_environment()
     return default if from_environment is None else from_environment
 
 
 def enabled_in_environment() -> bool | None:
     """What ``DISTRELOAD_ENABLED`` says: True, False, or None when it is unset or empty."""
-    raw = os.environ.get(ENV_ENABLED, "").strip().lower()
-    if not raw:
+    return _switch(os.environ.get(ENV_ENABLED, ""), ENV_ENABLED)
+
+
+_SWITCH_WORDS = "1/0, true/false, yes/no, on/off"
+
+
+def _switch(raw: str, setting: str) -> bool | None:
+    word = raw.strip().lower()
+    if not word:
         return None
-    if raw in _TRUE_WORDS:
+    if word in _TRUE_WORDS:
         return True
-    if raw in _FALSE_WORDS:
+    if word in _FALSE_WORDS:
         return False
-    raise ConfigError(f"{ENV_ENABLED}: {raw!r} is not one of 1/0, true/false, yes/no, on/off")
+    raise ConfigError(f"{setting}: {raw.strip()!r} is not one of {_SWITCH_WORDS}")
 
 
 def resolve_token(token: str | None = None) -> str | None:

@@ -120,8 +120,8 @@ def create_app() -> ASGIApp:
     from .publisher import send_reload_signal_async
 
     async def index(request: Request) -> Response:
-        version = reloader.broker.version
-        host_name = reloader.broker.identity.host
+        version = broker.version
+        host_name = broker.identity.host
         links = [url for url in os.environ.get(ENV_DEMO_LINKS, "").split() if url]
         link_html = ", ".join(f'<a href="{html.escape(url)}">{html.escape(url)}</a>' for url in links)
         page = PAGE.format(
@@ -136,7 +136,7 @@ def create_app() -> ASGIApp:
 
     async def style(request: Request) -> Response:
         return Response(
-            STYLE.format(hue=_accent_hue(reloader.broker.version.number)),
+            STYLE.format(hue=_accent_hue(broker.version.number)),
             media_type="text/css",
             headers={"cache-control": "no-store"},
         )
@@ -155,16 +155,14 @@ def create_app() -> ASGIApp:
             {
                 "version": str(result.version),
                 "receivers": result.receivers,
-                "host": reloader.broker.identity.host,
+                "host": broker.identity.host,
                 "pid": os.getpid(),
             }
         )
 
     async def whoami(request: Request) -> Response:
-        identity = reloader.broker.identity
-        return JSONResponse(
-            {"host": identity.host, "pid": identity.pid, "version": str(reloader.broker.version)}
-        )
+        identity = broker.identity
+        return JSONResponse({"host": identity.host, "pid": identity.pid, "version": str(broker.version)})
 
     inner = Starlette(
         routes=[
@@ -175,6 +173,7 @@ def create_app() -> ASGIApp:
         ]
     )
     reloader = DistReload(inner, enabled=True)
+    broker: Any = reloader.broker  # enabled=True: never None
     return reloader
 
 

@@ -9,9 +9,11 @@ lifespan) and ends the open streams when the server stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +52,7 @@ class DistReload:
         *,
         redis_url: str | None = None,
         namespace: str | None = None,
-        enabled: bool | None = None,
+        enabled: bool | str | None = None,
         on_reload: ReloadCallback | None = None,
         prefix: str = config.DEFAULT_PREFIX,
         token: str | None = None,
@@ -64,7 +66,8 @@ class DistReload:
         broker: Broker | None = None,
     ) -> None:
         self.app = app
-        self.enabled = config.resolve_enabled(enabled)
+        with refusing_to_start_on_a_bad_environment():
+            self.enabled = config.resolve_enabled(enabled)
         self.prefix = config.validate_prefix(prefix)
         self.tag = ScriptTag(
             script_version=CLIENT_SCRIPT_ETAG,
@@ -72,31 +75,40 @@ class DistReload:
             csp_nonce=csp_nonce,
             endpoint_url=endpoint_url,
         )
-        if not self.enabled:
-            _say_off(explicitly=enabled is not None or config.enabled_in_environment() is not None)
-            return
         self._explicit_build_id = build_id
         self.build_id = build_id or ""
-        self.broker = broker or get_broker(redis_url, namespace)
         self._on_reload = on_reload
+        self._inject = inject
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        # When off, there is nothing to reach or serve: no broker, no hub, no endpoint, and starting or
+        # shutting down does nothing.
         self.hub: StreamHub | None = None
         self.endpoint: ReloadEndpoint | None = None
+        if not self.enabled:
+            given = isinstance(enabled, bool) or bool(enabled and enabled.strip())  # "" is not given
+            _say_off(explicitly=given or config.enabled_in_environment() is not None)
+            return
+        with refusing_to_start_on_a_bad_environment():
+            self._broker = broker or get_broker(redis_url, namespace)
         if routes:
             self.hub = StreamHub(
                 heartbeat_interval=heartbeat_interval,
                 on_reload=self._run_on_reload if on_reload is not None else None,
             )
             self.endpoint = ReloadEndpoint(
-                self.broker,
+                self._broker,
                 self.hub,
                 build_id=self.build_id,
                 token=config.resolve_token(token),
                 ensure_started=self.ensure_started,
             )
-        self._inject = inject
-        self._started = False
-        self._start_lock: asyncio.Lock | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def broker(self) -> Broker | None:
+        """The broker this app's reloads travel through; None when distreload is off."""
+        return self._broker if self.enabled else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.enabled:
@@ -134,17 +146,18 @@ class DistReload:
     def tag_for(self, scope: Scope) -> bytes:
         """The script tag for a page of this request."""
         if not self.build_id:
-            self.build_id = self.broker.build_id or process_build_id()
+            self.build_id = self._broker.build_id or process_build_id()
         return self.tag.render(
             scope,
             base=self.tag.endpoint_base(scope, self.prefix),
-            version=self.broker.version,
+            version=self._broker.version,
             build_id=self.build_id,
         )
 
     async def ensure_started(self) -> None:
-        """Start this worker's subscription: from the lifespan, or on the first request without one."""
-        if self._started:
+        """Start this worker's subscription: from the lifespan, or on the first request without one
+        (nothing to start when off)."""
+        if self._started or not self.enabled:
             return
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
@@ -153,17 +166,17 @@ class DistReload:
                 return
             if not self._explicit_build_id:
                 self.build_id = process_build_id()
-            self.broker.build_id = self.build_id
+            self._broker.build_id = self.build_id
             if self.endpoint is not None:
                 self.endpoint.build_id = self.build_id
-            use_as_default(self.broker)
+            use_as_default(self._broker)
             if self.hub is not None:
                 self.hub.closing = False
-                await self.broker.hold(self.hub)
+                await self._broker.hold(self.hub)
                 exit_watch().attach(self.hub)
             self._started = True
-            if self.hub is not None and not self.broker.announced:
-                self.broker.announced = True  # one line per worker, however many apps share the broker
+            if self.hub is not None and not self._broker.announced:
+                self._broker.announced = True  # one line per worker, however many apps share the broker
                 self._announce()
 
     def _announce(self) -> None:
@@ -172,12 +185,12 @@ class DistReload:
             "distreload active: endpoint %s, Redis %s, namespace %r, worker %s, build %s "
             "(development live-reload, not for production: DISTRELOAD_ENABLED=0 turns it off)",
             self.prefix,
-            self.broker.target.display_url(),
-            self.broker.target.namespace,
-            self.broker.identity,
+            self._broker.target.display_url(),
+            self._broker.target.namespace,
+            self._broker.identity,
             self.build_id,
         )
-        if self.broker.target.is_memory and has_sibling_workers():
+        if self._broker.target.is_memory and has_sibling_workers():
             logger.warning(
                 "distreload: running under several workers with no Redis URL; a reload "
                 "reaches only the worker it was sent in. Set %s (redis://...) to reach all.",
@@ -193,12 +206,12 @@ class DistReload:
         self._started = False
         if self.hub is not None:
             exit_watch().detach(self.hub)
-            await self.broker.release(self.hub)
+            await self._broker.release(self.hub)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app's lifespan, with distreload starting before the app's start-up and stopping after
         its shutdown; for an app that refuses the lifespan, distreload runs it alone."""
-        startup_received = False
+        startup_received = startup_completed = False
 
         async def app_receive() -> Message:
             nonlocal startup_received
@@ -211,7 +224,14 @@ class DistReload:
             return message
 
         async def app_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            nonlocal startup_completed
+            if message["type"] == "lifespan.startup.complete":
+                startup_completed = True
+            elif message["type"] in (
+                "lifespan.startup.failed",  # the server will not serve: let go of what start-up began
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+            ):
                 await self.shutdown()
             await send(message)
 
@@ -219,6 +239,8 @@ class DistReload:
             await self.app(scope, app_receive, app_send)
         except Exception as exc:
             if startup_received:
+                if not startup_completed:
+                    await self.shutdown()  # a start-up that raised without saying it failed
                 raise  # the app's own start-up or shutdown failed: the server reports it
             # Django, for one, raises on any scope but HTTP. Servers take that as "no lifespan", or (uvicorn
             # --lifespan on) refuse to start; answering the lifespan here keeps both running, with
@@ -250,6 +272,26 @@ class DistReload:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("distreload: on_reload failed", exc_info=task.exception())
+
+
+# gunicorn takes a worker's exit status 3 as "failed to boot" and stops, where it would boot the worker
+# again and again after any other; uvicorn exits with 3 itself when an app's start-up fails.
+BAD_ENVIRONMENT_EXIT_STATUS = 3
+
+
+@contextlib.contextmanager
+def refusing_to_start_on_a_bad_environment() -> Iterator[None]:
+    """A setting read from a ``DISTRELOAD_*`` variable that distreload cannot use stops the process with
+    one line naming the variable, the value and what is accepted: the fix is in the environment, and a
+    traceback of the user's code (the app is made at import) would only bury that line. A bad argument
+    is a bug in the code and raises ConfigError as usual."""
+    try:
+        yield
+    except config.ConfigError as exc:
+        if not str(exc).startswith("DISTRELOAD_"):  # every message starts with the setting's name
+            raise
+        print(f"distreload: {exc}; not starting", file=sys.stderr, flush=True)
+        raise SystemExit(BAD_ENVIRONMENT_EXIT_STATUS) from None
 
 
 def _say_off(*, explicitly: bool) -> None:

@@ -11,8 +11,11 @@ ASGI way to learn earlier, so distreload listens where the server itself does:
   ``uvicorn --reload`` and ``--workers`` (the supervisor's signal reaches the worker as a flag);
 - gunicorn's worker ``alive`` flag, which its ``--reload`` clears without any signal;
 - the event hypercorn's supervisor sets to stop its worker processes, which get no signal at all (a thread
-  waits on it, so every worker hears of the stop at once: hypercorn kills the remaining workers as soon as
-  one has exited).
+  reads it, so every worker hears of the stop at once: hypercorn kills the remaining workers as soon as
+  one has exited). The thread reads the event's value without waiting on it: a process blocked in the
+  event's ``wait()`` is counted as a sleeper the setter must wake, and when SIGTERM reaches the whole
+  process group the worker dies in that wait, so the supervisor's ``set()`` waits forever for it to wake
+  and hypercorn never stops.
 
 The flags and the event are not a documented interface of those servers: this is where distreload relies
 on a server's internals, because no public mechanism exists (the README lists what each server does).
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -34,6 +38,9 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1  # a flag read ten times a second: a few microseconds each
+# hypercorn's stop event is read more often: its supervisor kills the other workers as soon as one has
+# exited, so each must end its streams well before the quickest one is gone.
+STOP_EVENT_INTERVAL = 0.02
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -54,6 +61,7 @@ class ExitWatch:
         self._poll: asyncio.Task[None] | None = None
         self._fired = False  # the signal and the flag both tell of one stop: end the streams once
         self._event_waiter: threading.Thread | None = None
+        self._event_waiter_done = threading.Event()  # set when the last app is gone: the thread ends
 
     def attach(self, hub: Closable) -> None:
         """Watch for the server stopping on the running loop, on behalf of ``hub``."""
@@ -78,6 +86,9 @@ class ExitWatch:
         if self._poll is not None:
             self._poll.cancel()
             self._poll = None
+        if self._event_waiter is not None:
+            self._event_waiter_done.set()
+            self._event_waiter = None
         self._loop = None
 
     def close_all(self) -> None:
@@ -126,8 +137,12 @@ class ExitWatch:
         if event is None:
             return
 
+        done = self._event_waiter_done = threading.Event()
+
         def wait() -> None:
-            event.wait()
+            while not _event_is_set(event):
+                if done.wait(STOP_EVENT_INTERVAL):
+                    return  # every app shut down (or never started): nothing left to end
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed in between
@@ -152,7 +167,7 @@ def exit_watch() -> ExitWatch:
     return _exit_watch
 
 
-def _server_objects() -> Iterator[Any]:
+def server_objects() -> Iterator[Any]:
     """The objects (uvicorn's ``Server``, a gunicorn worker) whose methods handle SIGTERM and SIGINT."""
     for signum in _SIGNALS:
         try:
@@ -174,32 +189,46 @@ def _handler_owners(handler: Any) -> Iterator[Any]:
 
 def _server_is_exiting() -> bool:
     """Read uvicorn's ``should_exit`` (and gunicorn's ``alive``) from the objects behind the handlers."""
-    for candidate in _server_objects():
+    for candidate in server_objects():
         if getattr(candidate, "should_exit", False) is True:
             return True
         if getattr(candidate, "alive", True) is False:
             return True
-        worker = _gunicorn_worker_behind(candidate)
-        if worker is not None and getattr(worker, "alive", True) is False:
-            # gunicorn's reloader (--reload) marks the worker dead and ends only its own thread with
-            # sys.exit; uvicorn's server under it never hears of it and goes on serving the old code
-            # (benoitc/gunicorn#2339). Stop the server as SIGTERM would, so gunicorn boots new code.
-            candidate.should_exit = True
+        worker = gunicorn_worker_behind(candidate)
+        if worker is not None and worker.alive is False:
+            _finish_gunicorns_stop(candidate)
             return True
     return False
 
 
-def _gunicorn_worker_behind(server: Any) -> Any:
+def _finish_gunicorns_stop(server: Any) -> None:
+    """Stop the uvicorn ``Server`` of a gunicorn worker that gunicorn has already marked dead.
+
+    gunicorn clears a worker's ``alive`` only to stop it: its reloader (``--reload``, which then ends only
+    its own thread with sys.exit), SIGQUIT (sent for SIGINT to the master) and SIGTERM. uvicorn-worker
+    hears of the first two not at all, so its server goes on serving the old code (benoitc/gunicorn#2339)
+    until the master kills it. Setting ``should_exit`` is what uvicorn's own SIGTERM handler does. It is
+    written only to a uvicorn ``Server`` whose flag is still False and whose gunicorn worker is marked
+    dead, so distreload never stops a server gunicorn is not stopping.
+    """
+    if type(server).__module__.startswith("uvicorn.") and server.should_exit is False:
+        server.should_exit = True
+
+
+def gunicorn_worker_behind(server: Any) -> Any:
     """The gunicorn worker running a uvicorn ``Server`` (uvicorn-worker passes its bound
     ``callback_notify`` into the server's config), or None."""
     callback = getattr(getattr(server, "config", None), "callback_notify", None)
     worker = getattr(callback, "__self__", None)
-    return worker if worker is not None and hasattr(worker, "alive") else None
+    gunicorn_worker = getattr(sys.modules.get("gunicorn.workers.base"), "Worker", None)
+    if isinstance(gunicorn_worker, type) and isinstance(worker, gunicorn_worker):
+        return worker
+    return None
 
 
 def _gunicorn_reloader_on() -> bool:
-    for candidate in _server_objects():
-        worker = _gunicorn_worker_behind(candidate)
+    for candidate in server_objects():
+        worker = gunicorn_worker_behind(candidate)
         if worker is not None and getattr(worker, "reloader", None) is not None:
             return True
     return False
@@ -213,9 +242,25 @@ def _hypercorn_stop_event() -> Any:
     hands the event to the worker function as ``shutdown_event``; the worker's ``Process`` object keeps
     the call's arguments (``_target``, ``_kwargs``). Both are internals: no public way exists.
     """
+    event = (hypercorn_worker_arguments() or {}).get("shutdown_event")
+    return event if callable(getattr(event, "wait", None)) else None
+
+
+def hypercorn_worker_arguments() -> dict[str, Any] | None:
+    """The arguments hypercorn's supervisor started this worker process with (``config``,
+    ``shutdown_event``, ``sockets``), or None outside a hypercorn worker process."""
     process = multiprocessing.current_process()
     target = getattr(process, "_target", None)
     if not str(getattr(target, "__module__", "")).startswith("hypercorn."):
         return None
-    event = (getattr(process, "_kwargs", None) or {}).get("shutdown_event")
-    return event if callable(getattr(event, "wait", None)) else None
+    arguments = getattr(process, "_kwargs", None)
+    return arguments if isinstance(arguments, dict) else None
+
+
+def _event_is_set(event: Any) -> bool:
+    """A ``multiprocessing.Event``'s state, read without its lock where the platform allows: a process
+    killed while holding that lock would leave the supervisor's ``set()`` waiting for it forever."""
+    try:
+        return bool(event._flag.get_value())  # the event is set while its semaphore is 1
+    except (AttributeError, NotImplementedError):  # macOS has no sem_getvalue; hypercorn itself polls so
+        return bool(event.is_set())

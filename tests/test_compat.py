@@ -94,6 +94,34 @@ async def test_distreload_enabled_0_still_turns_the_drop_in_off(monkeypatch: pyt
     assert patch_for_auto_reloading(page_app(), enabled=True, broker=memory_broker()).enabled
 
 
+@pytest.mark.parametrize("word", ["false", "0", "no", "off", " False "])
+async def test_the_drop_in_names_take_the_environments_off_words_as_off(word: str) -> None:
+    """``enabled=settings.RELOAD`` with a setting read as text: "false" must mean off."""
+    patched = patch_for_auto_reloading(page_app(), enabled=word, broker=memory_broker())
+    assert isinstance(patched, DistReload) and not patched.enabled
+    assert TAG_PATTERN.search((await get(patched, "/")).content) is None
+    for middleware in (html_injection_middleware, reloader_route_middleware, auto_refresh_middleware):
+        wrapped = middleware(page_app(), enabled=word, broker=memory_broker())
+        assert isinstance(wrapped, DistReload) and not wrapped.enabled
+    assert patch_for_auto_reloading(page_app(), enabled="on", broker=memory_broker()).enabled
+
+
+@pytest.mark.parametrize("value", ["maybe", "enable", 1, 0.0])
+def test_the_drop_in_names_refuse_an_enabled_they_cannot_read(value: object) -> None:
+    for middleware in (html_injection_middleware, reloader_route_middleware, auto_refresh_middleware):
+        with pytest.raises(ValueError, match="^enabled: .* is not "):
+            middleware(page_app(), enabled=value, broker=memory_broker())
+
+
+def test_a_bad_distreload_enabled_stops_the_drop_in_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "maybe")
+    with pytest.raises(SystemExit):
+        patch_for_auto_reloading(page_app(), broker=memory_broker())
+    assert capsys.readouterr().err.startswith("distreload: DISTRELOAD_ENABLED: 'maybe' is not one of ")
+
+
 async def test_lifespan_state_passes_through_the_patch() -> None:
     events: list[str] = []
 

@@ -121,6 +121,30 @@ def test_enabled_is_off_when_unset_and_bad_words_are_errors(monkeypatch: pytest.
         resolve_enabled()
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("1", True), ("true", True), ("Yes", True), (" on ", True), ("0", False), ("false", False)]
+    + [("NO", False), ("off", False), (True, True), (False, False)],
+)
+def test_enabled_takes_a_bool_or_the_words_of_the_environment_variable(
+    given: bool | str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "0" if expected else "1")  # the argument wins
+    assert resolve_enabled(given) is expected
+
+
+def test_an_empty_enabled_is_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "1")
+    assert resolve_enabled("") is True
+    assert resolve_enabled("  ", default=False) is True
+
+
+@pytest.mark.parametrize("given", ["maybe", "disabled", "2", 1, 0, 0.0, ["false"]])
+def test_any_other_enabled_is_a_clear_error(given: object) -> None:
+    with pytest.raises(ValueError, match=r"^enabled: .* is not .*1/0, true/false, yes/no, on/off"):
+        resolve_enabled(given)  # type: ignore[arg-type]
+
+
 def test_a_default_applies_only_when_neither_argument_nor_environment_says(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

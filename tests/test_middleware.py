@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from distreload import middleware as middleware_module
 from distreload.broker import MemoryBroker
 from distreload.config import ConfigError, Target
 from distreload.protocol import ReloadRequest
+from distreload.shutdown import ExitWatch
 
 from .asgi import body_of, call, header, raw_app
 
@@ -75,6 +78,7 @@ def test_off_by_default_says_so_once_with_how_to_turn_it_on(
     with caplog.at_level(logging.INFO, logger="distreload"):
         for _ in range(3):
             assert DistReload(raw_app()).enabled is False
+            assert DistReload(raw_app(), enabled="").enabled is False  # a setting read empty: not given
     lines = [r for r in caplog.records if "distreload is off" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
     assert "DISTRELOAD_ENABLED=1" in lines[0].getMessage() and "enabled=True" in lines[0].getMessage()
@@ -88,6 +92,12 @@ def test_turned_off_explicitly_says_so_only_at_info(
     with caplog.at_level(logging.INFO, logger="distreload"):
         assert DistReload(raw_app()).enabled is False
     assert [r.levelno for r in caplog.records if "distreload is off" in r.getMessage()] == [logging.INFO]
+    monkeypatch.delenv("DISTRELOAD_ENABLED")
+    monkeypatch.setattr(middleware_module, "_said_off", False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="distreload"):
+        assert DistReload(raw_app(), enabled="false").enabled is False
+    assert [r.levelno for r in caplog.records if "distreload is off" in r.getMessage()] == [logging.INFO]
 
 
 def test_enabled_comes_from_the_environment_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,9 +105,49 @@ def test_enabled_comes_from_the_environment_when_not_given(monkeypatch: pytest.M
     assert DistReload(raw_app(), broker=memory_broker()).enabled is True
     monkeypatch.setenv("DISTRELOAD_ENABLED", "0")
     assert DistReload(raw_app(), broker=memory_broker()).enabled is False
-    monkeypatch.setenv("DISTRELOAD_ENABLED", "maybe")
-    with pytest.raises(ConfigError, match="DISTRELOAD_ENABLED"):
-        DistReload(raw_app(), broker=memory_broker())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "DISTRELOAD_ENABLED",
+            "maybe",
+            "DISTRELOAD_ENABLED: 'maybe' is not one of 1/0, true/false, yes/no, on/off",
+        ),
+        ("DISTRELOAD_REDIS_URL", "127.0.0.1:6391", "DISTRELOAD_REDIS_URL: '127.0.0.1:6391' has scheme"),
+        ("DISTRELOAD_NAMESPACE", "two words", "DISTRELOAD_NAMESPACE: 'two words' is not a valid namespace"),
+    ],
+)
+def test_a_bad_environment_value_stops_the_process_with_one_line(
+    variable: str, value: str, line: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "1")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exited:
+        DistReload(raw_app())
+    assert exited.value.code == middleware_module.BAD_ENVIRONMENT_EXIT_STATUS
+    printed = capsys.readouterr().err.splitlines()
+    assert len(printed) == 1 and printed[0].startswith(f"distreload: {line}"), printed
+
+
+def test_a_bad_argument_is_an_error_in_the_code_not_an_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTRELOAD_ENABLED", "1")
+    with pytest.raises(ConfigError, match="^redis_url: "):
+        DistReload(raw_app(), redis_url="127.0.0.1:6391")
+
+
+@pytest.mark.parametrize("word", ["false", "0", "off", "no"])
+async def test_enabled_false_as_a_string_is_off(word: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISTRELOAD_ENABLED", raising=False)
+    app = DistReload(raw_app(), enabled=word, broker=memory_broker())
+    assert not app.enabled
+    assert body_of(await call(app)) == b"<html><body>hi</body></html>"
+
+
+def test_an_enabled_that_is_no_known_word_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="^enabled: 'maybe' is not one of 1/0, true/false, yes/no, on/off$"):
+        DistReload(raw_app(), enabled="maybe", broker=memory_broker())
 
 
 async def test_lifespan_state_and_startup_are_preserved() -> None:
@@ -163,6 +213,58 @@ async def test_an_app_whose_own_start_up_fails_is_reported_as_failing() -> None:
     with pytest.raises(RuntimeError, match="no database"):
         async with LifespanManager(wrap(failing_startup)):
             pass
+
+
+@pytest.fixture
+def server_handlers() -> Iterator[Callable[[int, FrameType | None], None]]:
+    """A server's own SIGINT/SIGTERM handler installed (distreload chains in front of it); the originals
+    are put back afterwards."""
+    originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None: ...
+
+    for signum in originals:
+        signal.signal(signum, handle_exit)
+    yield handle_exit
+    for signum, original in originals.items():
+        signal.signal(signum, original)
+
+
+async def startup_raises(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    raise RuntimeError("no database")
+
+
+async def startup_says_failed(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no database"})
+
+
+@pytest.mark.parametrize("app", [startup_raises, startup_says_failed], ids=["raises", "says-failed"])
+async def test_a_failed_start_up_leaves_no_subscription_no_exit_watch_and_no_chained_handler(
+    app: ASGIApp, server_handlers: Callable[[int, FrameType | None], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = ExitWatch()  # this app's alone: apps other tests left running share the process's one
+    monkeypatch.setattr(middleware_module, "exit_watch", lambda: watch)
+    wrapped = wrap(app)
+    with pytest.raises(Exception):  # noqa: B017 - asgi_lifespan's own error, or the app's
+        async with LifespanManager(wrapped):
+            pass
+    assert wrapped.broker is not None and not wrapped.broker.listening
+    assert signal.getsignal(signal.SIGTERM) is server_handlers
+    assert signal.getsignal(signal.SIGINT) is server_handlers
+    assert len(watch._hubs) == 0 and watch._poll is None and watch._event_waiter is None
+
+
+async def test_off_has_no_broker_no_hub_and_starting_or_shutting_down_does_nothing(
+    server_handlers: Callable[[int, FrameType | None], None],
+) -> None:
+    app = wrap(raw_app(), enabled=False)
+    assert (app.broker, app.hub, app.endpoint) == (None, None, None)
+    await app.ensure_started()
+    await app.shutdown()
+    assert body_of(await call(app)) == b"<html><body>hi</body></html>"
+    assert signal.getsignal(signal.SIGTERM) is server_handlers
 
 
 async def test_started_on_the_first_request_when_the_server_runs_no_lifespan() -> None:

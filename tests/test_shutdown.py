@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType, SimpleNamespace
 from typing import Any
@@ -118,6 +120,38 @@ async def test_a_hypercorn_worker_process_hears_of_the_stop_through_its_supervis
     watch.detach(hub)
 
 
+def watch_the_stop_event_until_killed(stop: Any, watching: Any) -> None:
+    """A hypercorn worker process as distreload sees it: an app started, its supervisor's event watched."""
+    shutdown._hypercorn_stop_event = lambda: stop
+
+    async def serve() -> None:
+        ExitWatch().attach(Hub())
+        watching.set()
+        await asyncio.sleep(60)
+
+    asyncio.run(serve())
+
+
+def test_a_worker_killed_while_watching_the_stop_event_never_holds_up_the_supervisor() -> None:
+    """SIGTERM to hypercorn's process group kills its workers at once (they keep the default action);
+    the supervisor then sets the stop event. A worker that died inside the event's wait() would leave
+    that set() waiting forever for it to wake, and hypercorn would never exit."""
+    spawn = multiprocessing.get_context("spawn")  # as hypercorn starts its workers
+    stop, watching = spawn.Event(), spawn.Event()
+    worker = spawn.Process(target=watch_the_stop_event_until_killed, args=(stop, watching), daemon=True)
+    worker.start()
+    try:
+        assert watching.wait(30)
+        time.sleep(shutdown.POLL_INTERVAL)  # the worker's watch is under way
+    finally:
+        worker.kill()
+        worker.join(10)
+    supervisor = threading.Thread(target=stop.set, daemon=True)  # daemon: a hang must not hold pytest
+    supervisor.start()
+    supervisor.join(10)
+    assert not supervisor.is_alive(), "the supervisor's set() is stuck on the killed worker"
+
+
 def test_no_stop_event_is_looked_for_outside_hypercorn_workers() -> None:
     assert shutdown._hypercorn_stop_event() is None  # the test process itself
 
@@ -163,3 +197,73 @@ def test_owners_are_found_behind_bound_and_chained_handlers() -> None:
     assert list(shutdown._handler_owners(running.handle_exit)) == [running]
     assert list(shutdown._handler_owners(chained)) == [running]
     assert list(shutdown._handler_owners(signal.SIG_DFL)) == []
+
+
+class UvicornUnderGunicorn(Server):
+    """uvicorn's ``Server`` as uvicorn-worker runs it: its config holds the worker's bound notifier."""
+
+    def __init__(self, worker: object) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(callback_notify=worker.notify)  # type: ignore[attr-defined]
+
+
+UvicornUnderGunicorn.__module__ = "uvicorn.server"
+
+
+def gunicorn_worker(*, alive: bool) -> Any:
+    from gunicorn.workers.base import Worker
+
+    worker = Worker.__new__(Worker)  # its state only: nothing of it runs here
+    worker.alive = alive
+    worker.reloader = None
+    return worker
+
+
+@pytest.fixture
+def handled_by() -> Iterator[Any]:
+    """Install a server's SIGTERM/SIGINT handler; the originals are put back afterwards."""
+    originals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def install(running: Server) -> Server:
+        for signum in originals:
+            signal.signal(signum, running.handle_exit)
+        return running
+
+    yield install
+    for signum, original in originals.items():
+        signal.signal(signum, original)
+
+
+def test_uvicorn_is_stopped_only_once_gunicorn_marked_its_worker_dead(handled_by: Any) -> None:
+    """gunicorn's --reload and SIGQUIT mark the worker dead without telling uvicorn: distreload finishes
+    that stop, and only that one."""
+    worker = gunicorn_worker(alive=True)
+    running = handled_by(UvicornUnderGunicorn(worker))
+    assert not shutdown._server_is_exiting() and running.should_exit is False
+    worker.alive = False
+    assert shutdown._server_is_exiting() and running.should_exit is True
+
+
+def test_a_server_whose_notifier_is_not_a_gunicorn_worker_is_never_stopped(handled_by: Any) -> None:
+    """Anything else with an ``alive`` flag behind a server's config (an app's own health object, a
+    different process manager) says nothing about gunicorn stopping: the server keeps running."""
+
+    class HealthCheck:
+        alive = False
+
+        def notify(self) -> None: ...
+
+    running = handled_by(UvicornUnderGunicorn(HealthCheck()))
+    assert not shutdown._server_is_exiting()
+    assert running.should_exit is False
+
+
+def test_a_server_that_is_not_uvicorns_is_never_written_to(handled_by: Any) -> None:
+    class OtherServer(Server):
+        def __init__(self, worker: object) -> None:
+            super().__init__()
+            self.config = SimpleNamespace(callback_notify=worker.notify)  # type: ignore[attr-defined]
+
+    running = handled_by(OtherServer(gunicorn_worker(alive=False)))
+    assert shutdown._server_is_exiting()  # its streams end: gunicorn is stopping this worker
+    assert running.should_exit is False

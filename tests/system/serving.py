@@ -12,8 +12,10 @@ import contextlib
 import http.client
 import importlib.util
 import json
+import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -266,6 +268,60 @@ def check_sigterm_stops_promptly(served: Served) -> float:
         f"{ended:.2f} s, to the server gone {took:.2f} s"
     )
     return took
+
+
+@dataclass(frozen=True)
+class StopSignal:
+    """How a server is told to stop: ``group`` sends the signal to its whole process group, as systemd
+    (``KillMode=control-group``) and a terminal's Ctrl-C do; else to its main process alone, as
+    ``docker stop`` and Kubernetes do."""
+
+    name: str
+    signum: int
+    group: bool
+
+
+STOP_SIGNALS = [
+    StopSignal("sigterm-master", signal.SIGTERM, group=False),
+    StopSignal("sigterm-group", signal.SIGTERM, group=True),
+    StopSignal("sigint-group", signal.SIGINT, group=True),
+]
+
+
+def stop_and_time(server: ServerProcess, how: StopSignal, timeout: float = 15.0) -> float:
+    """Send ``how`` and wait until every process of the server is gone; seconds taken (``timeout`` and
+    more when it had to be killed)."""
+    import psutil
+
+    main = psutil.Process(server.process.pid)
+    processes = [main, *main.children(recursive=True)]
+    started = time.monotonic()
+    if how.group:
+        os.killpg(server.process.pid, how.signum)
+    else:
+        server.process.send_signal(how.signum)
+    try:
+        server.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.kill_group()
+        server.process.wait(5)
+        return time.monotonic() - started
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        if not any(_alive(process) for process in processes[1:]):
+            break
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def _alive(process: object) -> bool:
+    import psutil
+
+    assert isinstance(process, psutil.Process)
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def require(module: str) -> None:
