@@ -90,22 +90,45 @@
   // --- what a reload is for: globs on the path, URL paths, cache-busters --------------------------------------
 
   // The glob of a reload's "match": "*" is any run of characters but "/", "**" any run at all, "?" one
-  // character but "/". Matched against the whole of location.pathname.
-  function globToRegExp(glob) {
-    var source = "", i = 0;
-    while (i < glob.length) {
-      var c = glob.charAt(i);
-      if (c === "*" && glob.charAt(i + 1) === "*") { source += ".*"; i += 2; continue; }
-      if (c === "*") source += "[^/]*";
-      else if (c === "?") source += "[^/]";
-      else source += c.replace(/[\\^$.|+()[\]{}]/g, "\\$&");
-      i += 1;
+  // character but "/". Matched against the whole of location.pathname, the same as glob_matches in
+  // distreload/protocol.py. A run of "*" is one token ("**" for two or more, which is what it means).
+  function globTokens(glob) {
+    var characters = Array.from(glob), tokens = [], i = 0;
+    while (i < characters.length) {
+      var end = i;
+      while (characters[end] === "*") end += 1;
+      if (end > i) { tokens.push(end - i > 1 ? "**" : "*"); i = end; }
+      else { tokens.push(characters[i]); i += 1; }
     }
-    return new RegExp("^" + source + "$");
+    return tokens;
   }
 
+  // Never backtracks (a RegExp made from "**" does, for minutes, on a crafted glob): it follows every way
+  // the glob could match at once, one flag per glob position, one path character at a time.
   function matchesGlob(glob, pathname) {
-    return !glob || globToRegExp(glob).test(pathname);
+    if (!glob) return true;
+    var tokens = globTokens(glob), size = tokens.length;
+    var states = new Uint8Array(size + 1), next = new Uint8Array(size + 1);
+    function skipStars(flags) {  // a star may match nothing
+      for (var p = 0; p < size; p++) if (flags[p] && (tokens[p] === "*" || tokens[p] === "**")) flags[p + 1] = 1;
+    }
+    states[0] = 1;
+    skipStars(states);
+    var characters = Array.from(pathname);
+    for (var i = 0; i < characters.length; i++) {
+      var character = characters[i], alive = false;
+      next.fill(0);
+      for (var p = 0; p < size; p++) {
+        if (!states[p]) continue;
+        var token = tokens[p];
+        if (token === "**" || (token === "*" && character !== "/")) { next[p] = 1; alive = true; }
+        else if (token === character || (token === "?" && character !== "/")) { next[p + 1] = 1; alive = true; }
+      }
+      if (!alive) return false;
+      skipStars(next);
+      var swap = states; states = next; next = swap;
+    }
+    return states[size] === 1;
   }
 
   function matchesAny(pathname, paths) {

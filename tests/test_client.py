@@ -580,6 +580,7 @@ def test_the_clients_parts_pass_their_unit_tests_in_chromium(new_context: Callab
     files = {
         "/runner.html": UNIT_TESTS / "runner.html",
         "/cases.js": UNIT_TESTS / "cases.js",
+        "/globs.json": UNIT_TESTS / "globs.json",
         "/client.js": ROOT / "distreload" / "client.js",
     }
 
