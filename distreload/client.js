@@ -390,12 +390,24 @@
     }
   }
 
+  // DOMParser parses with scripting off: a parsed <noscript> holds real elements (an <img onerror>, a
+  // tracking <iframe>, a <link>) that a page loaded with scripting on never has, where it holds the same
+  // markup as inert text. Made text before anything is imported, they stay as inert as a full load keeps them.
+  function inertNoscripts(root) {
+    var found = root.getElementsByTagName("noscript");
+    for (var i = found.length - 1; i >= 0; i--) {
+      var noscript = found[i];
+      if (noscript.childElementCount) noscript.textContent = noscript.innerHTML;
+    }
+  }
+
   function morphNode(live, fresh, context) {
     if (live.nodeType !== 1) {
       if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; context.changes += 1; }
       return;
     }
     if (isScript(live) || isStylesheetLink(live)) return;  // paired by what they run or load: the same
+    if (live.tagName === "NOSCRIPT") return;  // inert while scripting is on: kept as the page has it
     morphAttributes(live, fresh, context);
     if (live.tagName === "TEXTAREA") {
       // The text is the default value: what the reader typed (the current value) stays.
@@ -504,6 +516,7 @@
   function morphDocument(liveDocument, freshDocument, base) {
     base = base || liveDocument.baseURI;
     if (!freshDocument.body || !freshDocument.head) return { reason: "the new page has no body" };
+    inertNoscripts(freshDocument);
     var reason = scriptChange(liveDocument, freshDocument, base);
     if (reason) return { reason: reason };
     var view = liveDocument.defaultView, focused = liveDocument.activeElement;
@@ -1161,6 +1174,7 @@
     morphDocument: morphDocument,
     morph: function (live, fresh, base) {
       var context = newContext(base || live.ownerDocument.baseURI);
+      inertNoscripts(fresh);
       morphNode(live, fresh, context);
       retireStaleSheets(context);
       return context.changes;

@@ -256,6 +256,36 @@
     frame.remove();
   });
 
+  // --- morph: nothing comes alive that a full load would keep inert ------------------------------------------
+
+  // DOMParser parses with scripting off, so a parsed <noscript> holds elements; in a loaded page (scripting
+  // on) it holds text, and nothing in it loads or runs.
+  test("a morph never brings <noscript> content to life, new or changed", async function () {
+    window.noscriptFired = [];
+    var frame = document.createElement("iframe");
+    document.body.appendChild(frame);
+    var ready = loaded(frame);
+    frame.srcdoc = "<!doctype html><html><head><title>n</title></head><body><p id='p'>x</p>" +
+      "<noscript id='kept'><p>enable JavaScript</p></noscript></body></html>";
+    await ready;
+    var live = frame.contentDocument, kept = live.getElementById("kept"), keptText = kept.textContent;
+    var fresh = "<!doctype html><html><head><title>n</title>" +
+      "<noscript><link rel='stylesheet' href='/style.css?css=p%7Bcolor:rgb(1,2,3)%7D'></noscript></head><body>" +
+      "<p id='p'>y</p><noscript><img src='/missing.png' onerror='parent.noscriptFired.push(\"img\")'></noscript>" +
+      "<div><noscript><iframe src='/frame.html' onload='parent.noscriptFired.push(\"iframe\")'></iframe></noscript></div>" +
+      "<noscript id='kept'><img src='/missing.png' onerror='parent.noscriptFired.push(\"kept\")'></noscript></body></html>";
+    var result = parts.morphDocument(live, parse(fresh));
+    check(!result.reason, "refused: " + result.reason);
+    for (var i = 0; i < 10; i++) await nextFrame();
+    equal(live.getElementById("p").textContent, "y", "the morph happened");
+    equal(window.noscriptFired.join(), "", "handlers fired");
+    equal(live.querySelectorAll("img, iframe, link").length, 0, "elements made live from <noscript>");
+    equal(live.querySelectorAll("noscript").length, 4, "noscript elements");
+    check(live.getElementById("kept") === kept && kept.textContent === keptText, "the live noscript changed");
+    equal(live.defaultView.getComputedStyle(live.getElementById("p")).color, "rgb(0, 0, 0)", "a noscript sheet applied");
+    frame.remove();
+  });
+
   // --- which pages, which URLs ------------------------------------------------------------------------------
 
   test("globs on the path: the same answers as distreload/protocol.py on tests/js/globs.json", async function () {
