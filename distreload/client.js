@@ -300,10 +300,22 @@
 
   // --- morph: the new HTML applied to the live document in place ------------------------------------------
   //
-  // Children are paired by key (an element's id; a stylesheet by its URL; a script by what it runs), then by
-  // tag and position (the third <p> without an id pairs with the third <p>). A paired node is updated in
-  // place, so whatever the page holds in it stays: typed text, focus, listeners, scroll offsets. Only unpaired
-  // nodes are inserted or removed, and a paired node moves only when the order really changed.
+  // An element keeps its identity whenever the new HTML still holds it by id, wherever it moved: as in
+  // idiomorph, every element knows the ids it holds (itself and its descendants) among those that both the
+  // live page and the new HTML hold once, with the same tag (the persistent ids), so a wrapper is paired
+  // with the wrapper that holds the same ids, and an id'd element whose parent changed is moved over, not
+  // rebuilt. Siblings without ids are paired by tag, preferring one whose content is unchanged (an
+  // insertion before an unchanged element never takes that element over), then one whose attributes are;
+  // a soft pair never takes an element holding persistent ids or one that a following new sibling matches
+  // better. A paired node is updated in place, so what the page holds in it stays: typed text, caret,
+  // focus, checked state, inner scroll, open <details>/<dialog>, playing media, listeners, JS properties.
+  // Moves use moveBefore where the browser has it (state kept as is); elsewhere focus, caret and inner
+  // scroll are put back afterwards. An unchanged subtree is recognised with isEqualNode and not walked.
+
+  var PERMANENT_ATTRIBUTE = "data-distreload-permanent";
+  // How many sibling elements ahead pairing looks for an unchanged one, and for any other.
+  var LOOKAHEAD_SAME = 50;
+  var LOOKAHEAD = 8;
 
   function isScript(node) { return node.nodeType === 1 && node.tagName === "SCRIPT"; }
   function isOwnScript(node) { return isScript(node) && node.hasAttribute("data-distreload"); }
@@ -312,6 +324,7 @@
     return node.nodeType === 1 && node.tagName === "LINK" && node.hasAttribute("href") &&
       /(^|\s)stylesheet(\s|$)/i.test(node.getAttribute("rel") || "");
   }
+  function isPermanent(node) { return node.nodeType === 1 && node.hasAttribute(PERMANENT_ATTRIBUTE); }
 
   // What identifies a script when asking whether it changed: its type, and its URL or its code; never its
   // nonce, which every response renews.
@@ -349,47 +362,6 @@
     for (var i = 0; i < scripts.length; i++) if (!isOwnScript(scripts[i])) visit(scripts[i]);
   }
 
-  function keyOf(node, base) {
-    if (node.nodeType !== 1) return "";
-    if (isScript(node)) return "script " + scriptSignature(node, base);
-    if (isStylesheetLink(node)) {
-      return "sheet " + withoutBuster(node.getAttribute("href"), base) + " " + (node.getAttribute("media") || "");
-    }
-    var id = node.getAttribute("id");
-    return id ? "#" + id : "";
-  }
-
-  function kindOf(node) {
-    return node.nodeType === 1 ? node.namespaceURI + " " + node.tagName : "#" + node.nodeType;
-  }
-
-  // The open state of <details> and <dialog> is the reader's: a morph neither opens nor closes them.
-  function isReadersAttribute(element, name) {
-    return name === "open" && (element.tagName === "DETAILS" || element.tagName === "DIALOG");
-  }
-
-  function morphAttributes(live, fresh, context) {
-    var i, attribute, name;
-    for (i = 0; i < fresh.attributes.length; i++) {
-      attribute = fresh.attributes[i];
-      name = attribute.localName;
-      if (name === "nonce" || isReadersAttribute(live, name)) continue;
-      if (live.getAttributeNS(attribute.namespaceURI, name) !== attribute.value) {
-        live.setAttributeNS(attribute.namespaceURI, attribute.name, attribute.value);
-        context.changes += 1;
-      }
-    }
-    for (i = live.attributes.length - 1; i >= 0; i--) {
-      attribute = live.attributes[i];
-      name = attribute.localName;
-      if (name === "nonce" || isReadersAttribute(live, name)) continue;
-      if (!fresh.hasAttributeNS(attribute.namespaceURI, name)) {
-        live.removeAttributeNS(attribute.namespaceURI, name);
-        context.changes += 1;
-      }
-    }
-  }
-
   // DOMParser parses with scripting off: a parsed <noscript> holds real elements (an <img onerror>, a
   // tracking <iframe>, a <link>) that a page loaded with scripting on never has, where it holds the same
   // markup as inert text. Made text before anything is imported, they stay as inert as a full load keeps them.
@@ -401,105 +373,9 @@
     }
   }
 
-  function morphNode(live, fresh, context) {
-    if (live.nodeType !== 1) {
-      if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; context.changes += 1; }
-      return;
-    }
-    if (isScript(live) || isStylesheetLink(live)) return;  // paired by what they run or load: the same
-    if (live.tagName === "NOSCRIPT") return;  // inert while scripting is on: kept as the page has it
-    morphAttributes(live, fresh, context);
-    if (live.tagName === "TEXTAREA") {
-      // The text is the default value: what the reader typed (the current value) stays.
-      if (live.defaultValue !== fresh.textContent) { live.defaultValue = fresh.textContent; context.changes += 1; }
-    } else if (live.tagName === "TEMPLATE") {
-      if (live.innerHTML !== fresh.innerHTML) { live.innerHTML = fresh.innerHTML; context.changes += 1; }
-    } else {
-      morphChildren(live, fresh, context);
-    }
-  }
-
-  function morphChildren(live, fresh, context) {
-    var base = context.base, liveNodes = [], keyed = {}, queues = {}, used = new Set(), node, key, i;
-    for (node = live.firstChild; node; node = node.nextSibling) {
-      if (isUi(node)) continue;
-      liveNodes.push(node);
-      key = keyOf(node, base);
-      if (key && !keyed[key]) keyed[key] = node;
-      else (queues[kindOf(node)] = queues[kindOf(node)] || []).push(node);
-    }
-    var freshNodes = Array.prototype.slice.call(fresh.childNodes), partners = [];
-    for (i = 0; i < freshNodes.length; i++) {
-      var freshNode = freshNodes[i], partner = null;
-      key = keyOf(freshNode, base);
-      if (key && keyed[key] && !used.has(keyed[key]) && kindOf(keyed[key]) === kindOf(freshNode)) {
-        partner = keyed[key];
-      } else if (!key || key.charAt(0) === "#") {
-        // Scripts and stylesheets pair only with their own: a changed sheet is a new sheet.
-        var queue = queues[kindOf(freshNode)] || [];
-        while (queue.length && !partner) {
-          var candidate = queue.shift();
-          if (!used.has(candidate)) partner = candidate;
-        }
-      }
-      if (partner) used.add(partner);
-      partners.push(partner);
-    }
-    // Unpaired live nodes go first, so that what stays moves only when the order changed. Scripts stay:
-    // they ran, and removing them undoes nothing. Outgoing stylesheets go once the incoming ones have loaded,
-    // so the page is never unstyled. In <head>, whatever else the page's scripts added stays too.
-    var lingering = new Set();
-    for (i = 0; i < liveNodes.length; i++) {
-      node = liveNodes[i];
-      if (used.has(node)) continue;
-      if (isStylesheetLink(node)) { context.staleSheets.push(node); lingering.add(node); }
-      else if (isScript(node) || (live.tagName === "HEAD" && node.nodeType === 1)) lingering.add(node);
-      else { live.removeChild(node); context.changes += 1; }
-    }
-    var cursor = live.firstChild;
-    for (i = 0; i < freshNodes.length; i++) {
-      if (!partners[i] && isScript(freshNodes[i])) continue;  // never inserted: scriptChange vetted them
-      while (cursor && (isUi(cursor) || lingering.has(cursor))) cursor = cursor.nextSibling;
-      node = partners[i] || importFresh(freshNodes[i], live.ownerDocument, context);
-      if (node === cursor) {
-        cursor = cursor.nextSibling;
-      } else {
-        live.insertBefore(node, cursor);
-        context.changes += 1;
-      }
-      if (partners[i]) morphNode(node, freshNodes[i], context);
-    }
-  }
-
-  function importFresh(fresh, document, context) {
-    var node = document.importNode(fresh, true);
-    if (node.nodeType !== 1) return node;
-    // A copy of a script that already ran elsewhere in the page would be a second copy; it never runs, but
-    // it does not belong in the page either.
-    var scripts = node.getElementsByTagName("script");
-    for (var i = scripts.length - 1; i >= 0; i--) scripts[i].parentNode.removeChild(scripts[i]);
-    var sheets = isStylesheetLink(node) ? [node] : node.querySelectorAll('link[rel~="stylesheet"][href]');
-    for (i = 0; i < sheets.length; i++) context.newSheets.push(sheets[i]);
-    return node;
-  }
-
-  function newContext(base) {
-    return { base: base, changes: 0, newSheets: [], staleSheets: [] };
-  }
-
-  function retireStaleSheets(context) {
-    var waiting = context.newSheets.length, stale = context.staleSheets;
-    function retire() {
-      for (var i = 0; i < stale.length; i++) if (stale[i].parentNode) stale[i].parentNode.removeChild(stale[i]);
-    }
-    if (!waiting) { retire(); return; }
-    var settle = function () { waiting -= 1; if (!waiting) retire(); };
-    for (var i = 0; i < context.newSheets.length; i++) {
-      var sheet = context.newSheets[i];
-      if (sheet.sheet) { settle(); continue; }  // already loaded (from the cache)
-      sheet.addEventListener("load", settle);
-      sheet.addEventListener("error", settle);
-    }
+  // The open state of <details> and <dialog> is the reader's: a morph neither opens nor closes them.
+  function isReadersAttribute(element, name) {
+    return name === "open" && (element.tagName === "DETAILS" || element.tagName === "DIALOG");
   }
 
   function readSelection(element) {
@@ -511,22 +387,504 @@
     }
   }
 
+  function idOf(node) { return node.nodeType === 1 ? node.getAttribute("id") || "" : ""; }
+
+  // Every element with an id under ``root`` (itself included), by id; ids held more than once map to null.
+  function elementsById(root) {
+    var found = new Map(), list = root.querySelectorAll("[id]"), i, id;
+    if (idOf(root)) found.set(idOf(root), root);
+    for (i = 0; i < list.length; i++) {
+      id = list[i].getAttribute("id");
+      found.set(id, found.has(id) ? null : list[i]);
+    }
+    return found;
+  }
+
+  // One morph of ``liveRoot`` into ``freshRoot`` (parsed, noscripts made inert). ``serverHead`` (optional):
+  // the <head> elements that came from the server's HTML; the others were added by the page and stay.
+  function Morph(liveRoot, freshRoot, base, serverHead) {
+    this.base = base;
+    this.document = liveRoot.ownerDocument || liveRoot;
+    this.serverHead = serverHead || null;
+    this.changes = 0;
+    this.failures = [];
+    this.newSheets = [];
+    this.staleSheets = [];
+    this.used = new Set();
+    this.pantry = null;
+    this.moved = [];
+    this.liveIds = new Map();
+    this.freshIds = new Map();
+    var live = elementsById(liveRoot), self = this;
+    this.liveById = new Map();
+    elementsById(freshRoot).forEach(function (b, id) {
+      var a = live.get(id);
+      if (!a || !b || a.namespaceURI !== b.namespaceURI || a.localName !== b.localName) return;
+      self.liveById.set(id, a);
+      addToAncestors(self.liveIds, a, liveRoot, id);
+      addToAncestors(self.freshIds, b, freshRoot, id);
+    });
+  }
+
+  function addToAncestors(map, element, root, id) {
+    for (var node = element; node; node = node === root ? null : node.parentNode) {
+      var ids = map.get(node);
+      if (!ids) map.set(node, ids = new Set());
+      ids.add(id);
+    }
+  }
+
+  Morph.prototype.isPersistent = function (id) {
+    return Boolean(id) && this.liveById.has(id);
+  };
+
+  // A live element's persistent ids not yet placed: what it still holds for the new HTML.
+  Morph.prototype.holdsWanted = function (node) {
+    var ids = this.liveIds.get(node);
+    if (!ids) return false;
+    var self = this, wanted = false;
+    ids.forEach(function (id) { if (!self.used.has(self.liveById.get(id))) wanted = true; });
+    return wanted;
+  };
+
+  Morph.prototype.idSetMatch = function (live, fresh) {
+    var liveSet = this.liveIds.get(live), freshSet = this.freshIds.get(fresh);
+    if (!liveSet || !freshSet) return false;
+    var found = false;
+    freshSet.forEach(function (id) { if (liveSet.has(id)) found = true; });
+    return found;
+  };
+
+  // Whether ``live`` may stand for ``fresh`` at all: same kind of node; an element keeps a persistent id
+  // only for the element of that id; a permanent element only by its id; form fields keep name and type.
+  Morph.prototype.compatible = function (live, fresh) {
+    if (live.nodeType !== fresh.nodeType) return false;
+    if (live.nodeType !== 1) return true;
+    if (live.namespaceURI !== fresh.namespaceURI || live.localName !== fresh.localName) return false;
+    var liveId = idOf(live), freshId = idOf(fresh);
+    if (liveId !== freshId && (this.isPersistent(liveId) || this.isPersistent(freshId) || isPermanent(live))) return false;
+    if (isPermanent(live) && !this.isPersistent(liveId)) return false;
+    if (/^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(live.tagName) &&
+        (live.getAttribute("name") !== fresh.getAttribute("name") || live.getAttribute("type") !== fresh.getAttribute("type"))) {
+      return false;
+    }
+    return true;
+  };
+
+  // How well ``live`` stands for ``fresh``: 3 unchanged, 2 same attributes, 1 same tag, 0 not at all.
+  Morph.prototype.likeness = function (live, fresh) {
+    if (!this.compatible(live, fresh)) return 0;
+    if (sameContent(live, fresh)) return 3;
+    if (live.nodeType !== 1) return 1;
+    return sameAttributes(live, fresh) ? 2 : 1;
+  };
+
+  // isEqualNode, except for the reader's own attributes (an open <details> the new HTML has closed).
+  function sameContent(live, fresh) {
+    if (live.isEqualNode(fresh)) return true;
+    if (live.nodeType !== 1 || !(live.tagName === "DETAILS" || live.tagName === "DIALOG")) return false;
+    if (!sameAttributes(live, fresh) || live.childNodes.length !== fresh.childNodes.length) return false;
+    for (var i = 0; i < live.childNodes.length; i++) if (!live.childNodes[i].isEqualNode(fresh.childNodes[i])) return false;
+    return true;
+  }
+
+  function sameAttributes(live, fresh) {
+    var count = 0, i, attribute;
+    for (i = 0; i < fresh.attributes.length; i++) {
+      attribute = fresh.attributes[i];
+      if (attribute.localName === "nonce" || isReadersAttribute(live, attribute.localName)) continue;
+      if (live.getAttributeNS(attribute.namespaceURI, attribute.localName) !== attribute.value) return false;
+      count += 1;
+    }
+    for (i = 0; i < live.attributes.length; i++) {
+      attribute = live.attributes[i];
+      if (attribute.localName !== "nonce" && !isReadersAttribute(live, attribute.localName)) count -= 1;
+    }
+    return count === 0;
+  }
+
+  // Nodes the morph steps over in the live tree: distreload's own UI and the morph's pantry.
+  function skipped(node) {
+    while (node && isUi(node)) node = node.nextSibling;
+    return node;
+  }
+
+  // The live node that is to become ``fresh``, among ``parent``'s children from ``cursor`` on, or (for an
+  // element of a persistent id) anywhere; null when ``fresh`` is new.
+  Morph.prototype.partnerOf = function (parent, cursor, fresh) {
+    if (cursor && !isScript(cursor) && this.compatible(cursor, fresh) && sameContent(cursor, fresh)) return cursor;
+    var id = idOf(fresh);
+    if (this.isPersistent(id)) {
+      var element = this.liveById.get(id);
+      return this.used.has(element) || element.contains(parent) ? null : element;
+    }
+    if (fresh.nodeType !== 1) {
+      // Text and comments pair only in place: never worth moving, nor removing elements to reach.
+      return cursor && cursor.nodeType === fresh.nodeType && !this.used.has(cursor) ? cursor : null;
+    }
+    if (this.freshIds.get(fresh)) {
+      var holder = this.holderOf(parent, fresh);
+      if (holder) return holder;
+    }
+    // Siblings without persistent ids: an unchanged one further on, else the best one near, unless a
+    // following new sibling is better for it.
+    var best = null, bestLikeness = 0, node = cursor, seen = 0;
+    for (; node && seen < LOOKAHEAD_SAME; node = node.nextSibling) {
+      if (node.nodeType !== 1 || isUi(node) || isScript(node) || this.used.has(node)) continue;
+      seen += 1;
+      if (this.holdsWanted(node)) continue;
+      var likeness = seen <= LOOKAHEAD ? this.likeness(node, fresh)
+        : this.compatible(node, fresh) && sameContent(node, fresh) ? 3 : 0;
+      if (likeness > bestLikeness) {
+        best = node;
+        bestLikeness = likeness;
+        if (likeness === 3) break;
+      }
+    }
+    if (!best || bestLikeness === 3) return best;
+    var next = fresh.nextSibling;
+    for (seen = 0; next && seen < LOOKAHEAD; next = next.nextSibling, seen += 1) {
+      if (next.nodeType === 1 && this.likeness(best, next) > bestLikeness) return null;
+    }
+    return best;
+  };
+
+  // The live child of ``parent`` that holds the same persistent ids as ``fresh`` does.
+  Morph.prototype.holderOf = function (parent, fresh) {
+    var self = this, holder = null;
+    this.freshIds.get(fresh).forEach(function (id) {
+      if (holder) return;
+      var node = self.liveById.get(id);
+      if (self.used.has(node)) return;
+      while (node && node.parentNode !== parent) node = node.parentNode;
+      if (node && !self.used.has(node) && self.compatible(node, fresh)) holder = node;
+    });
+    return holder;
+  };
+
+  // Move ``node`` to before ``before`` in ``parent``, keeping its state: moveBefore keeps focus, selection,
+  // inner scroll, iframes and playing media where the browser has it; elsewhere the scroll offsets inside
+  // are put back at the end (focus and caret are put back by morphDocument).
+  Morph.prototype.move = function (parent, node, before) {
+    if (node.parentNode === parent && node.nextSibling === before) return;
+    if (typeof parent.moveBefore === "function") {
+      try { parent.moveBefore(node, before); this.changes += 1; return; } catch (e) { /* another root: insert */ }
+    }
+    if (node.nodeType === 1) {
+      var scrolled = [node].concat(Array.prototype.slice.call(node.getElementsByTagName("*")));
+      for (var i = 0; i < scrolled.length; i++) {
+        if (scrolled[i].scrollTop || scrolled[i].scrollLeft) {
+          this.moved.push({ element: scrolled[i], top: scrolled[i].scrollTop, left: scrolled[i].scrollLeft });
+        }
+      }
+    }
+    parent.insertBefore(node, before);
+    this.changes += 1;
+  };
+
+  // A live node that the new HTML no longer has. Scripts stay (they ran: removing undoes nothing);
+  // stylesheets go once their successors have loaded (the page is never unstyled); a node still holding
+  // persistent ids waits in the pantry until they are taken.
+  Morph.prototype.remove = function (node) {
+    if (isScript(node)) return;
+    if (isStylesheetLink(node)) {
+      if (this.staleSheets.indexOf(node) === -1) this.staleSheets.push(node);
+      return;
+    }
+    if (this.holdsWanted(node)) {
+      if (!this.pantry) {
+        this.pantry = this.document.createElement("div");
+        this.pantry.setAttribute(UI_ATTRIBUTE, "pantry");
+        this.pantry.hidden = true;
+        (this.document.documentElement || this.document).appendChild(this.pantry);
+      }
+      this.move(this.pantry, node, null);
+      return;
+    }
+    node.parentNode.removeChild(node);
+    this.changes += 1;
+  };
+
+  // A node of the new HTML made live: a copy, without the scripts in it (never run a second time).
+  Morph.prototype.create = function (fresh) {
+    var node = this.document.importNode(fresh, true);
+    if (node.nodeType !== 1) return node;
+    var scripts = node.getElementsByTagName("script");
+    for (var i = scripts.length - 1; i >= 0; i--) scripts[i].parentNode.removeChild(scripts[i]);
+    var sheets = isStylesheetLink(node) ? [node] : node.querySelectorAll('link[rel~="stylesheet"][href]');
+    for (i = 0; i < sheets.length; i++) this.newSheets.push(sheets[i]);
+    return node;
+  };
+
+  Morph.prototype.children = function (live, fresh) {
+    var last = null, cursor, freshChild, partner, byScript = null;
+    for (freshChild = fresh.firstChild; freshChild; freshChild = freshChild.nextSibling) {
+      // Where the next node goes: after the last one placed. Worked out each time, because placing a node
+      // may have moved what followed it (an element of a persistent id taken into the node just placed).
+      cursor = skipped(last ? last.nextSibling : live.firstChild);
+      if (isScript(freshChild)) {
+        // A script pairs with the same script among these children, wherever it is, and never moves; one
+        // the page lacks is never inserted (scriptChange vetted that it is not new code).
+        if (!byScript) byScript = this.scriptsAmong(live);
+        var same = byScript[scriptSignature(freshChild, this.base)];
+        partner = same && same.shift();
+        if (partner) {
+          this.used.add(partner);
+          if (partner === cursor) last = partner;
+        }
+        continue;
+      }
+      partner = this.partnerOf(live, cursor, freshChild);
+      if (!partner) {
+        // A new element holding persistent ids is built empty and filled by the morph, so that they move in.
+        var holds = this.freshIds.get(freshChild);
+        partner = holds ? this.document.importNode(freshChild, false) : this.create(freshChild);
+        live.insertBefore(partner, cursor);
+        this.changes += 1;
+        this.used.add(partner);
+        last = partner;
+        if (holds) this.children(partner, freshChild);
+        continue;
+      }
+      this.used.add(partner);
+      if (partner !== cursor) {
+        if (partner.parentNode === live && this.between(cursor, partner, freshChild)) {
+          // Everything between is wanted by nothing that follows: it goes, and the partner stays put.
+          while (cursor !== partner) {
+            var gone = cursor;
+            cursor = skipped(cursor.nextSibling);
+            if (!this.used.has(gone)) this.remove(gone);
+          }
+        } else {
+          this.move(live, partner, cursor);
+        }
+      }
+      last = partner;
+      this.node(partner, freshChild);
+    }
+    cursor = skipped(last ? last.nextSibling : live.firstChild);
+    while (cursor) {
+      var rest = cursor;
+      cursor = skipped(cursor.nextSibling);
+      if (!this.used.has(rest)) this.removeLeftover(live, rest);
+    }
+  };
+
+  // Whether the live nodes from ``cursor`` up to ``partner`` can all go: none is unchanged in one of the
+  // new siblings that follow (those holding persistent ids wait in the pantry).
+  Morph.prototype.between = function (cursor, partner, fresh) {
+    var count = 0;
+    for (var node = cursor; node && node !== partner; node = node.nextSibling) {
+      if (node.nodeType !== 1 || isUi(node) || isScript(node) || this.used.has(node)) continue;
+      if ((count += 1) > LOOKAHEAD_SAME) return false;
+      for (var next = fresh.nextSibling, seen = 0; next && seen < LOOKAHEAD; next = next.nextSibling, seen += 1) {
+        if (next.nodeType === 1 && this.compatible(node, next) && sameContent(node, next)) return false;
+      }
+    }
+    return node === partner;
+  };
+
+  Morph.prototype.removeLeftover = function (parent, node) {
+    // In <head>, what the page's own scripts added stays; what the server's HTML dropped goes.
+    if (parent.tagName === "HEAD" && node.nodeType === 1 && this.serverHead && !this.serverHead.has(node)) return;
+    this.remove(node);
+  };
+
+  Morph.prototype.scriptsAmong = function (live) {
+    var found = {};
+    for (var node = live.firstChild; node; node = node.nextSibling) {
+      if (!isScript(node) || isOwnScript(node) || this.used.has(node)) continue;
+      var signature = scriptSignature(node, this.base);
+      (found[signature] = found[signature] || []).push(node);
+    }
+    return found;
+  };
+
+  Morph.prototype.node = function (live, fresh) {
+    if (live.nodeType !== 1) {
+      if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; this.changes += 1; }
+      return;
+    }
+    if (isScript(live) || isStylesheetLink(live) && sameAttributes(live, fresh)) return;
+    if (isPermanent(live)) return;  // the page's to keep as it is
+    if (sameContent(live, fresh)) return;
+    if (isStylesheetLink(live)) {
+      // Another sheet under the same element: the new one goes in beside it and the old goes once it loaded.
+      var sheet = this.create(fresh);
+      live.parentNode.insertBefore(sheet, live.nextSibling);
+      this.used.add(sheet);
+      this.remove(live);
+      return;
+    }
+    this.attributes(live, fresh);
+    if (live.tagName === "NOSCRIPT") return;  // inert while scripting is on: kept as the page has it
+    if (live.tagName === "TEXTAREA") {
+      // The text is the default value: what the reader typed (the current value) stays.
+      if (live.defaultValue !== fresh.textContent) { live.defaultValue = fresh.textContent; this.changes += 1; }
+    } else if (live.tagName === "TEMPLATE") {
+      if (live.innerHTML !== fresh.innerHTML) { live.innerHTML = fresh.innerHTML; this.changes += 1; }
+    } else if (live.tagName === "HEAD") {
+      this.head(live, fresh);
+    } else {
+      this.children(live, fresh);
+    }
+  };
+
+  // Attributes are read from snapshots and every change is guarded: a custom element whose callback adds
+  // or removes attributes while the morph sets another (as <turbo-frame> does) cannot derail the loop, and
+  // one the browser refuses to set is a reason to reload rather than an exception halfway through.
+  Morph.prototype.attributes = function (live, fresh) {
+    var wanted = Array.prototype.slice.call(fresh.attributes), present = Array.prototype.slice.call(live.attributes);
+    var i, attribute, name;
+    for (i = 0; i < wanted.length; i++) {
+      attribute = wanted[i];
+      name = attribute.localName;
+      if (name === "nonce" || isReadersAttribute(live, name)) continue;
+      try {
+        if (live.getAttributeNS(attribute.namespaceURI, name) !== attribute.value) {
+          live.setAttributeNS(attribute.namespaceURI, attribute.name, attribute.value);
+          this.changes += 1;
+        }
+      } catch (error) {
+        this.failures.push("could not set " + attribute.name + " on <" + live.localName + "> (" + error.name + ")");
+      }
+    }
+    for (i = 0; i < present.length; i++) {
+      attribute = present[i];
+      name = attribute.localName;
+      if (name === "nonce" || isReadersAttribute(live, name)) continue;
+      try {
+        if (!fresh.hasAttributeNS(attribute.namespaceURI, name) && live.hasAttributeNS(attribute.namespaceURI, name)) {
+          live.removeAttributeNS(attribute.namespaceURI, name);
+          this.changes += 1;
+        }
+      } catch (error) {
+        this.failures.push("could not remove " + attribute.name + " from <" + live.localName + "> (" + error.name + ")");
+      }
+    }
+  };
+
+  // <head>: elements pair by what they are (a sheet by its URL, a script by its code, anything else by its
+  // tag, attributes and content; the title and id'd elements are updated). New ones go in after the
+  // element their predecessor paired with, so the order of the cascade holds.
+  function headKey(element, base) {
+    if (isScript(element)) return "script " + scriptSignature(element, base);
+    if (isStylesheetLink(element)) {
+      return "sheet " + withoutBuster(element.getAttribute("href"), base) + " " + (element.getAttribute("media") || "");
+    }
+    if (element.tagName === "TITLE") return "title";
+    if (idOf(element)) return "#" + idOf(element);
+    var attributes = [];
+    for (var i = 0; i < element.attributes.length; i++) {
+      var attribute = element.attributes[i];
+      if (attribute.localName !== "nonce") attributes.push(attribute.name + "=" + attribute.value);
+    }
+    return element.localName + " " + attributes.sort().join(" ") + " " + element.innerHTML;
+  }
+
+  Morph.prototype.head = function (live, fresh) {
+    var byKey = {}, node, key, after = null;
+    for (node = live.firstElementChild; node; node = node.nextElementSibling) {
+      if (isUi(node) || isOwnScript(node)) continue;
+      key = headKey(node, this.base);
+      (byKey[key] = byKey[key] || []).push(node);
+    }
+    for (var freshChild = fresh.firstElementChild; freshChild; freshChild = freshChild.nextElementSibling) {
+      key = headKey(freshChild, this.base);
+      var partner = byKey[key] && byKey[key].shift();
+      if (partner) {
+        this.used.add(partner);
+        if (key === "title" || key.charAt(0) === "#") this.node(partner, freshChild);
+        after = partner;
+        continue;
+      }
+      if (isScript(freshChild)) continue;  // never inserted: scriptChange vetted it
+      var created = this.create(freshChild);
+      live.insertBefore(created, after ? after.nextSibling : live.firstChild);
+      this.used.add(created);
+      this.changes += 1;
+      after = created;
+    }
+    for (node = live.firstElementChild; node;) {
+      var next = node.nextElementSibling;
+      if (!this.used.has(node) && !isUi(node) && !isOwnScript(node)) this.removeLeftover(live, node);
+      node = next;
+    }
+  };
+
+  // What is left once the morph went through: the pantry's leftovers go, moved containers get their
+  // scroll back, and outgoing stylesheets go once the incoming ones have loaded.
+  Morph.prototype.finish = function () {
+    if (this.pantry && this.pantry.parentNode) this.pantry.parentNode.removeChild(this.pantry);
+    for (var i = 0; i < this.moved.length; i++) {
+      var entry = this.moved[i];
+      if (entry.element.isConnected) {
+        entry.element.scrollTop = entry.top;
+        entry.element.scrollLeft = entry.left;
+      }
+    }
+    var waiting = this.newSheets.length, stale = this.staleSheets;
+    function retire() {
+      for (var j = 0; j < stale.length; j++) if (stale[j].parentNode) stale[j].parentNode.removeChild(stale[j]);
+    }
+    if (!waiting) { retire(); return; }
+    var settle = function () { waiting -= 1; if (!waiting) retire(); };
+    for (i = 0; i < this.newSheets.length; i++) {
+      var sheet = this.newSheets[i];
+      if (sheet.sheet) { settle(); continue; }  // already loaded (from the cache)
+      sheet.addEventListener("load", settle);
+      sheet.addEventListener("error", settle);
+    }
+  };
+
+  // The <head> elements that came from the server's HTML, so that a morph can tell them from those the
+  // page's own scripts added: the ones there when the client started, then whatever each morph put there.
+  function HeadMemory(document) {
+    this.elements = new WeakSet();
+    if (document.head) for (var node = document.head.firstElementChild; node; node = node.nextElementSibling) this.elements.add(node);
+  }
+
+  HeadMemory.prototype.has = function (element) { return this.elements.has(element); };
+
+  HeadMemory.prototype.record = function (head) {
+    for (var node = head.firstElementChild; node; node = node.nextElementSibling) this.elements.add(node);
+  };
+
   // Morph ``liveDocument`` into ``freshDocument`` (parsed from the page's new HTML). Returns {changes} or,
-  // when the morph cannot be trusted and nothing was changed, {reason}.
-  function morphDocument(liveDocument, freshDocument, base) {
+  // when the morph cannot be trusted, {reason}: nothing was changed when the scripts forbid it; when an
+  // attribute could not be set or something threw midway, the caller reloads in full.
+  function morphDocument(liveDocument, freshDocument, base, headMemory) {
     base = base || liveDocument.baseURI;
     if (!freshDocument.body || !freshDocument.head) return { reason: "the new page has no body" };
-    inertNoscripts(freshDocument);
     var reason = scriptChange(liveDocument, freshDocument, base);
     if (reason) return { reason: reason };
+    inertNoscripts(freshDocument);
     var view = liveDocument.defaultView, focused = liveDocument.activeElement;
     var selection = focused && readSelection(focused);
     var scrollX = view ? view.scrollX : 0, scrollY = view ? view.scrollY : 0;
-    var context = newContext(base);
-    morphAttributes(liveDocument.documentElement, freshDocument.documentElement, context);
-    morphNode(liveDocument.head, freshDocument.head, context);
-    morphNode(liveDocument.body, freshDocument.body, context);
-    // Moving an element blurs it: put focus and caret back where the reader left them.
+    var pageAdded = null;
+    if (headMemory) {
+      // Page-added head elements: those not recorded as the server's.
+      pageAdded = [];
+      for (var node = liveDocument.head.firstElementChild; node; node = node.nextElementSibling) {
+        if (!headMemory.has(node)) pageAdded.push(node);
+      }
+    }
+    var morph = new Morph(liveDocument.documentElement, freshDocument.documentElement, base,
+      headMemory || { has: function () { return true; } });
+    try {
+      morph.attributes(liveDocument.documentElement, freshDocument.documentElement);
+      morph.node(liveDocument.head, freshDocument.head);
+      morph.node(liveDocument.body, freshDocument.body);
+    } finally {
+      morph.finish();
+    }
+    if (headMemory) {
+      headMemory.record(liveDocument.head);
+      // What the page added stays the page's: not the server's, whatever a morph did around it.
+      for (var i = 0; i < pageAdded.length; i++) headMemory.elements.delete(pageAdded[i]);
+    }
+    // Moving an element may blur it: put focus and caret back where the reader left them.
     if (focused && focused !== liveDocument.activeElement && focused.isConnected && focused.focus) {
       focused.focus({ preventScroll: true });
       if (selection) {
@@ -534,8 +892,20 @@
       }
     }
     if (view && (view.scrollX !== scrollX || view.scrollY !== scrollY)) view.scrollTo(scrollX, scrollY);
-    retireStaleSheets(context);
-    return { changes: context.changes };
+    if (morph.failures.length) return { reason: morph.failures[0], changes: morph.changes };
+    return { changes: morph.changes };
+  }
+
+  // Morph one element into a parsed one (the client's tests use it on parts of a page).
+  function morphElement(live, fresh, base) {
+    inertNoscripts(fresh);
+    var morph = new Morph(live, fresh, base || live.ownerDocument.baseURI, null);
+    try {
+      morph.node(live, fresh);
+    } finally {
+      morph.finish();
+    }
+    return morph.changes;
   }
 
   // --- stylesheets and images swapped in place -----------------------------------------------------------
@@ -776,6 +1146,7 @@
     };
     var heard = status.version;  // the newest version this tab heard of: where a new stream resumes from
     var ui = new Ui(document);
+    var headMemory = new HeadMemory(document);  // which <head> elements came from the server's HTML
     var connection = null, channel = null, releaseLock = null, lockAbort = null;
     var plan = null, missed = null, catchUp = null;
     var planTimer = null, retryTimer = null, lostTimer = null, checking = false, checkAttempt = 0;
@@ -981,7 +1352,8 @@
       var reason = morphRefusal(response, requested), result = null;
       if (!reason) {
         try {
-          result = morphDocument(document, new DOMParser().parseFromString(body, "text/html"), document.baseURI);
+          result = morphDocument(document, new DOMParser().parseFromString(body, "text/html"), document.baseURI,
+            headMemory);
           reason = result.reason;
         } catch (error) {
           reason = "the morph failed (" + error + ")";
@@ -1172,13 +1544,8 @@
   var api = global.distreload = global.distreload || {};
   api.parts = {
     morphDocument: morphDocument,
-    morph: function (live, fresh, base) {
-      var context = newContext(base || live.ownerDocument.baseURI);
-      inertNoscripts(fresh);
-      morphNode(live, fresh, context);
-      retireStaleSheets(context);
-      return context.changes;
-    },
+    morph: morphElement,
+    HeadMemory: HeadMemory,
     scriptChange: scriptChange,
     matchesGlob: matchesGlob,
     bustUrl: bustUrl,

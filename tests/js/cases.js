@@ -181,6 +181,202 @@
     check(host.parentNode === box, "host removed");
   });
 
+  // --- morph: an element keeps its identity wherever the new HTML moved it --------------------------------
+
+  function typeInto(field, text, start, end) {
+    field.focus();
+    field.value = text;
+    field.setSelectionRange(start, end);
+  }
+
+  test("a field wrapped in a label keeps typed text, focus and caret, and stays the same element", function () {
+    mount('<form id="f"><input id="name" value="a"><input id="other"></form>');
+    var field = byId("name"), form = byId("f");
+    field.custom = "a JS property";
+    typeInto(field, "typed by hand", 2, 5);
+    morphBox('<form id="f"><label>Name <input id="name" value="b"></label><div class="row"><input id="other"></div></form>');
+    check(byId("name") === field && byId("f") === form, "rebuilt");
+    equal(field.parentNode.tagName, "LABEL", "moved into the label");
+    equal(field.value, "typed by hand", "typed text");
+    equal(field.custom, "a JS property", "JS property");
+    check(document.activeElement === field, "focus went to " + document.activeElement.tagName);
+    equal(field.selectionStart + "-" + field.selectionEnd, "2-5", "caret");
+    field.blur();
+  });
+
+  test("an id'd element moved to another parent, or whose wrapper changed tag, is moved, not rebuilt", function () {
+    mount('<section id="left"><div><button id="b">b</button></div></section><section id="right"></section>' +
+      '<div class="wrap"><textarea id="t">x</textarea></div>');
+    var button = byId("b"), area = byId("t"), clicks = 0;
+    button.addEventListener("click", function () { clicks += 1; });
+    area.value = "notes";
+    morphBox('<section id="left"></section><section id="right"><p>moved here</p><div><button id="b" class="x">b</button></div></section>' +
+      '<article class="wrap"><textarea id="t">x</textarea></article>');
+    check(byId("b") === button && byId("t") === area, "rebuilt");
+    equal(button.parentNode.parentNode.id, "right", "button's new place");
+    equal(button.className, "x", "attribute updated");
+    equal(area.parentNode.tagName, "ARTICLE", "new wrapper");
+    equal(area.value, "notes", "typed text");
+    button.click();
+    equal(clicks, 1, "listener");
+    equal(box.querySelectorAll("#b").length + box.querySelectorAll("#t").length, 2, "copies");
+  });
+
+  test("elements swap parents both ways (an ancestor becomes a descendant)", function () {
+    mount('<div id="outer"><div id="inner"><input id="i"></div></div>');
+    var outer = byId("outer"), inner = byId("inner"), field = byId("i");
+    field.value = "kept";
+    morphBox('<div id="inner"><div id="outer"><input id="i"></div></div>');
+    check(byId("outer") === outer && byId("inner") === inner && byId("i") === field, "rebuilt");
+    check(inner.parentNode === box && outer.parentNode === inner && field.parentNode === outer, "structure");
+    equal(field.value, "kept", "typed text");
+  });
+
+  test("a block inserted before an unkeyed wrapper of an id'd field leaves both the wrapper and the field", function () {
+    mount('<div class="field"><input id="q"></div>');
+    var wrapper = box.firstChild, field = byId("q");
+    field.value = "query";
+    morphBox('<div>notice</div><div class="field"><input id="q"></div>');
+    check(box.children[1] === wrapper && byId("q") === field, "rebuilt");
+    equal(box.children[0].textContent, "notice", "notice");
+    equal(field.value, "query", "typed text");
+  });
+
+  test("an insertion or removal among unkeyed siblings moves no state onto another element", function () {
+    mount('<details><summary>one</summary>1</details><details><summary>two</summary>2</details>');
+    var one = box.children[0], two = box.children[1];
+    two.open = true;
+    morphBox('<details><summary>new</summary>0</details><details><summary>one</summary>1</details><details><summary>two</summary>2</details>');
+    check(box.children[1] === one && box.children[2] === two, "shifted onto another element");
+    check(!box.children[0].open && !one.open && two.open, "open state moved");
+    // Removing the first: the others keep what the reader did to them.
+    mount('<div><p>a</p><input name="x"></div><div><p>b</p><input name="x"></div><div><p>c</p><input name="x"></div>');
+    var inputs = box.querySelectorAll("input");
+    inputs[1].value = "typed in b";
+    inputs[2].value = "typed in c";
+    morphBox('<div><p>b</p><input name="x"></div><div><p>c</p><input name="x"></div>');
+    var now = box.querySelectorAll("input");
+    equal(now.length, 2, "inputs");
+    check(now[0] === inputs[1] && now[1] === inputs[2], "shifted onto another element");
+    equal(now[0].value + "|" + now[1].value, "typed in b|typed in c", "typed text");
+    // A row inserted in the middle of a list of the same rows.
+    mount("<ul><li>a</li><li>b</li><li>c</li></ul>");
+    var items = box.querySelectorAll("li");
+    items[2].custom = "c's";
+    morphBox("<ul><li>a</li><li>b</li><li>b2</li><li>c</li></ul>");
+    var after = box.querySelectorAll("li");
+    check(after[0] === items[0] && after[1] === items[1] && after[3] === items[2], "shifted");
+    equal(after[3].custom, "c's", "JS property");
+  });
+
+  test("inner scroll, an open dialog and checked boxes stay as the reader left them when their parent changes", async function () {
+    mount('<div id="scroller" style="height: 50px; overflow: auto"><div style="height: 500px">tall</div></div>' +
+      '<dialog id="d"><p>hi</p></dialog><input id="c" type="checkbox" checked>');
+    var scroller = byId("scroller"), dialog = byId("d"), box2 = byId("c");
+    scroller.scrollTop = 120;
+    dialog.show();
+    box2.checked = false;  // the reader unchecked what the page checked
+    morphBox('<main><div id="scroller" style="height: 50px; overflow: auto"><div style="height: 500px">tall</div></div></main>' +
+      '<section><dialog id="d"><p>hello</p></dialog></section><input id="c" type="checkbox" checked class="x">');
+    await nextFrame();
+    check(byId("scroller") === scroller && scroller.parentNode.tagName === "MAIN", "scroller rebuilt");
+    equal(scroller.scrollTop, 120, "inner scroll");
+    check(byId("d") === dialog && dialog.open, "dialog closed");
+    equal(dialog.textContent, "hello", "dialog content");
+    check(!box2.checked && box2.className === "x", "checkbox");
+    dialog.close();
+  });
+
+  test("a playing media element keeps playing when it moves", async function () {
+    // A muted video of a canvas: muted video may play without the reader having touched the page.
+    var canvas = document.createElement("canvas");
+    canvas.getContext("2d").fillRect(0, 0, 10, 10);
+    var stream = canvas.captureStream(10);
+    mount('<div class="player"><video id="m" muted></video></div>');
+    var media = byId("m");
+    media.muted = true;
+    media.srcObject = stream;
+    await media.play();
+    check(!media.paused, "not playing before the morph");
+    morphBox('<section class="player"><h2>now playing</h2><video id="m" muted></video></section>');
+    await nextFrame();
+    check(byId("m") === media, "rebuilt");
+    check(!media.paused, "paused by the morph");
+    media.pause();
+    stream.getTracks().forEach(function (track) { track.stop(); });
+  });
+
+  test("an element marked data-distreload-permanent is left untouched", function () {
+    mount('<div id="widget" data-distreload-permanent class="a"><p>the page drew this</p></div><p id="p">x</p>');
+    var widget = byId("widget"), inside = widget.innerHTML;
+    morphBox('<p id="p">y</p><div id="widget" data-distreload-permanent class="b"><p>placeholder</p></div>');
+    check(byId("widget") === widget, "rebuilt");
+    equal(widget.className + " " + widget.innerHTML, "a " + inside, "changed");
+    equal(byId("p").textContent, "y", "the rest morphed");
+  });
+
+  test("attribute changes never throw, whatever a custom element's callbacks do", function () {
+    if (!customElements.get("frame-like")) {
+      // Like <turbo-frame>: setting src removes complete and busy, inside the attribute change itself.
+      customElements.define("frame-like", class extends HTMLElement {
+        static get observedAttributes() { return ["src"]; }
+        attributeChangedCallback(name) {
+          if (name === "src") { this.removeAttribute("complete"); this.removeAttribute("busy"); this.setAttribute("loaded-by", "callback"); }
+        }
+      });
+    }
+    mount('<frame-like id="fr" src="/a" complete="" busy="" data-a="1" data-b="2" data-c="3"></frame-like>');
+    var frame = byId("fr");
+    morphBox('<frame-like id="fr" src="/b" data-z="9"></frame-like>');
+    check(byId("fr") === frame, "rebuilt");
+    equal(frame.getAttribute("src"), "/b", "src");
+    equal(frame.getAttribute("data-z"), "9", "data-z");
+    check(!frame.hasAttribute("data-a") && !frame.hasAttribute("complete"), "stale attributes left");
+  });
+
+  test("morphDocument: an attribute the browser refuses to set is a reason to reload, not an exception", function () {
+    var frame = document.createElement("iframe");
+    document.body.appendChild(frame);
+    var live = frame.contentDocument;
+    live.open();
+    live.write("<!doctype html><html><head></head><body><p id='p'>x</p></body></html>");
+    live.close();
+    var result = parts.morphDocument(live, parse("<!doctype html><html><head></head><body><p id='p' =odd='1'>y</p></body></html>"));
+    check(/could not set =odd/.test(result.reason || ""), "reason: " + JSON.stringify(result));
+    frame.remove();
+  });
+
+  test("morphDocument: what the server's HTML dropped from <head> goes; what the page's scripts added stays", async function () {
+    var frame = document.createElement("iframe");
+    document.body.appendChild(frame);
+    var ready = loaded(frame);
+    frame.srcdoc = "<!doctype html><html><head><title>h</title><meta name='theme-color' content='red'>" +
+      "<style>#p { color: rgb(1, 1, 1); }</style><style>#q { color: rgb(2, 2, 2); }</style></head>" +
+      "<body><p id='p'>p</p><p id='q'>q</p></body></html>";
+    await ready;
+    var live = frame.contentDocument, memory = new parts.HeadMemory(live);
+    var added = live.createElement("style");
+    added.textContent = "#q { font-weight: 700; }";
+    live.head.appendChild(added);
+    var kept = live.querySelectorAll("style")[1];
+    var result = parts.morphDocument(live, parse("<!doctype html><html><head><title>h2</title>" +
+      "<style>#q { color: rgb(2, 2, 2); }</style><meta name='description' content='new'></head>" +
+      "<body><p id='p'>p</p><p id='q'>q</p></body></html>"), null, memory);
+    check(!result.reason, "refused: " + result.reason);
+    var view = live.defaultView;
+    equal(live.title, "h2", "title");
+    check(!live.querySelector("meta[name=theme-color]"), "dropped meta still there");
+    check(live.querySelector("meta[name=description]"), "new meta missing");
+    equal(view.getComputedStyle(live.getElementById("p")).color, "rgb(0, 0, 0)", "dropped style still applies");
+    check(live.querySelectorAll("style")[0] === kept, "kept style rebuilt");
+    check(added.parentNode === live.head, "the page's own style removed");
+    equal(view.getComputedStyle(live.getElementById("q")).fontWeight, "700", "the page's style");
+    // A second morph still knows the page's style from the server's.
+    parts.morphDocument(live, parse("<!doctype html><html><head><title>h3</title></head><body><p id='p'>p</p><p id='q'>q</p></body></html>"), null, memory);
+    check(added.parentNode === live.head && live.querySelectorAll("style").length === 1, "second morph");
+    frame.remove();
+  });
+
   // --- morph: scripts decide whether a morph can be trusted -------------------------------------------------
 
   var SCRIPTS = '<head><script src="/a.js"><\/script></head><body><p>x</p><script>one();<\/script>' +
