@@ -1129,58 +1129,454 @@
     return kept.join("\n").replace(/\n+$/, "");
   }
 
-  // --- the page ----------------------------------------------------------------------------------------
+  // --- what a tab remembers across its own reloads ----------------------------------------------------------
+
+  // The version this tab acted on last, the build it reloaded for and whether it is paused, kept in
+  // sessionStorage (per tab, per distreload base): a page re-rendered by a worker that has not heard of the
+  // newest version yet must not reload a second time for it.
+  function TabMemory(storage, key) {
+    this.storage = storage;
+    this.key = key;
+  }
+
+  TabMemory.prototype.read = function () {
+    try { return safeJson(this.storage.getItem(this.key)) || {}; } catch (e) { return {}; }
+  };
+
+  TabMemory.prototype.write = function (changes) {
+    var memory = this.read();
+    for (var key in changes) memory[key] = changes[key];
+    try { this.storage.setItem(this.key, JSON.stringify(memory)); } catch (e) { /* private mode */ }
+  };
+
+  TabMemory.prototype.remember = function (version, build) {
+    var changes = { version: version };
+    if (build) changes.build = build;
+    this.write(changes);
+  };
+
+  // --- the plan: which reloads this page follows, and when -------------------------------------------------
+  //
+  // Reads the stream's hello and reload messages and decides what the page does: nothing (seen already, or
+  // for other pages: match), wait (paused; a random time within spread), or carry out one plan at a time,
+  // merged with whatever comes meanwhile. Knows neither the network nor the DOM; ``hooks`` act:
+  //   carryOut(plan)  the plan's time has come (it stays current until finish())
+  //   busy()          whether carrying out the current plan is still under way
+  //   cancel()        stop carrying it out (paused meanwhile)
+  //   changed()       paused, or what waits for resume(), changed (the indicator)
+  //   log(text)
+  function ReloadPlan(status, memory, pathname, pageBuild, hooks) {
+    this.status = status;
+    this.memory = memory;
+    this.pathname = pathname;
+    this.pageBuild = pageBuild;
+    this.hooks = hooks;
+    this.current = null;
+    this.missed = null;
+    this.catchUp = null;
+    this.timer = null;
+    this.remembered = memory.read();
+    if (this.remembered.version) {
+      var page = parseVersion(status.version), known = parseVersion(this.remembered.version);
+      if (known && (!page || (page.epoch === known.epoch && page.number < known.number))) status.version = this.remembered.version;
+    }
+  }
+
+  ReloadPlan.prototype.hello = function (message) {
+    var status = this.status;
+    if (this.pageBuild && message.build && message.build !== this.pageBuild) {
+      if (this.remembered.build === message.build) {
+        // Already reloaded once for this build and the page still says otherwise (a worker whose code
+        // differs): reloading again could never settle it, so take it as this page's build.
+        this.pageBuild = message.build;
+      } else {
+        this.accept({ kind: "reload", version: newer(status.version, message.version), paths: [], build: message.build,
+          reason: "the server's code changed" });
+        return;
+      }
+    }
+    if (isBehind(status.version, message.version)) {
+      this.expectCatchUp(message.version);
+    } else {
+      var mine = parseVersion(status.version), theirs = parseVersion(message.version);
+      if (theirs && (!mine || mine.epoch !== theirs.epoch)) status.version = message.version;  // a new count
+    }
+  };
+
+  // After a hello that shows a missed reload, the server sends that reload next; a full reload happens only
+  // if it does not.
+  ReloadPlan.prototype.expectCatchUp = function (version) {
+    var self = this;
+    if (this.catchUp && !isBehind(this.catchUp.version, version)) return;
+    if (this.catchUp) clearTimeout(this.catchUp.timer);
+    this.catchUp = { version: version, timer: setTimeout(function () {
+      self.catchUp = null;
+      if (isBehind(self.status.version, version)) {
+        self.accept({ kind: "reload", version: version, paths: [], reason: "missed reload " + version });
+      }
+    }, CATCH_UP_GRACE) };
+  };
+
+  ReloadPlan.prototype.reload = function (message) {
+    if (this.catchUp && !isBehind(message.version, this.catchUp.version)) {
+      clearTimeout(this.catchUp.timer);
+      this.catchUp = null;
+    }
+    if (!isBehind(this.status.version, message.version)) return;
+    var kind = KINDS[message.kind] ? message.kind : "reload";
+    if (!matchesGlob(message.match, this.pathname())) {
+      // Not for this page; still seen, so that no later hello takes it for a missed reload.
+      this.status.version = message.version;
+      this.memory.remember(message.version);
+      this.hooks.log(kind + " " + message.version + " is for " + message.match + ", not this page");
+      return;
+    }
+    this.accept({ kind: kind, version: message.version, paths: message.paths || [], spread: message.spread,
+      reason: kind + " " + message.version });
+  };
+
+  // At most one plan at a time, merged with whatever comes meanwhile.
+  ReloadPlan.prototype.accept = function (incoming) {
+    var status = this.status, self = this;
+    status.version = newer(status.version, incoming.version);
+    if (status.paused) {
+      this.missed = mergePlans(this.missed, incoming);
+      this.hooks.changed();
+      return;
+    }
+    this.current = mergePlans(this.current, incoming);
+    status.pending = this.current.kind;
+    status.reloading = true;
+    if (this.timer || this.hooks.busy()) return;  // the merged plan goes when the one waiting does
+    var wait = incoming.spread > 0 ? Math.round(Math.random() * incoming.spread * 1000) : 0;
+    if (wait) this.hooks.log(incoming.reason + " in " + (wait / 1000).toFixed(1) + " s (spread over " + incoming.spread + " s)");
+    this.timer = setTimeout(function () {
+      self.timer = null;
+      if (self.current) self.hooks.carryOut(self.current);
+    }, wait);
+  };
+
+  // The current plan was carried out (or handed to a full reload): remember it.
+  ReloadPlan.prototype.done = function (plan) {
+    this.memory.remember(plan.version, plan.build);
+  };
+
+  ReloadPlan.prototype.finish = function () {
+    this.current = null;
+    this.status.pending = null;
+    this.status.reloading = false;
+  };
+
+  ReloadPlan.prototype.pause = function () {
+    if (this.status.paused) return;
+    this.status.paused = true;
+    this.memory.write({ paused: true });
+    if (this.current) {
+      // What was about to happen waits for resume() too.
+      this.missed = mergePlans(this.missed, this.current);
+      if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+      this.hooks.cancel();
+      this.finish();
+    }
+    this.hooks.changed();
+    this.hooks.log("paused: reloads wait until distreload.resume()");
+  };
+
+  ReloadPlan.prototype.resume = function () {
+    if (!this.status.paused) return;
+    this.status.paused = false;
+    this.memory.write({ paused: false });
+    this.hooks.changed();
+    var waiting = this.missed;
+    this.missed = null;
+    this.hooks.log(waiting ? "resumed: catching up with " + waiting.version : "resumed");
+    if (waiting) this.accept(waiting);
+  };
+
+  // --- the check before acting: the page fetches itself first -------------------------------------------
+  //
+  // A reload or morph acts only on a good answer: a server error or no answer at all shows the overlay and
+  // tries again with the backoff, so the tab never lands on an error page; while the old code still answers
+  // (a worker not yet restarted for a new build) it waits too. ``currentPlan()`` is the plan as it stands
+  // (reloads merge into it while a check is under way); ``ready(plan, response, body, requested,
+  // fetchedFor)`` gets the good answer (for a morph, what gets applied) and the version it was fetched for.
+  function PageCheck(window, options, ui, status, log, currentPlan, ready) {
+    this.window = window;
+    this.options = options;
+    this.ui = ui;
+    this.status = status;
+    this.log = log;
+    this.currentPlan = currentPlan;
+    this.ready = ready;
+    this.running = false;
+    this.underWay = null;  // the fetch under way: one that was cancelled or overtaken is ignored
+    this.timer = null;
+    this.attempt = 0;
+  }
+
+  PageCheck.prototype.busy = function () {
+    return this.running;
+  };
+
+  PageCheck.prototype.pageUrl = function () {
+    return this.window.location.href.split("#")[0];
+  };
+
+  PageCheck.prototype.run = function () {
+    var self = this, plan = this.currentPlan(), token = {};
+    this.timer = null;
+    this.running = Boolean(plan);
+    if (!plan) return;
+    this.underWay = token;
+    var requested = this.pageUrl(), fetchedFor = plan.version;
+    this.window.fetch(requested, { cache: "no-store", credentials: "same-origin", headers: { Accept: ACCEPT_HTML } })
+      .then(function (response) {
+        return response.text().then(function (body) { return { response: response, body: body }; });
+      })
+      .then(function (answer) {
+        if (self.underWay !== token) return;
+        if (answer.response.status >= 500) self.failed(answer.response, answer.body);
+        else self.answered(answer.response, answer.body, requested, fetchedFor);
+      }, function () {  // no answer, or the connection broke off mid-page
+        if (self.underWay === token) self.failed(null, "");
+      });
+  };
+
+  PageCheck.prototype.retry = function (delay) {
+    var self = this;
+    this.underWay = null;
+    this.timer = setTimeout(function () { self.run(); }, delay);
+  };
+
+  PageCheck.prototype.failed = function (response, body) {
+    var plan = this.currentPlan(), delay = backoffDelay(this.options, this.attempt);
+    if (!plan) { this.cancel(); return; }
+    this.attempt += 1;
+    var title = response ? "the server answered " + response.status + (response.statusText ? " " + response.statusText : "")
+      : this.window.navigator.onLine === false ? "this browser is offline" : "no answer from the server";
+    var wait = "waiting for the server: this page " + (plan.kind === "morph" ? "updates" : "reloads") +
+      " once it answers (next check in " + Math.max(1, Math.round(delay / 1000)) + " s)";
+    this.log(plan.reason + " waits: " + title + "; next check in " + delay + " ms");
+    if (this.options.overlay) {
+      this.ui.showOverlay("distreload: " + title,
+        response ? firstLines(body, response.headers.get("content-type")) : "", wait);
+      this.status.overlay = true;
+    }
+    this.retry(delay);
+  };
+
+  PageCheck.prototype.answered = function (response, body, requested, fetchedFor) {
+    var plan = this.currentPlan();
+    if (!plan) { this.cancel(); return; }
+    if (plan.build) {
+      var served = /data-distreload-build="([^"]*)"/.exec(body);
+      if (served && served[1] !== plan.build) {
+        // The old code still answers (a worker not yet restarted): wait for the new one.
+        this.retry(backoffDelay(this.options, this.attempt));
+        this.attempt += 1;
+        return;
+      }
+    }
+    this.attempt = 0;
+    this.underWay = null;
+    this.running = false;
+    this.hideOverlay();
+    this.ready(plan, response, body, requested, fetchedFor);
+  };
+
+  PageCheck.prototype.hideOverlay = function () {
+    this.ui.hideOverlay();
+    this.status.overlay = false;
+  };
+
+  PageCheck.prototype.cancel = function () {
+    if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+    this.underWay = null;
+    this.running = false;
+    this.hideOverlay();
+  };
+
+  // Back online or visible again: check now instead of waiting out the backoff.
+  PageCheck.prototype.wake = function () {
+    if (!this.timer) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.attempt = 0;
+    this.run();
+  };
+
+  // Why a good answer cannot be morphed in, or "".
+  function morphRefusal(response, requested) {
+    if (response.redirected || response.url.split("#")[0] !== requested) {
+      return "the page now redirects to " + response.url;
+    }
+    if (!response.ok) return "the page answered " + response.status;
+    var type = response.headers.get("content-type") || "";
+    if (!/^\s*(text\/html|application\/xhtml\+xml)/i.test(type)) return "the page is no longer HTML (" + type + ")";
+    return "";
+  }
+
+  // --- one stream per browser: the tab holding the lock holds the stream ----------------------------------
+  //
+  // Every message of the stream goes to ``handle`` in every tab, the leader's included. ``resumeFrom()``
+  // says which version a new stream resumes from (the newest this tab heard of).
+  function StreamShare(window, base, options, status, handle, resumeFrom) {
+    this.window = window;
+    this.base = base;
+    this.options = options;
+    this.status = status;
+    this.handle = handle;
+    this.resumeFrom = resumeFrom;
+    this.connection = null;
+    this.channel = null;
+    this.releaseLock = null;
+    this.lockAbort = null;
+  }
+
+  StreamShare.prototype.active = function () {
+    return Boolean(this.connection || this.channel);
+  };
+
+  StreamShare.prototype.start = function () {
+    var navigator = this.window.navigator;
+    var sharing = this.options.share_connection && navigator.locks && typeof navigator.locks.request === "function" &&
+      typeof this.window.BroadcastChannel === "function";
+    if (sharing) this.join(); else this.own();
+  };
+
+  StreamShare.prototype.own = function () {
+    this.status.mode = "page";
+    this.connection = new Connection(this.base, this.options, this.handle, this.resumeFrom());
+    this.connection.start();
+  };
+
+  StreamShare.prototype.join = function () {
+    var self = this, name = "distreload " + this.base, window = this.window;
+    this.status.mode = "shared";
+    var channel = this.channel = new window.BroadcastChannel(name);
+    channel.onmessage = function (event) {
+      var message = event.data || {};
+      var connection = self.connection;
+      if (message.type === "join") {
+        // A tab that just opened: tell it where the stream stands.
+        if (connection && connection.connected && connection.state) channel.postMessage(connection.state);
+        else if (connection) channel.postMessage({ type: "down", quiet: true });
+      } else if (message.type === "wake") {
+        if (connection) connection.wake();
+      } else {
+        self.handle(message);
+      }
+    };
+    this.lockAbort = typeof window.AbortController === "function" ? new window.AbortController() : null;
+    window.navigator.locks.request(name, this.lockAbort ? { signal: this.lockAbort.signal } : {}, function () {
+      // Held until this page goes (or leaves the back-forward cache's way): then the next tab in the queue leads.
+      return new Promise(function (release) {
+        self.releaseLock = release;
+        self.lead();
+      });
+    }).catch(function () { /* the request was withdrawn: this page left */ });
+    channel.postMessage({ type: "join" });
+  };
+
+  StreamShare.prototype.lead = function () {
+    var self = this, channel = this.channel;
+    this.status.leader = true;
+    this.connection = new Connection(this.base, this.options, function (message) {
+      if (channel === self.channel) channel.postMessage(message);
+      self.handle(message);
+    }, this.resumeFrom());
+    this.connection.start();
+  };
+
+  StreamShare.prototype.wake = function () {
+    if (this.connection) this.connection.wake();
+    else if (this.channel) this.channel.postMessage({ type: "wake" });
+  };
+
+  StreamShare.prototype.leave = function () {
+    if (this.connection) { this.connection.stop(); this.connection = null; }
+    this.status.leader = false;
+    if (this.releaseLock) { this.releaseLock(); this.releaseLock = null; }
+    if (this.lockAbort) { this.lockAbort.abort(); this.lockAbort = null; }
+    if (this.channel) { this.channel.close(); this.channel = null; }
+  };
+
+  // --- the indicator: stream lost, or paused ------------------------------------------------------------
+
+  // What the indicator shows follows the status; a stream back within LOST_GRACE never showed it.
+  function Indicator(ui, options, status, onResume) {
+    this.ui = ui;
+    this.options = options;
+    this.status = status;
+    this.onResume = onResume;
+    this.lostTimer = null;
+    this.waiting = false;
+  }
+
+  Indicator.prototype.lost = function () {
+    var self = this;
+    if (this.lostTimer || this.status.lost) return;
+    this.lostTimer = setTimeout(function () {
+      self.lostTimer = null;
+      self.status.lost = true;
+      self.show();
+    }, LOST_GRACE);
+  };
+
+  Indicator.prototype.back = function () {
+    if (this.lostTimer) { clearTimeout(this.lostTimer); this.lostTimer = null; }
+    if (this.status.lost) { this.status.lost = false; this.show(); }
+  };
+
+  Indicator.prototype.show = function () {
+    if (!this.options.indicator) return;
+    if (this.status.paused) {
+      this.ui.showIndicator("paused", "distreload paused" + (this.waiting ? ": a reload is waiting" : ""), this.onResume);
+    } else if (this.status.lost) {
+      this.ui.showIndicator("lost", "distreload: connection lost, reconnecting");
+    } else {
+      this.ui.showIndicator(null);
+    }
+  };
+
+  // --- the page: the parts wired together -------------------------------------------------------------------
 
   function runPage(window, document, api) {
     var script = document.currentScript || document.querySelector("script[data-distreload]");
     if (!script || !script.hasAttribute("data-distreload") || window.__distreload) return;
 
     var base = script.getAttribute("data-distreload");
-    var pageBuild = script.getAttribute("data-distreload-build") || "";
     var options = withDefaults(safeJson(script.getAttribute("data-distreload-options") || "{}") || {});
-    var storageKey = "distreload:" + base;
     var status = window.__distreload = {
       mode: "starting", leader: false, connected: false, worker: null,
-      version: script.getAttribute("data-distreload-version") || "", build: pageBuild,
+      version: script.getAttribute("data-distreload-version") || "",
+      build: script.getAttribute("data-distreload-build") || "",
       reloading: false, pending: null, paused: false, lost: false, overlay: false, morphs: 0
     };
     var heard = status.version;  // the newest version this tab heard of: where a new stream resumes from
     var ui = new Ui(document);
     var headMemory = new HeadMemory(document);  // which <head> elements came from the server's HTML
-    var connection = null, channel = null, releaseLock = null, lockAbort = null;
-    var plan = null, missed = null, catchUp = null;
-    var planTimer = null, retryTimer = null, lostTimer = null, checking = false, checkAttempt = 0;
+    var storage = null;
+    try { storage = window.sessionStorage; } catch (e) { /* a sandboxed frame: nothing is remembered */ }
+    var memory = new TabMemory(storage, "distreload:" + base);
 
     function log(text) {
       if (!options.silent && window.console) window.console.log(options.message_prefix + " " + text);
     }
 
-    function readMemory() {
-      try { return safeJson(window.sessionStorage.getItem(storageKey)) || {}; } catch (e) { return {}; }
-    }
-    function writeMemory(changes) {
-      var memory = readMemory();
-      for (var key in changes) memory[key] = changes[key];
-      try { window.sessionStorage.setItem(storageKey, JSON.stringify(memory)); } catch (e) { /* private mode */ }
-    }
+    var check = new PageCheck(window, options, ui, status, log, function () { return plan.current; }, ready);
+    var plan = new ReloadPlan(status, memory, function () { return window.location.pathname; }, status.build, {
+      carryOut: carryOut,
+      busy: function () { return check.busy(); },
+      cancel: function () { check.cancel(); },
+      changed: function () { indicator.waiting = Boolean(plan.missed); indicator.show(); },
+      log: log
+    });
+    var indicator = new Indicator(ui, options, status, resume);
+    var stream = new StreamShare(window, base, options, status, handle, function () { return heard; });
+    status.paused = Boolean(plan.remembered.paused) || /[?&]distreload=off(&|$)/.test(window.location.search);
 
-    // What this tab has already acted on survives its own reload: a page re-rendered by a worker that has
-    // not heard of the newest version yet must not reload a second time for it.
-    var remembered = readMemory();
-    if (remembered.version) {
-      var page = parseVersion(status.version), known = parseVersion(remembered.version);
-      if (known && (!page || (page.epoch === known.epoch && page.number < known.number))) status.version = remembered.version;
-    }
-    status.paused = Boolean(remembered.paused) || /[?&]distreload=off(&|$)/.test(window.location.search);
-
-    function remember(version, build) {
-      var changes = { version: version };
-      if (build) changes.build = build;
-      writeMemory(changes);
-    }
-
-    // --- messages from the stream (this tab's own, or the one shared) -----------------------------------
-
+    // Messages from the stream (this tab's own, or the one shared).
     function handle(message) {
       if (message.type === "down") {
         // One line per retry: the backoff keeps them few, and the growing waits show it working.
@@ -1188,167 +1584,38 @@
           log(String(options.reconnect_message).split("${reconnectInterval}").join(String(message.delay)));
         }
         status.connected = false;
-        streamLost();
+        indicator.lost();
       } else if (message.type === "hello") {
-        hello(message);
+        heard = newer(heard, message.version);
+        if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
+        status.connected = true;
+        status.worker = message.worker;
+        indicator.back();
+        plan.hello(message);
       } else if (message.type === "reload") {
-        reload(message);
+        heard = newer(heard, message.version);
+        plan.reload(message);
       }
     }
 
-    function hello(message) {
-      heard = newer(heard, message.version);
-      if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
-      status.connected = true;
-      status.worker = message.worker;
-      streamBack();
-      if (pageBuild && message.build && message.build !== pageBuild) {
-        if (remembered.build === message.build) {
-          // Already reloaded once for this build and the page still says otherwise (a worker whose code
-          // differs): reloading again could never settle it, so take it as this page's build.
-          pageBuild = message.build;
+    function carryOut(current) {
+      if (current.kind === "css" || current.kind === "images") {
+        plan.finish();
+        plan.done(current);
+        if (current.kind === "css") {
+          var swapped = swapStylesheets(document, current.paths, current.version);
+          log("swapped " + swapped + " stylesheet" + (swapped === 1 ? "" : "s") + " for " + current.version);
         } else {
-          accept({ kind: "reload", version: newer(status.version, message.version), paths: [], build: message.build,
-            reason: "the server's code changed" });
-          return;
-        }
-      }
-      if (isBehind(status.version, message.version)) {
-        expectCatchUp(message.version);
-      } else {
-        var mine = parseVersion(status.version), theirs = parseVersion(message.version);
-        if (theirs && (!mine || mine.epoch !== theirs.epoch)) status.version = message.version;  // a new count
-      }
-    }
-
-    function expectCatchUp(version) {
-      if (catchUp && !isBehind(catchUp.version, version)) return;
-      if (catchUp) clearTimeout(catchUp.timer);
-      catchUp = { version: version, timer: setTimeout(function () {
-        catchUp = null;
-        if (isBehind(status.version, version)) {
-          accept({ kind: "reload", version: version, paths: [], reason: "missed reload " + version });
-        }
-      }, CATCH_UP_GRACE) };
-    }
-
-    function reload(message) {
-      heard = newer(heard, message.version);
-      if (catchUp && !isBehind(message.version, catchUp.version)) { clearTimeout(catchUp.timer); catchUp = null; }
-      if (!isBehind(status.version, message.version)) return;
-      var kind = KINDS[message.kind] ? message.kind : "reload";
-      if (!matchesGlob(message.match, window.location.pathname)) {
-        // Not for this page; still seen, so that no later hello takes it for a missed reload.
-        status.version = message.version;
-        remember(message.version);
-        log(kind + " " + message.version + " is for " + message.match + ", not this page");
-        return;
-      }
-      accept({ kind: kind, version: message.version, paths: message.paths || [], spread: message.spread,
-        reason: kind + " " + message.version });
-    }
-
-    // --- acting on a reload: at most one plan at a time, merged with whatever comes meanwhile --------------
-
-    function accept(incoming) {
-      status.version = newer(status.version, incoming.version);
-      if (status.paused) {
-        missed = mergePlans(missed, incoming);
-        showIndicator();
-        return;
-      }
-      plan = mergePlans(plan, incoming);
-      status.pending = plan.kind;
-      status.reloading = true;
-      if (planTimer || checking || retryTimer) return;  // the merged plan goes when the one waiting does
-      var wait = incoming.spread > 0 ? Math.round(Math.random() * incoming.spread * 1000) : 0;
-      if (wait) log(incoming.reason + " in " + (wait / 1000).toFixed(1) + " s (spread over " + incoming.spread + " s)");
-      planTimer = setTimeout(carryOut, wait);
-    }
-
-    function finish() {
-      plan = null;
-      status.pending = null;
-      status.reloading = false;
-      status.overlay = false;
-      ui.hideOverlay();
-    }
-
-    function carryOut() {
-      planTimer = null;
-      if (!plan) return;
-      var done = plan;
-      if (done.kind === "css" || done.kind === "images") {
-        finish();
-        remember(done.version, done.build);
-        if (done.kind === "css") {
-          var swapped = swapStylesheets(document, done.paths, done.version);
-          log("swapped " + swapped + " stylesheet" + (swapped === 1 ? "" : "s") + " for " + done.version);
-        } else {
-          var refreshed = refreshImages(document, done.paths, done.version);
-          log("refreshed " + refreshed + " image" + (refreshed === 1 ? "" : "s") + " for " + done.version);
+          var refreshed = refreshImages(document, current.paths, current.version);
+          log("refreshed " + refreshed + " image" + (refreshed === 1 ? "" : "s") + " for " + current.version);
         }
         return;
       }
-      check();
+      check.run();
     }
 
-    function pageUrl() {
-      return window.location.href.split("#")[0];
-    }
-
-    // Fetch this page as a reload would, and act only on a good answer: a server error or no answer at all
-    // shows the overlay and tries again with the backoff, so the tab never lands on an error page. For a
-    // morph the answer is also what gets applied.
-    function check() {
-      retryTimer = null;
-      checking = true;
-      var requested = pageUrl(), fetchedFor = plan.version;
-      fetch(requested, { cache: "no-store", credentials: "same-origin", headers: { Accept: ACCEPT_HTML } })
-        .then(function (response) {
-          return response.text().then(function (body) { return { response: response, body: body }; });
-        })
-        .then(function (answer) {
-          checking = false;
-          if (!plan) return;  // paused meanwhile
-          if (answer.response.status >= 500) failed(answer.response, answer.body);
-          else answered(answer.response, answer.body, requested, fetchedFor);
-        }, function () {  // no answer, or the connection broke off mid-page
-          checking = false;
-          if (plan) failed(null, "");
-        });
-    }
-
-    function failed(response, body) {
-      var delay = backoffDelay(options, checkAttempt);
-      checkAttempt += 1;
-      var title = response ? "the server answered " + response.status + (response.statusText ? " " + response.statusText : "")
-        : window.navigator.onLine === false ? "this browser is offline" : "no answer from the server";
-      var wait = "waiting for the server: this page " + (plan.kind === "morph" ? "updates" : "reloads") +
-        " once it answers (next check in " + Math.max(1, Math.round(delay / 1000)) + " s)";
-      log(plan.reason + " waits: " + title + "; next check in " + delay + " ms");
-      if (options.overlay) {
-        ui.showOverlay("distreload: " + title,
-          response ? firstLines(body, response.headers.get("content-type")) : "", wait);
-        status.overlay = true;
-      }
-      retryTimer = setTimeout(check, delay);
-    }
-
-    function answered(response, body, requested, fetchedFor) {
-      if (plan.build) {
-        var served = /data-distreload-build="([^"]*)"/.exec(body);
-        if (served && served[1] !== plan.build) {
-          // The old code still answers (a worker not yet restarted): wait for the new one.
-          retryTimer = setTimeout(check, backoffDelay(options, checkAttempt));
-          checkAttempt += 1;
-          return;
-        }
-      }
-      checkAttempt = 0;
-      ui.hideOverlay();
-      status.overlay = false;
-      if (plan.kind !== "morph") { reloadNow(); return; }
+    function ready(current, response, body, requested, fetchedFor) {
+      if (current.kind !== "morph") { reloadNow(current); return; }
       var reason = morphRefusal(response, requested), result = null;
       if (!reason) {
         try {
@@ -1360,184 +1627,60 @@
         }
       }
       if (reason) {
-        plan.reason = "a full reload instead of a morph: " + reason;
-        reloadNow();
+        current.reason = "a full reload instead of a morph: " + reason;
+        reloadNow(current);
         return;
       }
-      var done = plan;
-      remember(done.version, done.build);
+      plan.done(current);
       status.morphs += 1;
-      log("morphed the page for " + done.version + " (" + result.changes + " change" + (result.changes === 1 ? "" : "s") + ")");
-      if (isBehind(fetchedFor, done.version)) { check(); return; }  // a newer morph came in while fetching
-      finish();
+      log("morphed the page for " + current.version + " (" + result.changes + " change" + (result.changes === 1 ? "" : "s") + ")");
+      if (isBehind(fetchedFor, current.version)) { check.run(); return; }  // a newer morph came in while fetching
+      plan.finish();
     }
 
-    function morphRefusal(response, requested) {
-      if (response.redirected || response.url.split("#")[0] !== requested) {
-        return "the page now redirects to " + response.url;
-      }
-      if (!response.ok) return "the page answered " + response.status;
-      var type = response.headers.get("content-type") || "";
-      if (!/^\s*(text\/html|application\/xhtml\+xml)/i.test(type)) return "the page is no longer HTML (" + type + ")";
-      return "";
-    }
-
-    function reloadNow() {
-      remember(plan.version, plan.build);
-      log("reloading: " + plan.reason);
+    function reloadNow(current) {
+      plan.done(current);
+      log("reloading: " + current.reason);
       window.location.reload();
     }
 
     function wake() {
-      if (connection) connection.wake();
-      else if (channel) channel.postMessage({ type: "wake" });
-      if (retryTimer) {
-        clearTimeout(retryTimer);
-        checkAttempt = 0;
-        check();
-      }
+      stream.wake();
+      check.wake();
     }
-
-    // --- the indicator: stream lost, or paused ----------------------------------------------------------
-
-    function streamLost() {
-      if (lostTimer || status.lost) return;
-      lostTimer = setTimeout(function () {
-        lostTimer = null;
-        status.lost = true;
-        showIndicator();
-      }, LOST_GRACE);
-    }
-
-    function streamBack() {
-      if (lostTimer) { clearTimeout(lostTimer); lostTimer = null; }
-      if (status.lost) { status.lost = false; showIndicator(); }
-    }
-
-    function showIndicator() {
-      if (!options.indicator) return;
-      if (status.paused) {
-        ui.showIndicator("paused", "distreload paused" + (missed ? ": a reload is waiting" : ""), resume);
-      } else if (status.lost) {
-        ui.showIndicator("lost", "distreload: connection lost, reconnecting");
-      } else {
-        ui.showIndicator(null);
-      }
-    }
-
-    // --- pause and resume (the console, or ?distreload=off) ----------------------------------------------
 
     function pause() {
-      if (!status.paused) {
-        status.paused = true;
-        writeMemory({ paused: true });
-        if (plan) {
-          // What was about to happen waits for resume() too.
-          missed = mergePlans(missed, plan);
-          if (planTimer) { clearTimeout(planTimer); planTimer = null; }
-          if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
-          finish();
-        }
-        showIndicator();
-        log("paused: reloads wait until distreload.resume()");
-      }
+      plan.pause();
       return "paused";
     }
 
     function resume() {
-      if (status.paused) {
-        status.paused = false;
-        writeMemory({ paused: false });
-        if (/[?&]distreload=off(&|$)/.test(window.location.search) && window.history.replaceState) {
-          // Otherwise the catch-up reload would land on a paused page again.
-          var url = new URL(window.location.href);
-          url.searchParams.delete("distreload");
-          window.history.replaceState(window.history.state, "", url.href);
-        }
-        showIndicator();
-        var waiting = missed;
-        missed = null;
-        log(waiting ? "resumed: catching up with " + waiting.version : "resumed");
-        if (waiting) accept(waiting);
+      if (status.paused && /[?&]distreload=off(&|$)/.test(window.location.search) && window.history.replaceState) {
+        // Otherwise the catch-up reload would land on a paused page again.
+        var url = new URL(window.location.href);
+        url.searchParams.delete("distreload");
+        window.history.replaceState(window.history.state, "", url.href);
       }
+      plan.resume();
       return "resumed";
-    }
-
-    // --- one stream per origin: the tab holding the lock holds the stream --------------------------------
-
-    function start() {
-      var sharing = options.share_connection && window.navigator.locks &&
-        typeof window.navigator.locks.request === "function" && typeof window.BroadcastChannel === "function";
-      if (sharing) join(); else ownStream();
-    }
-
-    function ownStream() {
-      status.mode = "page";
-      connection = new Connection(base, options, handle, heard);
-      connection.start();
-    }
-
-    function join() {
-      var name = "distreload " + base;
-      status.mode = "shared";
-      channel = new window.BroadcastChannel(name);
-      channel.onmessage = function (event) {
-        var message = event.data || {};
-        if (message.type === "join") {
-          // A tab that just opened: tell it where the stream stands.
-          if (connection && connection.connected && connection.state) channel.postMessage(connection.state);
-          else if (connection) channel.postMessage({ type: "down", quiet: true });
-        } else if (message.type === "wake") {
-          if (connection) connection.wake();
-        } else {
-          handle(message);
-        }
-      };
-      lockAbort = typeof window.AbortController === "function" ? new window.AbortController() : null;
-      window.navigator.locks.request(name, lockAbort ? { signal: lockAbort.signal } : {}, function () {
-        // Held until this page goes (or leaves the back-forward cache's way): then the next tab in the queue leads.
-        return new Promise(function (release) {
-          releaseLock = release;
-          lead();
-        });
-      }).catch(function () { /* the request was withdrawn: this page left */ });
-      channel.postMessage({ type: "join" });
-    }
-
-    function lead() {
-      status.leader = true;
-      var shared = channel;
-      connection = new Connection(base, options, function (message) {
-        if (shared === channel) shared.postMessage(message);
-        handle(message);
-      }, heard);
-      connection.start();
-    }
-
-    function leave() {
-      if (connection) { connection.stop(); connection = null; }
-      status.leader = false;
-      if (releaseLock) { releaseLock(); releaseLock = null; }
-      if (lockAbort) { lockAbort.abort(); lockAbort = null; }
-      if (channel) { channel.close(); channel = null; }
     }
 
     window.addEventListener("online", wake);
     document.addEventListener("visibilitychange", function () { if (document.visibilityState === "visible") wake(); });
     // A page leaving (or entering the back-forward cache, or frozen) hands the stream on; back, it joins again.
-    window.addEventListener("pagehide", leave);
-    document.addEventListener("freeze", leave);
-    window.addEventListener("pageshow", function (event) { if (event.persisted && !connection && !channel) start(); });
-    document.addEventListener("resume", function () { if (!connection && !channel) start(); });
+    window.addEventListener("pagehide", function () { stream.leave(); });
+    document.addEventListener("freeze", function () { stream.leave(); });
+    window.addEventListener("pageshow", function (event) { if (event.persisted && !stream.active()) stream.start(); });
+    document.addEventListener("resume", function () { if (!stream.active()) stream.start(); });
 
     api.pause = pause;
     api.resume = resume;
     api.status = status;
     if (status.paused) {
-      showIndicator();
+      indicator.show();
       log("paused: reloads wait until distreload.resume()");
     }
-    start();
+    stream.start();
   }
 
   // The console API (pause, resume, status) and, for the client's own tests, its parts.
@@ -1556,6 +1699,12 @@
     withDefaults: withDefaults,
     firstLines: firstLines,
     refreshImages: refreshImages,
+    swapStylesheets: swapStylesheets,
+    TabMemory: TabMemory,
+    ReloadPlan: ReloadPlan,
+    PageCheck: PageCheck,
+    StreamShare: StreamShare,
+    Indicator: Indicator,
     Ui: Ui
   };
   if (typeof document !== "undefined") runPage(global, document, api);
