@@ -1,0 +1,167 @@
+"""The morph against idiomorph, in the same Chromium, on the same page: ``python benchmarks/morph.py``.
+
+A page of 5000 elements (sections of headings, paragraphs, lists, forms with id'd fields) gets one text
+change; each round loads the page afresh, parses the new HTML once (the same DOMParser call for both, timed
+apart) and times only the morph: distreload's ``morphDocument`` and ``Idiomorph.morph`` on the whole
+document, in interleaved rounds. Nothing is fetched: the morph is what is timed.
+
+idiomorph is not part of distreload: ``npm pack idiomorph@VERSION`` fetches it into a temporary directory at
+each run (needs npm and the npm registry), or ``--idiomorph PATH`` names a copy of ``dist/idiomorph.js``.
+Chromium is /usr/bin/chromium (``DISTRELOAD_TEST_CHROMIUM``) driven by Playwright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "distreload" / "client.js"
+CHROMIUM = os.environ.get("DISTRELOAD_TEST_CHROMIUM", "/usr/bin/chromium")
+IDIOMORPH_VERSION = "0.8.0"
+ORIGIN = "http://morph.bench"
+
+# Times one morph in the page: the new HTML parsed first (timed apart), then the library's morph.
+MEASURE = """async ([library, html]) => {
+  const started = performance.now();
+  const fresh = new DOMParser().parseFromString(html, "text/html");
+  const parsed = performance.now();
+  if (library === "distreload") {
+    const result = window.distreload.parts.morphDocument(document, fresh, document.baseURI);
+    if (result.reason) throw new Error("distreload refused: " + result.reason);
+  } else {
+    Idiomorph.morph(document.documentElement, fresh.documentElement);
+  }
+  const morphed = performance.now();
+  return {
+    parse: parsed - started,
+    morph: morphed - parsed,
+    elements: document.body.getElementsByTagName("*").length,
+    changed: document.getElementById("changed").textContent,
+    typed: document.getElementById("field-3-0").value,
+  };
+}"""
+
+
+def page(elements: int, changed_text: str) -> str:
+    """A page whose <body> holds exactly ``elements`` elements, one of which reads ``changed_text``."""
+    per_section = 28  # section, h2, p, div, ul, 8 x (li, b), form, 3 x (label, input)
+    sections = []
+    for section in range(elements // per_section):
+        rows = "".join(f"<li class='row'>item {section}.{row} <b>{row}</b></li>" for row in range(8))
+        fields = "".join(
+            f"<label>field {field} <input id='field-{section}-{field}' name='f{field}' value='v'></label>"
+            for field in range(3)
+        )
+        paragraph = f"<p id='changed'>{changed_text}</p>" if section == 77 else f"<p>paragraph {section}</p>"
+        sections.append(
+            f"<section class='card'><h2>Section {section}</h2>{paragraph}<div class='meta'></div>"
+            f"<ul>{rows}</ul><form>{fields}</form></section>"
+        )
+    remainder = elements % per_section
+    if remainder:
+        sections.append("<div class='tail'>" + "<span>x</span>" * (remainder - 1) + "</div>")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>morph benchmark</title>"
+        "<script src='/client.js'></script><script src='/idiomorph.js'></script></head>"
+        "<body>" + "\n".join(sections) + "</body></html>"
+    )
+
+
+def fetch_idiomorph(directory: Path) -> Path:
+    """dist/idiomorph.js of idiomorph@IDIOMORPH_VERSION, through ``npm pack`` into ``directory``."""
+    subprocess.run(
+        ["npm", "pack", f"idiomorph@{IDIOMORPH_VERSION}", "--silent"],
+        cwd=directory,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    archive = next(directory.glob("idiomorph-*.tgz"))
+    with tarfile.open(archive) as tar:
+        member = tar.getmember("package/dist/idiomorph.js")
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        target = directory / "idiomorph.js"
+        target.write_bytes(extracted.read())
+    return target
+
+
+def run(*, elements: int, rounds: int, idiomorph: Path) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    before = page(elements, "the old text")
+    after = page(elements, "the new text")
+    files = {"/client.js": CLIENT.read_bytes(), "/idiomorph.js": idiomorph.read_bytes()}
+    timings: dict[str, dict[str, list[float]]] = {
+        name: {"parse": [], "morph": []} for name in ("distreload", "idiomorph")
+    }
+
+    def serve(route: Any) -> None:
+        path = route.request.url[len(ORIGIN) :].split("?")[0]
+        if path == "/":
+            route.fulfill(status=200, body=before, content_type="text/html")
+        elif path in files:
+            route.fulfill(status=200, body=files[path], content_type="text/javascript")
+        else:
+            route.fulfill(status=404, body="")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = browser.new_context()
+            context.route(f"{ORIGIN}/**", serve)
+            tab = context.new_page()
+            # One warm-up round each (the JIT), then interleaved rounds on a freshly loaded page.
+            for index in range(2 + 2 * rounds):
+                library = ("distreload", "idiomorph")[index % 2]
+                tab.goto(f"{ORIGIN}/")
+                tab.evaluate("document.getElementById('field-3-0').value = 'typed by the reader'")
+                result = tab.evaluate(MEASURE, [library, after])
+                if result["elements"] != elements or result["changed"] != "the new text":
+                    raise AssertionError(f"{library} did not morph the page as expected: {result}")
+                if index >= 2:
+                    timings[library]["parse"].append(result["parse"])
+                    timings[library]["morph"].append(result["morph"])
+                    timings[library].setdefault("typed", []).append(result["typed"] == "typed by the reader")
+            version = browser.version
+        finally:
+            browser.close()
+    summary: dict[str, Any] = {"elements": elements, "rounds": rounds, "chromium": version}
+    for library, figures in timings.items():
+        summary[library] = {
+            "morph_ms_median": round(statistics.median(figures["morph"]), 2),
+            "morph_ms_min": round(min(figures["morph"]), 2),
+            "parse_ms_median": round(statistics.median(figures["parse"]), 2),
+            "kept_typed_text": all(figures["typed"]),
+        }
+    summary["ratio_median"] = round(
+        summary["distreload"]["morph_ms_median"] / summary["idiomorph"]["morph_ms_median"], 3
+    )
+    summary["idiomorph_version"] = IDIOMORPH_VERSION
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--elements", type=int, default=5000, help="elements in the page's body (5000)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per library (15)")
+    parser.add_argument("--idiomorph", type=Path, help="a copy of dist/idiomorph.js (else npm pack)")
+    arguments = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="distreload-morph-") as directory:
+        idiomorph = arguments.idiomorph or fetch_idiomorph(Path(directory))
+        summary = run(elements=arguments.elements, rounds=arguments.rounds, idiomorph=idiomorph)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
