@@ -549,6 +549,116 @@
     equal(options.indicator, true, "indicator default");
   });
 
+  // --- the page's parts, without a server ------------------------------------------------------------------
+
+  function fakeStorage() {
+    var items = {};
+    return { getItem: function (key) { return key in items ? items[key] : null; }, setItem: function (key, value) { items[key] = value; } };
+  }
+
+  function wait(ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); }
+
+  function newPlan(pathname) {
+    var status = { version: "aaaaaaaa-1", paused: false, pending: null, reloading: false };
+    var done = [], lines = [], changes = 0;
+    var memory = new parts.TabMemory(fakeStorage(), "k");
+    var plan = new parts.ReloadPlan(status, memory, function () { return pathname; }, "", {
+      carryOut: function (current) { done.push(current.kind + " " + current.version + " " + current.paths.join(",")); plan.done(current); plan.finish(); },
+      busy: function () { return false; },
+      cancel: function () {},
+      changed: function () { changes += 1; },
+      log: function (text) { lines.push(text); }
+    });
+    return { plan: plan, status: status, done: done, lines: lines, memory: memory, changes: function () { return changes; } };
+  }
+
+  test("ReloadPlan: follows what is new and for this page, merges what comes together, waits while paused", async function () {
+    var page = newPlan("/screens/lobby/1");
+    page.plan.reload({ version: "aaaaaaaa-1", kind: "reload" });  // seen already
+    page.plan.reload({ version: "aaaaaaaa-2", kind: "css", paths: ["/a.css"], match: "/screens/hall/*" });
+    equal(page.status.version, "aaaaaaaa-2", "a reload for other pages still counts as seen");
+    equal(page.memory.read().version, "aaaaaaaa-2", "remembered");
+    check(/not this page/.test(page.lines.join()), page.lines.join());
+    page.plan.reload({ version: "aaaaaaaa-3", kind: "css", paths: ["/a.css"], match: "/screens/lobby/*" });
+    page.plan.reload({ version: "aaaaaaaa-4", kind: "css", paths: ["/b.css"] });
+    await wait(20);
+    equal(page.done.join("|"), "css aaaaaaaa-4 /a.css,/b.css", "one merged plan");
+    page.plan.pause();
+    check(page.status.paused && page.memory.read().paused === true, "paused");
+    page.plan.reload({ version: "aaaaaaaa-5", kind: "morph" });
+    page.plan.reload({ version: "aaaaaaaa-6", kind: "reload" });
+    await wait(20);
+    equal(page.done.length, 1, "acted while paused");
+    check(page.changes() >= 3, "the indicator was not told");
+    page.plan.resume();
+    await wait(20);
+    equal(page.done.join("|"), "css aaaaaaaa-4 /a.css,/b.css|reload aaaaaaaa-6 ", "caught up once on resume");
+  });
+
+  test("ReloadPlan: spread waits a random time within the window; a new build reloads once", async function () {
+    var page = newPlan("/");
+    page.plan.reload({ version: "aaaaaaaa-2", kind: "reload", spread: 0.05 });
+    equal(page.done.length, 0, "acted before the spread");
+    check(/spread over 0.05 s/.test(page.lines.join()) || page.lines.length === 0, page.lines.join());
+    await wait(120);
+    equal(page.done.length, 1, "not acted after the spread");
+    var built = newPlan("/");
+    built.plan.pageBuild = "b1";
+    built.plan.hello({ version: "aaaaaaaa-1", build: "b2" });
+    await wait(20);
+    equal(built.done.join(), "reload aaaaaaaa-1 ", "a reload for the new build");
+  });
+
+  test("PageCheck: an error shows the overlay and retries; a good answer goes on with the plan as it stands", async function () {
+    var answers = [
+      function () { return Promise.resolve(new Response("Traceback: boom", { status: 500, headers: { "content-type": "text/plain" } })); },
+      function () { return Promise.reject(new TypeError("Failed to fetch")); },
+      function () { return Promise.resolve(new Response("<p>ok</p>", { status: 200, headers: { "content-type": "text/html" } })); }
+    ];
+    var requests = [], shown = [], readyWith = null;
+    var fakeWindow = {
+      location: { href: "http://distreload.test/page#top" },
+      navigator: { onLine: true },
+      fetch: function (url) { requests.push(url); return answers[requests.length - 1](); }
+    };
+    var ui = { showOverlay: function (title, body) { shown.push(title + ": " + body); }, hideOverlay: function () { shown.push("hidden"); } };
+    var status = { overlay: false };
+    var current = { kind: "morph", version: "aaaaaaaa-2", reason: "morph aaaaaaaa-2", paths: [] };
+    var pageCheck = new parts.PageCheck(fakeWindow, parts.withDefaults({ reconnect_interval: 100, max_reconnect_interval: 100 }),
+      ui, status, function () {}, function () { return current; },
+      function (plan, response, body) { readyWith = plan.kind + " " + plan.version + " " + body; });
+    pageCheck.run();
+    check(pageCheck.busy(), "not busy while fetching");
+    current = { kind: "reload", version: "aaaaaaaa-3", reason: "merged", paths: [] };  // a reload merged in meanwhile
+    for (var i = 0; i < 40 && !readyWith; i++) await wait(25);
+    equal(requests.join(), "http://distreload.test/page,http://distreload.test/page,http://distreload.test/page", "requests");
+    check(/answered 500: Traceback: boom/.test(shown[0]) && /no answer from the server/.test(shown[1]), shown.join(" | "));
+    equal(readyWith, "reload aaaaaaaa-3 <p>ok</p>", "what went on");
+    check(!pageCheck.busy() && !status.overlay, "still busy or showing the overlay");
+  });
+
+  test("StreamShare: one tab leads; when it leaves, the next takes the stream over", async function () {
+    var base = "/---nowhere-" + Math.random().toString(16).slice(2);
+    var options = parts.withDefaults({ reconnect_interval: 60000 });
+    var heard = [[], []], statuses = [{}, {}];
+    var shares = [0, 1].map(function (index) {
+      return new parts.StreamShare(window, base, options, statuses[index],
+        function (message) { heard[index].push(message.type); }, function () { return ""; });
+    });
+    shares[0].start();
+    shares[1].start();
+    for (var i = 0; i < 40 && !(statuses[0].leader || statuses[1].leader); i++) await wait(25);
+    check(statuses[0].leader && !statuses[1].leader, "leaders: " + statuses[0].leader + ", " + statuses[1].leader);
+    equal(statuses[0].mode + " " + statuses[1].mode, "shared shared", "modes");
+    // No server answers here: the leader's stream fails, and both tabs hear that it is down.
+    for (i = 0; i < 40 && heard[1].indexOf("down") === -1; i++) await wait(25);
+    check(heard[0].indexOf("down") !== -1 && heard[1].indexOf("down") !== -1, "heard: " + JSON.stringify(heard));
+    shares[0].leave();
+    for (i = 0; i < 40 && !statuses[1].leader; i++) await wait(25);
+    check(statuses[1].leader && !statuses[0].leader && !shares[0].active(), "the stream was not handed on");
+    shares[1].leave();
+  });
+
   // --- the overlay ---------------------------------------------------------------------------------------
 
   test("the overlay: an open shadow root that page styles do not reach, whose styles do not reach the page", function () {
