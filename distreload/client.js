@@ -15,6 +15,11 @@
 // the one that rendered it (a code-change restart). Reconnecting alone never reloads anything. Before a page
 // reloads or morphs it fetches itself: a server error or no answer shows an overlay and the page waits,
 // rather than navigating onto an error page.
+//
+// The parts, each usable on its own (the client's tests drive them in a browser without a server, through
+// distreload.parts): Connection (one EventSource with its own backoff), StreamShare (one stream per browser),
+// ReloadPlan (accept, merge, spread, match, pause), PageCheck (fetch, backoff, overlay), Morph and
+// morphDocument, the stylesheet and image swaps, Ui and Indicator, TabMemory. runPage only wires them.
 (function (global) {
   "use strict";
 
@@ -445,14 +450,6 @@
     var self = this, wanted = false;
     ids.forEach(function (id) { if (!self.used.has(self.liveById.get(id))) wanted = true; });
     return wanted;
-  };
-
-  Morph.prototype.idSetMatch = function (live, fresh) {
-    var liveSet = this.liveIds.get(live), freshSet = this.freshIds.get(fresh);
-    if (!liveSet || !freshSet) return false;
-    var found = false;
-    freshSet.forEach(function (id) { if (liveSet.has(id)) found = true; });
-    return found;
   };
 
   // Whether ``live`` may stand for ``fresh`` at all: same kind of node; an element keeps a persistent id
