@@ -377,6 +377,58 @@
     frame.remove();
   });
 
+  test("random trees under random edits morph into exactly the new markup, keeping every id'd element kept", function () {
+    var seed = 12345;
+    function random(n) { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; }
+    var tags = ["div", "p", "span", "section", "ul", "li", "b"], nextId = 0;
+    function tree(depth) {
+      var element = document.createElement(tags[random(tags.length)]);
+      if (random(3) === 0) element.id = "n" + (nextId++);
+      if (random(4) === 0) element.className = "c" + random(3);
+      var count = depth > 0 ? random(4) : 0;
+      for (var i = 0; i < count; i++) {
+        element.appendChild(random(4) === 0 ? document.createTextNode("t" + random(5)) : tree(depth - 1));
+      }
+      return element;
+    }
+    function edit(root) {
+      var all = root.querySelectorAll("*");
+      if (!all.length) return;
+      var target = all[random(all.length)];
+      switch (random(7)) {
+        case 0: target.parentNode.insertBefore(tree(2), target); break;                   // insert
+        case 1: target.remove(); break;                                                  // remove
+        case 2: { var other = all[random(all.length)];                                   // move
+          if (!target.contains(other)) other.appendChild(target); break; }
+        case 3: { var wrapper = document.createElement(tags[random(tags.length)]);      // wrap
+          target.parentNode.insertBefore(wrapper, target); wrapper.appendChild(target); break; }
+        case 4: target.className = "c" + random(5); break;                               // attribute
+        case 5: target.appendChild(document.createTextNode("x" + random(5))); break;    // text
+        default: if (target.parentNode !== root) target.parentNode.insertBefore(target, target.parentNode.firstChild);  // reorder
+      }
+    }
+    for (var round = 0; round < 300; round++) {
+      var start = document.createElement("div");
+      for (var i = 0; i < 4; i++) start.appendChild(tree(3));
+      var changed = start.cloneNode(true);
+      for (var e = random(4) + 1; e > 0; e--) edit(changed);
+      mount(start.innerHTML);
+      var before = {};
+      Array.prototype.forEach.call(box.querySelectorAll("[id]"), function (element) { before[element.id] = element; });
+      var fresh = parse('<div id="box">' + changed.innerHTML + "</div>").getElementById("box");
+      var expected = fresh.cloneNode(true);
+      parts.morph(box, fresh);
+      // isEqualNode: the same tree and attributes, in whatever order the attributes were set.
+      check(box.isEqualNode(expected), "round " + round + ": " + box.innerHTML + " is not " + expected.innerHTML);
+      Array.prototype.forEach.call(box.querySelectorAll("[id]"), function (element) {
+        if (before[element.id] && before[element.id].tagName === element.tagName && box.querySelectorAll("#" + element.id).length === 1) {
+          check(before[element.id] === element, "round " + round + ": #" + element.id + " rebuilt");
+        }
+      });
+      check(!document.querySelector("[data-distreload-ui=pantry]"), "round " + round + ": the pantry stayed");
+    }
+  });
+
   // --- morph: scripts decide whether a morph can be trusted -------------------------------------------------
 
   var SCRIPTS = '<head><script src="/a.js"><\/script></head><body><p>x</p><script>one();<\/script>' +
