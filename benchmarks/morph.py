@@ -51,8 +51,12 @@ MEASURE = """async ([library, html]) => {
 }"""
 
 
-def page(elements: int, changed_text: str) -> str:
-    """A page whose <body> holds exactly ``elements`` elements, one of which reads ``changed_text``."""
+def page(elements: int, changed_text: str, edit: str = "") -> str:
+    """A page whose <body> holds exactly ``elements`` elements, one of which reads ``changed_text``.
+
+    ``edit``: "" (that text only), "every-text" (every paragraph's text changes too) or "insert-first" (a
+    section is inserted first, and the last one goes so that the count stays).
+    """
     per_section = 28  # section, h2, p, div, ul, 8 x (li, b), form, 3 x (label, input)
     sections = []
     for section in range(elements // per_section):
@@ -61,11 +65,15 @@ def page(elements: int, changed_text: str) -> str:
             f"<label>field {field} <input id='field-{section}-{field}' name='f{field}' value='v'></label>"
             for field in range(3)
         )
-        paragraph = f"<p id='changed'>{changed_text}</p>" if section == 77 else f"<p>paragraph {section}</p>"
+        other = f"paragraph {section}" + (" changed" if edit == "every-text" else "")
+        paragraph = f"<p id='changed'>{changed_text}</p>" if section == 77 else f"<p>{other}</p>"
         sections.append(
             f"<section class='card'><h2>Section {section}</h2>{paragraph}<div class='meta'></div>"
             f"<ul>{rows}</ul><form>{fields}</form></section>"
         )
+    if edit == "insert-first":
+        inserted = sections.pop().replace("class='card'", "class='card new'").replace("field-", "new-")
+        sections.insert(0, inserted)
     remainder = elements % per_section
     if remainder:
         sections.append("<div class='tail'>" + "<span>x</span>" * (remainder - 1) + "</div>")
@@ -95,11 +103,11 @@ def fetch_idiomorph(directory: Path) -> Path:
     return target
 
 
-def run(*, elements: int, rounds: int, idiomorph: Path) -> dict[str, Any]:
+def run(*, elements: int, rounds: int, idiomorph: Path, edit: str = "") -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     before = page(elements, "the old text")
-    after = page(elements, "the new text")
+    after = page(elements, "the new text", edit)
     files = {"/client.js": CLIENT.read_bytes(), "/idiomorph.js": idiomorph.read_bytes()}
     timings: dict[str, dict[str, list[float]]] = {
         name: {"parse": [], "morph": []} for name in ("distreload", "idiomorph")
@@ -135,7 +143,12 @@ def run(*, elements: int, rounds: int, idiomorph: Path) -> dict[str, Any]:
             version = browser.version
         finally:
             browser.close()
-    summary: dict[str, Any] = {"elements": elements, "rounds": rounds, "chromium": version}
+    summary: dict[str, Any] = {
+        "elements": elements,
+        "edit": edit or "one-text",
+        "rounds": rounds,
+        "chromium": version,
+    }
     for library, figures in timings.items():
         summary[library] = {
             "morph_ms_median": round(statistics.median(figures["morph"]), 2),
@@ -155,11 +168,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--elements", type=int, default=5000, help="elements in the page's body (5000)")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per library (15)")
     parser.add_argument("--idiomorph", type=Path, help="a copy of dist/idiomorph.js (else npm pack)")
+    parser.add_argument(
+        "--edits",
+        default="one-text",
+        help="comma-separated: one-text (the target), every-text, insert-first (default: one-text)",
+    )
     arguments = parser.parse_args(argv)
+    summaries = []
     with tempfile.TemporaryDirectory(prefix="distreload-morph-") as directory:
         idiomorph = arguments.idiomorph or fetch_idiomorph(Path(directory))
-        summary = run(elements=arguments.elements, rounds=arguments.rounds, idiomorph=idiomorph)
-    print(json.dumps(summary, indent=2))
+        for edit in arguments.edits.split(","):
+            summaries.append(
+                run(
+                    elements=arguments.elements,
+                    rounds=arguments.rounds,
+                    idiomorph=idiomorph,
+                    edit="" if edit == "one-text" else edit,
+                )
+            )
+    print(json.dumps(summaries, indent=2))
     return 0
 
 
