@@ -8,6 +8,10 @@ document, in interleaved rounds. Nothing is fetched: the morph is what is timed.
 idiomorph is not part of distreload: ``npm pack idiomorph@VERSION`` fetches it into a temporary directory at
 each run (needs npm and the npm registry), or ``--idiomorph PATH`` names a copy of ``dist/idiomorph.js``.
 Chromium is /usr/bin/chromium (``DISTRELOAD_TEST_CHROMIUM``) driven by Playwright.
+
+``--watch`` also times what a user meets: a template saved to the page morphed in an open tab, through
+``distreload watch`` (its default debounce), Redis (``DISTRELOAD_BENCH_REDIS_URL``, a namespace of its own,
+deleted afterwards) and a uvicorn worker serving the template.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import REDIS_URL, forget_namespace, free_port, unique_namespace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "distreload" / "client.js"
@@ -163,6 +174,125 @@ def run(*, elements: int, rounds: int, idiomorph: Path, edit: str = "") -> dict[
     return summary
 
 
+def template_app() -> Any:
+    """The page of DISTRELOAD_BENCH_TEMPLATE, read at every request, behind DistReload (uvicorn --factory)."""
+    from starlette.responses import HTMLResponse
+
+    from distreload import DistReload
+
+    template = Path(os.environ["DISTRELOAD_BENCH_TEMPLATE"])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await HTMLResponse(template.read_text())(scope, receive, send)
+
+    return DistReload(
+        app,
+        enabled=True,
+        redis_url=os.environ["DISTRELOAD_BENCH_REDIS"],
+        namespace=os.environ["DISTRELOAD_BENCH_NS"],
+    )
+
+
+# Records when the changed paragraph's text changes, in wall-clock milliseconds.
+WATCH_CHANGES = """() => {
+  window.changedAt = [];
+  new MutationObserver(() => window.changedAt.push(performance.timeOrigin + performance.now()))
+    .observe(document.getElementById("changed"), {characterData: true, childList: true, subtree: true});
+}"""
+
+
+def save_to_morph(*, elements: int, rounds: int) -> dict[str, Any]:
+    """Seconds from a template saved to the open page morphed, through ``distreload watch``."""
+    from playwright.sync_api import sync_playwright
+
+    namespace = unique_namespace()
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="distreload-watch-") as directory:
+        templates = Path(directory) / "templates"
+        templates.mkdir()
+        template = templates / "page.html"
+        template.write_text(page(elements, "text 0").replace("<script src='/client.js'></script>", ""))
+        port = free_port()
+        environment = {
+            **os.environ,
+            "DISTRELOAD_BENCH_TEMPLATE": str(template),
+            "DISTRELOAD_BENCH_REDIS": REDIS_URL,
+            "DISTRELOAD_BENCH_NS": namespace,
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        }
+        seconds: list[float] = []
+        try:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "benchmarks.morph:template_app", "--factory"]
+                    + ["--port", str(port), "--log-level", "warning"],
+                    cwd=ROOT,
+                    env=environment,
+                )
+            )
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distreload",
+                        "watch",
+                        str(templates),
+                        "--templates",
+                        str(templates),
+                    ]
+                    + ["--redis-url", REDIS_URL, "--namespace", namespace],
+                    cwd=ROOT,
+                    env=environment,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+            url = f"http://127.0.0.1:{port}/"
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(url, timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+                )
+                try:
+                    tab = browser.new_page()
+                    tab.goto(url)
+                    tab.wait_for_function(
+                        "window.__distreload && window.__distreload.connected", timeout=20_000
+                    )
+                    tab.evaluate(WATCH_CHANGES)
+                    time.sleep(1.0)  # the watcher's first scan
+                    for number in range(1, rounds + 1):
+                        saved = time.time() * 1000
+                        template.write_text(
+                            page(elements, f"text {number}").replace("<script src='/client.js'></script>", "")
+                        )
+                        tab.wait_for_function(f"window.__distreload.morphs === {number}", timeout=20_000)
+                        changed = tab.evaluate("window.changedAt[window.changedAt.length - 1]")
+                        seconds.append((changed - saved) / 1000)
+                        time.sleep(0.5)
+                    if tab.evaluate("document.getElementById('changed').textContent") != f"text {rounds}":
+                        raise AssertionError("the page did not follow the template")
+                finally:
+                    browser.close()
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait(10)
+            forget_namespace(namespace)
+    return {
+        "elements": elements,
+        "rounds": rounds,
+        "save_to_morphed_s_median": round(statistics.median(seconds), 3),
+        "save_to_morphed_s_max": round(max(seconds), 3),
+        "debounce_ms": 300,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--elements", type=int, default=5000, help="elements in the page's body (5000)")
@@ -173,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         default="one-text",
         help="comma-separated: one-text (the target), every-text, insert-first (default: one-text)",
     )
+    parser.add_argument("--watch", action="store_true", help="also time a saved template to a morphed page")
     arguments = parser.parse_args(argv)
     summaries = []
     with tempfile.TemporaryDirectory(prefix="distreload-morph-") as directory:
@@ -186,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                     edit="" if edit == "one-text" else edit,
                 )
             )
+    if arguments.watch:
+        summaries.append({"watch": save_to_morph(elements=arguments.elements, rounds=5)})
     print(json.dumps(summaries, indent=2))
     return 0
 
