@@ -254,7 +254,7 @@ def reload_request(
     if match != "":
         problem = path_pattern_problem(match)
         if problem:
-            raise ValueError(f"match {match!r}: {problem}")
+            raise ValueError(f"match {match!r} {problem}")
     # Each value was checked above; the casts only tell the type checker what the checks proved.
     request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), float(spread), cast(str, match))
     # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
@@ -281,7 +281,7 @@ def is_path_pattern(pattern: object) -> bool:
 
 
 def path_pattern_problem(pattern: object) -> str:
-    """Why ``pattern`` is no glob a page may be given, in one line; "" when it is one.
+    """Why ``pattern`` is no glob a page may be given, one line that follows "match '...' "; "" if it is one.
 
     A glob starts with '/', is short, has no control characters or backslashes, has at most
     MAX_MATCH_WILDCARDS wildcards, and never three or more '*' in a row (which is neither '*' nor '**').
@@ -295,7 +295,10 @@ def path_pattern_problem(pattern: object) -> str:
     if _CONTROL_CHARACTERS.search(pattern) is not None:
         return "holds a control character or a backslash"
     if "***" in pattern:
-        return "three or more '*' in a row mean nothing: '*' matches within a path segment, '**' across them"
+        return (
+            "has three or more '*' in a row, which mean nothing: "
+            "'*' matches within a path segment, '**' across them"
+        )
     wildcards = sum(token in ("*", "**", "?") for token in _glob_tokens(pattern))
     if wildcards > MAX_MATCH_WILDCARDS:
         return f"has {wildcards} wildcards; at most {MAX_MATCH_WILDCARDS} are allowed"
