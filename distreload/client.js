@@ -702,7 +702,7 @@
       if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; this.changes += 1; }
       return;
     }
-    if (isScript(live) || isStylesheetLink(live) && sameAttributes(live, fresh)) return;
+    if (isScript(live) || (isStylesheetLink(live) && sameAttributes(live, fresh))) return;
     if (isPermanent(live)) return;  // the page's to keep as it is
     if (sameContent(live, fresh)) return;
     if (isStylesheetLink(live)) {
