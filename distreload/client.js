@@ -15,6 +15,11 @@
 // the one that rendered it (a code-change restart). Reconnecting alone never reloads anything. Before a page
 // reloads or morphs it fetches itself: a server error or no answer shows an overlay and the page waits,
 // rather than navigating onto an error page.
+//
+// The parts, each usable on its own (the client's tests drive them in a browser without a server, through
+// distreload.parts): Connection (one EventSource with its own backoff), StreamShare (one stream per browser),
+// ReloadPlan (accept, merge, spread, match, pause), PageCheck (fetch, backoff, overlay), Morph and
+// morphDocument, the stylesheet and image swaps, Ui and Indicator, TabMemory. runPage only wires them.
 (function (global) {
   "use strict";
 
@@ -90,22 +95,45 @@
   // --- what a reload is for: globs on the path, URL paths, cache-busters --------------------------------------
 
   // The glob of a reload's "match": "*" is any run of characters but "/", "**" any run at all, "?" one
-  // character but "/". Matched against the whole of location.pathname.
-  function globToRegExp(glob) {
-    var source = "", i = 0;
-    while (i < glob.length) {
-      var c = glob.charAt(i);
-      if (c === "*" && glob.charAt(i + 1) === "*") { source += ".*"; i += 2; continue; }
-      if (c === "*") source += "[^/]*";
-      else if (c === "?") source += "[^/]";
-      else source += c.replace(/[\\^$.|+()[\]{}]/g, "\\$&");
-      i += 1;
+  // character but "/". Matched against the whole of location.pathname, the same as glob_matches in
+  // distreload/protocol.py. A run of "*" is one token ("**" for two or more, which is what it means).
+  function globTokens(glob) {
+    var characters = Array.from(glob), tokens = [], i = 0;
+    while (i < characters.length) {
+      var end = i;
+      while (characters[end] === "*") end += 1;
+      if (end > i) { tokens.push(end - i > 1 ? "**" : "*"); i = end; }
+      else { tokens.push(characters[i]); i += 1; }
     }
-    return new RegExp("^" + source + "$");
+    return tokens;
   }
 
+  // Never backtracks (a RegExp made from "**" does, for minutes, on a crafted glob): it follows every way
+  // the glob could match at once, one flag per glob position, one path character at a time.
   function matchesGlob(glob, pathname) {
-    return !glob || globToRegExp(glob).test(pathname);
+    if (!glob) return true;
+    var tokens = globTokens(glob), size = tokens.length;
+    var states = new Uint8Array(size + 1), next = new Uint8Array(size + 1);
+    function skipStars(flags) {  // a star may match nothing
+      for (var p = 0; p < size; p++) if (flags[p] && (tokens[p] === "*" || tokens[p] === "**")) flags[p + 1] = 1;
+    }
+    states[0] = 1;
+    skipStars(states);
+    var characters = Array.from(pathname);
+    for (var i = 0; i < characters.length; i++) {
+      var character = characters[i], alive = false;
+      next.fill(0);
+      for (var p = 0; p < size; p++) {
+        if (!states[p]) continue;
+        var token = tokens[p];
+        if (token === "**" || (token === "*" && character !== "/")) { next[p] = 1; alive = true; }
+        else if (token === character || (token === "?" && character !== "/")) { next[p + 1] = 1; alive = true; }
+      }
+      if (!alive) return false;
+      skipStars(next);
+      var swap = states; states = next; next = swap;
+    }
+    return states[size] === 1;
   }
 
   function matchesAny(pathname, paths) {
@@ -277,10 +305,22 @@
 
   // --- morph: the new HTML applied to the live document in place ------------------------------------------
   //
-  // Children are paired by key (an element's id; a stylesheet by its URL; a script by what it runs), then by
-  // tag and position (the third <p> without an id pairs with the third <p>). A paired node is updated in
-  // place, so whatever the page holds in it stays: typed text, focus, listeners, scroll offsets. Only unpaired
-  // nodes are inserted or removed, and a paired node moves only when the order really changed.
+  // An element keeps its identity whenever the new HTML still holds it by id, wherever it moved: as in
+  // idiomorph, every element knows the ids it holds (itself and its descendants) among those that both the
+  // live page and the new HTML hold once, with the same tag (the persistent ids), so a wrapper is paired
+  // with the wrapper that holds the same ids, and an id'd element whose parent changed is moved over, not
+  // rebuilt. Siblings without ids are paired by tag, preferring one whose content is unchanged (an
+  // insertion before an unchanged element never takes that element over), then one whose attributes are;
+  // a soft pair never takes an element holding persistent ids or one that a following new sibling matches
+  // better. A paired node is updated in place, so what the page holds in it stays: typed text, caret,
+  // focus, checked state, inner scroll, open <details>/<dialog>, playing media, listeners, JS properties.
+  // Moves use moveBefore where the browser has it (state kept as is); elsewhere focus, caret and inner
+  // scroll are put back afterwards. An unchanged subtree is recognised with isEqualNode and not walked.
+
+  var PERMANENT_ATTRIBUTE = "data-distreload-permanent";
+  // How many sibling elements ahead pairing looks for an unchanged one, and for any other.
+  var LOOKAHEAD_SAME = 50;
+  var LOOKAHEAD = 8;
 
   function isScript(node) { return node.nodeType === 1 && node.tagName === "SCRIPT"; }
   function isOwnScript(node) { return isScript(node) && node.hasAttribute("data-distreload"); }
@@ -289,6 +329,7 @@
     return node.nodeType === 1 && node.tagName === "LINK" && node.hasAttribute("href") &&
       /(^|\s)stylesheet(\s|$)/i.test(node.getAttribute("rel") || "");
   }
+  function isPermanent(node) { return node.nodeType === 1 && node.hasAttribute(PERMANENT_ATTRIBUTE); }
 
   // What identifies a script when asking whether it changed: its type, and its URL or its code; never its
   // nonce, which every response renews.
@@ -326,145 +367,20 @@
     for (var i = 0; i < scripts.length; i++) if (!isOwnScript(scripts[i])) visit(scripts[i]);
   }
 
-  function keyOf(node, base) {
-    if (node.nodeType !== 1) return "";
-    if (isScript(node)) return "script " + scriptSignature(node, base);
-    if (isStylesheetLink(node)) {
-      return "sheet " + withoutBuster(node.getAttribute("href"), base) + " " + (node.getAttribute("media") || "");
+  // DOMParser parses with scripting off: a parsed <noscript> holds real elements (an <img onerror>, a
+  // tracking <iframe>, a <link>) that a page loaded with scripting on never has, where it holds the same
+  // markup as inert text. Made text before anything is imported, they stay as inert as a full load keeps them.
+  function inertNoscripts(root) {
+    var found = root.getElementsByTagName("noscript");
+    for (var i = found.length - 1; i >= 0; i--) {
+      var noscript = found[i];
+      if (noscript.childElementCount) noscript.textContent = noscript.innerHTML;
     }
-    var id = node.getAttribute("id");
-    return id ? "#" + id : "";
-  }
-
-  function kindOf(node) {
-    return node.nodeType === 1 ? node.namespaceURI + " " + node.tagName : "#" + node.nodeType;
   }
 
   // The open state of <details> and <dialog> is the reader's: a morph neither opens nor closes them.
   function isReadersAttribute(element, name) {
     return name === "open" && (element.tagName === "DETAILS" || element.tagName === "DIALOG");
-  }
-
-  function morphAttributes(live, fresh, context) {
-    var i, attribute, name;
-    for (i = 0; i < fresh.attributes.length; i++) {
-      attribute = fresh.attributes[i];
-      name = attribute.localName;
-      if (name === "nonce" || isReadersAttribute(live, name)) continue;
-      if (live.getAttributeNS(attribute.namespaceURI, name) !== attribute.value) {
-        live.setAttributeNS(attribute.namespaceURI, attribute.name, attribute.value);
-        context.changes += 1;
-      }
-    }
-    for (i = live.attributes.length - 1; i >= 0; i--) {
-      attribute = live.attributes[i];
-      name = attribute.localName;
-      if (name === "nonce" || isReadersAttribute(live, name)) continue;
-      if (!fresh.hasAttributeNS(attribute.namespaceURI, name)) {
-        live.removeAttributeNS(attribute.namespaceURI, name);
-        context.changes += 1;
-      }
-    }
-  }
-
-  function morphNode(live, fresh, context) {
-    if (live.nodeType !== 1) {
-      if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; context.changes += 1; }
-      return;
-    }
-    if (isScript(live) || isStylesheetLink(live)) return;  // paired by what they run or load: the same
-    morphAttributes(live, fresh, context);
-    if (live.tagName === "TEXTAREA") {
-      // The text is the default value: what the reader typed (the current value) stays.
-      if (live.defaultValue !== fresh.textContent) { live.defaultValue = fresh.textContent; context.changes += 1; }
-    } else if (live.tagName === "TEMPLATE") {
-      if (live.innerHTML !== fresh.innerHTML) { live.innerHTML = fresh.innerHTML; context.changes += 1; }
-    } else {
-      morphChildren(live, fresh, context);
-    }
-  }
-
-  function morphChildren(live, fresh, context) {
-    var base = context.base, liveNodes = [], keyed = {}, queues = {}, used = new Set(), node, key, i;
-    for (node = live.firstChild; node; node = node.nextSibling) {
-      if (isUi(node)) continue;
-      liveNodes.push(node);
-      key = keyOf(node, base);
-      if (key && !keyed[key]) keyed[key] = node;
-      else (queues[kindOf(node)] = queues[kindOf(node)] || []).push(node);
-    }
-    var freshNodes = Array.prototype.slice.call(fresh.childNodes), partners = [];
-    for (i = 0; i < freshNodes.length; i++) {
-      var freshNode = freshNodes[i], partner = null;
-      key = keyOf(freshNode, base);
-      if (key && keyed[key] && !used.has(keyed[key]) && kindOf(keyed[key]) === kindOf(freshNode)) {
-        partner = keyed[key];
-      } else if (!key || key.charAt(0) === "#") {
-        // Scripts and stylesheets pair only with their own: a changed sheet is a new sheet.
-        var queue = queues[kindOf(freshNode)] || [];
-        while (queue.length && !partner) {
-          var candidate = queue.shift();
-          if (!used.has(candidate)) partner = candidate;
-        }
-      }
-      if (partner) used.add(partner);
-      partners.push(partner);
-    }
-    // Unpaired live nodes go first, so that what stays moves only when the order changed. Scripts stay:
-    // they ran, and removing them undoes nothing. Outgoing stylesheets go once the incoming ones have loaded,
-    // so the page is never unstyled. In <head>, whatever else the page's scripts added stays too.
-    var lingering = new Set();
-    for (i = 0; i < liveNodes.length; i++) {
-      node = liveNodes[i];
-      if (used.has(node)) continue;
-      if (isStylesheetLink(node)) { context.staleSheets.push(node); lingering.add(node); }
-      else if (isScript(node) || (live.tagName === "HEAD" && node.nodeType === 1)) lingering.add(node);
-      else { live.removeChild(node); context.changes += 1; }
-    }
-    var cursor = live.firstChild;
-    for (i = 0; i < freshNodes.length; i++) {
-      if (!partners[i] && isScript(freshNodes[i])) continue;  // never inserted: scriptChange vetted them
-      while (cursor && (isUi(cursor) || lingering.has(cursor))) cursor = cursor.nextSibling;
-      node = partners[i] || importFresh(freshNodes[i], live.ownerDocument, context);
-      if (node === cursor) {
-        cursor = cursor.nextSibling;
-      } else {
-        live.insertBefore(node, cursor);
-        context.changes += 1;
-      }
-      if (partners[i]) morphNode(node, freshNodes[i], context);
-    }
-  }
-
-  function importFresh(fresh, document, context) {
-    var node = document.importNode(fresh, true);
-    if (node.nodeType !== 1) return node;
-    // A copy of a script that already ran elsewhere in the page would be a second copy; it never runs, but
-    // it does not belong in the page either.
-    var scripts = node.getElementsByTagName("script");
-    for (var i = scripts.length - 1; i >= 0; i--) scripts[i].parentNode.removeChild(scripts[i]);
-    var sheets = isStylesheetLink(node) ? [node] : node.querySelectorAll('link[rel~="stylesheet"][href]');
-    for (i = 0; i < sheets.length; i++) context.newSheets.push(sheets[i]);
-    return node;
-  }
-
-  function newContext(base) {
-    return { base: base, changes: 0, newSheets: [], staleSheets: [] };
-  }
-
-  function retireStaleSheets(context) {
-    var waiting = context.newSheets.length, stale = context.staleSheets;
-    function retire() {
-      for (var i = 0; i < stale.length; i++) if (stale[i].parentNode) stale[i].parentNode.removeChild(stale[i]);
-    }
-    if (!waiting) { retire(); return; }
-    var settle = function () { waiting -= 1; if (!waiting) retire(); };
-    for (var i = 0; i < context.newSheets.length; i++) {
-      var sheet = context.newSheets[i];
-      if (sheet.sheet) { settle(); continue; }  // already loaded (from the cache)
-      sheet.addEventListener("load", settle);
-      sheet.addEventListener("error", settle);
-    }
   }
 
   function readSelection(element) {
@@ -476,21 +392,496 @@
     }
   }
 
+  function idOf(node) { return node.nodeType === 1 ? node.getAttribute("id") || "" : ""; }
+
+  // Every element with an id under ``root`` (itself included), by id; ids held more than once map to null.
+  function elementsById(root) {
+    var found = new Map(), list = root.querySelectorAll("[id]"), i, id;
+    if (idOf(root)) found.set(idOf(root), root);
+    for (i = 0; i < list.length; i++) {
+      id = list[i].getAttribute("id");
+      found.set(id, found.has(id) ? null : list[i]);
+    }
+    return found;
+  }
+
+  // One morph of ``liveRoot`` into ``freshRoot`` (parsed, noscripts made inert). ``serverHead`` (optional):
+  // the <head> elements that came from the server's HTML; the others were added by the page and stay.
+  function Morph(liveRoot, freshRoot, base, serverHead) {
+    this.base = base;
+    this.document = liveRoot.ownerDocument || liveRoot;
+    this.serverHead = serverHead || null;
+    this.changes = 0;
+    this.failures = [];
+    this.newSheets = [];
+    this.staleSheets = [];
+    this.used = new Set();
+    this.pantry = null;
+    this.moved = [];
+    this.liveIds = new Map();
+    this.freshIds = new Map();
+    var live = elementsById(liveRoot), self = this;
+    this.liveById = new Map();
+    elementsById(freshRoot).forEach(function (b, id) {
+      var a = live.get(id);
+      if (!a || !b || a.namespaceURI !== b.namespaceURI || a.localName !== b.localName) return;
+      self.liveById.set(id, a);
+      addToAncestors(self.liveIds, a, liveRoot, id);
+      addToAncestors(self.freshIds, b, freshRoot, id);
+    });
+  }
+
+  function addToAncestors(map, element, root, id) {
+    for (var node = element; node; node = node === root ? null : node.parentNode) {
+      var ids = map.get(node);
+      if (!ids) map.set(node, ids = new Set());
+      ids.add(id);
+    }
+  }
+
+  Morph.prototype.isPersistent = function (id) {
+    return Boolean(id) && this.liveById.has(id);
+  };
+
+  // A live element's persistent ids not yet placed: what it still holds for the new HTML.
+  Morph.prototype.holdsWanted = function (node) {
+    var ids = this.liveIds.get(node);
+    if (!ids) return false;
+    var self = this, wanted = false;
+    ids.forEach(function (id) { if (!self.used.has(self.liveById.get(id))) wanted = true; });
+    return wanted;
+  };
+
+  // Whether ``live`` may stand for ``fresh`` at all: same kind of node; an element keeps a persistent id
+  // only for the element of that id; a permanent element only by its id; form fields keep name and type.
+  Morph.prototype.compatible = function (live, fresh) {
+    if (live.nodeType !== fresh.nodeType) return false;
+    if (live.nodeType !== 1) return true;
+    if (live.namespaceURI !== fresh.namespaceURI || live.localName !== fresh.localName) return false;
+    var liveId = idOf(live), freshId = idOf(fresh);
+    if (liveId !== freshId && (this.isPersistent(liveId) || this.isPersistent(freshId) || isPermanent(live))) return false;
+    if (isPermanent(live) && !this.isPersistent(liveId)) return false;
+    if (/^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(live.tagName) &&
+        (live.getAttribute("name") !== fresh.getAttribute("name") || live.getAttribute("type") !== fresh.getAttribute("type"))) {
+      return false;
+    }
+    return true;
+  };
+
+  // How well ``live`` stands for ``fresh``: 3 unchanged, 2 same attributes, 1 same tag, 0 not at all.
+  Morph.prototype.likeness = function (live, fresh) {
+    if (!this.compatible(live, fresh)) return 0;
+    if (sameContent(live, fresh)) return 3;
+    if (live.nodeType !== 1) return 1;
+    return sameAttributes(live, fresh) ? 2 : 1;
+  };
+
+  // isEqualNode, except for the reader's own attributes (an open <details> the new HTML has closed).
+  function sameContent(live, fresh) {
+    if (live.isEqualNode(fresh)) return true;
+    if (live.nodeType !== 1 || !(live.tagName === "DETAILS" || live.tagName === "DIALOG")) return false;
+    if (!sameAttributes(live, fresh) || live.childNodes.length !== fresh.childNodes.length) return false;
+    for (var i = 0; i < live.childNodes.length; i++) if (!live.childNodes[i].isEqualNode(fresh.childNodes[i])) return false;
+    return true;
+  }
+
+  function sameAttributes(live, fresh) {
+    var count = 0, i, attribute;
+    for (i = 0; i < fresh.attributes.length; i++) {
+      attribute = fresh.attributes[i];
+      if (attribute.localName === "nonce" || isReadersAttribute(live, attribute.localName)) continue;
+      if (live.getAttributeNS(attribute.namespaceURI, attribute.localName) !== attribute.value) return false;
+      count += 1;
+    }
+    for (i = 0; i < live.attributes.length; i++) {
+      attribute = live.attributes[i];
+      if (attribute.localName !== "nonce" && !isReadersAttribute(live, attribute.localName)) count -= 1;
+    }
+    return count === 0;
+  }
+
+  // Nodes the morph steps over in the live tree: distreload's own UI and the morph's pantry.
+  function skipped(node) {
+    while (node && isUi(node)) node = node.nextSibling;
+    return node;
+  }
+
+  // The live node that is to become ``fresh``, among ``parent``'s children from ``cursor`` on, or (for an
+  // element of a persistent id) anywhere; null when ``fresh`` is new.
+  Morph.prototype.partnerOf = function (parent, cursor, fresh) {
+    if (cursor && !isScript(cursor) && this.compatible(cursor, fresh) && sameContent(cursor, fresh)) return cursor;
+    var id = idOf(fresh);
+    if (this.isPersistent(id)) {
+      var element = this.liveById.get(id);
+      return this.used.has(element) || element.contains(parent) ? null : element;
+    }
+    if (fresh.nodeType !== 1) {
+      // Text and comments pair only in place: never worth moving, nor removing elements to reach.
+      return cursor && cursor.nodeType === fresh.nodeType && !this.used.has(cursor) ? cursor : null;
+    }
+    if (this.freshIds.get(fresh)) {
+      var holder = this.holderOf(parent, fresh);
+      if (holder) return holder;
+    }
+    // Siblings without persistent ids: an unchanged one further on, else the best one near, unless a
+    // following new sibling is better for it.
+    var best = null, bestLikeness = 0, node = cursor, seen = 0;
+    for (; node && seen < LOOKAHEAD_SAME; node = node.nextSibling) {
+      if (node.nodeType !== 1 || isUi(node) || isScript(node) || this.used.has(node)) continue;
+      seen += 1;
+      if (this.holdsWanted(node)) continue;
+      var likeness = seen <= LOOKAHEAD ? this.likeness(node, fresh)
+        : this.compatible(node, fresh) && sameContent(node, fresh) ? 3 : 0;
+      if (likeness > bestLikeness) {
+        best = node;
+        bestLikeness = likeness;
+        if (likeness === 3) break;
+      }
+    }
+    if (!best || bestLikeness === 3) return best;
+    var next = fresh.nextSibling;
+    for (seen = 0; next && seen < LOOKAHEAD; next = next.nextSibling, seen += 1) {
+      if (next.nodeType === 1 && this.likeness(best, next) > bestLikeness) return null;
+    }
+    return best;
+  };
+
+  // The live child of ``parent`` that holds the same persistent ids as ``fresh`` does.
+  Morph.prototype.holderOf = function (parent, fresh) {
+    var self = this, holder = null;
+    this.freshIds.get(fresh).forEach(function (id) {
+      if (holder) return;
+      var node = self.liveById.get(id);
+      if (self.used.has(node)) return;
+      while (node && node.parentNode !== parent) node = node.parentNode;
+      if (node && !self.used.has(node) && self.compatible(node, fresh)) holder = node;
+    });
+    return holder;
+  };
+
+  // Move ``node`` to before ``before`` in ``parent``, keeping its state: moveBefore keeps focus, selection,
+  // inner scroll, iframes and playing media where the browser has it; elsewhere the scroll offsets inside
+  // are put back at the end (focus and caret are put back by morphDocument).
+  Morph.prototype.move = function (parent, node, before) {
+    if (node.parentNode === parent && node.nextSibling === before) return;
+    if (typeof parent.moveBefore === "function") {
+      try { parent.moveBefore(node, before); this.changes += 1; return; } catch (e) { /* another root: insert */ }
+    }
+    if (node.nodeType === 1) {
+      var scrolled = [node].concat(Array.prototype.slice.call(node.getElementsByTagName("*")));
+      for (var i = 0; i < scrolled.length; i++) {
+        if (scrolled[i].scrollTop || scrolled[i].scrollLeft) {
+          this.moved.push({ element: scrolled[i], top: scrolled[i].scrollTop, left: scrolled[i].scrollLeft });
+        }
+      }
+    }
+    parent.insertBefore(node, before);
+    this.changes += 1;
+  };
+
+  // A live node that the new HTML no longer has. Scripts stay (they ran: removing undoes nothing);
+  // stylesheets go once their successors have loaded (the page is never unstyled); a node still holding
+  // persistent ids waits in the pantry until they are taken.
+  Morph.prototype.remove = function (node) {
+    if (isScript(node)) return;
+    if (isStylesheetLink(node)) {
+      if (this.staleSheets.indexOf(node) === -1) this.staleSheets.push(node);
+      return;
+    }
+    if (this.holdsWanted(node)) {
+      if (!this.pantry) {
+        this.pantry = this.document.createElement("div");
+        this.pantry.setAttribute(UI_ATTRIBUTE, "pantry");
+        this.pantry.hidden = true;
+        (this.document.documentElement || this.document).appendChild(this.pantry);
+      }
+      this.move(this.pantry, node, null);
+      return;
+    }
+    node.parentNode.removeChild(node);
+    this.changes += 1;
+  };
+
+  // A node of the new HTML made live: a copy, without the scripts in it (never run a second time).
+  Morph.prototype.create = function (fresh) {
+    var node = this.document.importNode(fresh, true);
+    if (node.nodeType !== 1) return node;
+    var scripts = node.getElementsByTagName("script");
+    for (var i = scripts.length - 1; i >= 0; i--) scripts[i].parentNode.removeChild(scripts[i]);
+    var sheets = isStylesheetLink(node) ? [node] : node.querySelectorAll('link[rel~="stylesheet"][href]');
+    for (i = 0; i < sheets.length; i++) this.newSheets.push(sheets[i]);
+    return node;
+  };
+
+  Morph.prototype.children = function (live, fresh) {
+    var last = null, cursor, freshChild, partner, byScript = null;
+    for (freshChild = fresh.firstChild; freshChild; freshChild = freshChild.nextSibling) {
+      // Where the next node goes: after the last one placed. Worked out each time, because placing a node
+      // may have moved what followed it (an element of a persistent id taken into the node just placed).
+      cursor = skipped(last ? last.nextSibling : live.firstChild);
+      if (isScript(freshChild)) {
+        // A script pairs with the same script among these children, wherever it is, and never moves; one
+        // the page lacks is never inserted (scriptChange vetted that it is not new code).
+        if (!byScript) byScript = this.scriptsAmong(live);
+        var same = byScript[scriptSignature(freshChild, this.base)];
+        partner = same && same.shift();
+        if (partner) {
+          this.used.add(partner);
+          if (partner === cursor) last = partner;
+        }
+        continue;
+      }
+      partner = this.partnerOf(live, cursor, freshChild);
+      if (!partner) {
+        // A new element holding persistent ids is built empty and filled by the morph, so that they move in.
+        var holds = this.freshIds.get(freshChild);
+        partner = holds ? this.document.importNode(freshChild, false) : this.create(freshChild);
+        live.insertBefore(partner, cursor);
+        this.changes += 1;
+        this.used.add(partner);
+        last = partner;
+        if (holds) this.children(partner, freshChild);
+        continue;
+      }
+      this.used.add(partner);
+      if (partner !== cursor) {
+        if (partner.parentNode === live && this.between(cursor, partner, freshChild)) {
+          // Everything between is wanted by nothing that follows: it goes, and the partner stays put.
+          while (cursor !== partner) {
+            var gone = cursor;
+            cursor = skipped(cursor.nextSibling);
+            if (!this.used.has(gone)) this.remove(gone);
+          }
+        } else {
+          this.move(live, partner, cursor);
+        }
+      }
+      last = partner;
+      this.node(partner, freshChild);
+    }
+    cursor = skipped(last ? last.nextSibling : live.firstChild);
+    while (cursor) {
+      var rest = cursor;
+      cursor = skipped(cursor.nextSibling);
+      if (!this.used.has(rest)) this.removeLeftover(live, rest);
+    }
+  };
+
+  // Whether the live nodes from ``cursor`` up to ``partner`` can all go: none is unchanged in one of the
+  // new siblings that follow (those holding persistent ids wait in the pantry).
+  Morph.prototype.between = function (cursor, partner, fresh) {
+    var count = 0;
+    for (var node = cursor; node && node !== partner; node = node.nextSibling) {
+      if (node.nodeType !== 1 || isUi(node) || isScript(node) || this.used.has(node)) continue;
+      if ((count += 1) > LOOKAHEAD_SAME) return false;
+      for (var next = fresh.nextSibling, seen = 0; next && seen < LOOKAHEAD; next = next.nextSibling, seen += 1) {
+        if (next.nodeType === 1 && this.compatible(node, next) && sameContent(node, next)) return false;
+      }
+    }
+    return node === partner;
+  };
+
+  Morph.prototype.removeLeftover = function (parent, node) {
+    // In <head>, what the page's own scripts added stays; what the server's HTML dropped goes.
+    if (parent.tagName === "HEAD" && node.nodeType === 1 && this.serverHead && !this.serverHead.has(node)) return;
+    this.remove(node);
+  };
+
+  Morph.prototype.scriptsAmong = function (live) {
+    var found = {};
+    for (var node = live.firstChild; node; node = node.nextSibling) {
+      if (!isScript(node) || isOwnScript(node) || this.used.has(node)) continue;
+      var signature = scriptSignature(node, this.base);
+      (found[signature] = found[signature] || []).push(node);
+    }
+    return found;
+  };
+
+  Morph.prototype.node = function (live, fresh) {
+    if (live.nodeType !== 1) {
+      if (live.nodeValue !== fresh.nodeValue) { live.nodeValue = fresh.nodeValue; this.changes += 1; }
+      return;
+    }
+    if (isScript(live) || (isStylesheetLink(live) && sameAttributes(live, fresh))) return;
+    if (isPermanent(live)) return;  // the page's to keep as it is
+    if (sameContent(live, fresh)) return;
+    if (isStylesheetLink(live)) {
+      // Another sheet under the same element: the new one goes in beside it and the old goes once it loaded.
+      var sheet = this.create(fresh);
+      live.parentNode.insertBefore(sheet, live.nextSibling);
+      this.used.add(sheet);
+      this.remove(live);
+      return;
+    }
+    this.attributes(live, fresh);
+    if (live.tagName === "NOSCRIPT") return;  // inert while scripting is on: kept as the page has it
+    if (live.tagName === "TEXTAREA") {
+      // The text is the default value: what the reader typed (the current value) stays.
+      if (live.defaultValue !== fresh.textContent) { live.defaultValue = fresh.textContent; this.changes += 1; }
+    } else if (live.tagName === "TEMPLATE") {
+      if (live.innerHTML !== fresh.innerHTML) { live.innerHTML = fresh.innerHTML; this.changes += 1; }
+    } else if (live.tagName === "HEAD") {
+      this.head(live, fresh);
+    } else {
+      this.children(live, fresh);
+    }
+  };
+
+  // Attributes are read from snapshots and every change is guarded: a custom element whose callback adds
+  // or removes attributes while the morph sets another (as <turbo-frame> does) cannot derail the loop, and
+  // one the browser refuses to set is a reason to reload rather than an exception halfway through.
+  Morph.prototype.attributes = function (live, fresh) {
+    var wanted = Array.prototype.slice.call(fresh.attributes), present = Array.prototype.slice.call(live.attributes);
+    var i, attribute, name;
+    for (i = 0; i < wanted.length; i++) {
+      attribute = wanted[i];
+      name = attribute.localName;
+      if (name === "nonce" || isReadersAttribute(live, name)) continue;
+      try {
+        if (live.getAttributeNS(attribute.namespaceURI, name) !== attribute.value) {
+          live.setAttributeNS(attribute.namespaceURI, attribute.name, attribute.value);
+          this.changes += 1;
+        }
+      } catch (error) {
+        this.failures.push("could not set " + attribute.name + " on <" + live.localName + "> (" + error.name + ")");
+      }
+    }
+    for (i = 0; i < present.length; i++) {
+      attribute = present[i];
+      name = attribute.localName;
+      if (name === "nonce" || isReadersAttribute(live, name)) continue;
+      try {
+        if (!fresh.hasAttributeNS(attribute.namespaceURI, name) && live.hasAttributeNS(attribute.namespaceURI, name)) {
+          live.removeAttributeNS(attribute.namespaceURI, name);
+          this.changes += 1;
+        }
+      } catch (error) {
+        this.failures.push("could not remove " + attribute.name + " from <" + live.localName + "> (" + error.name + ")");
+      }
+    }
+  };
+
+  // <head>: elements pair by what they are (a sheet by its URL, a script by its code, anything else by its
+  // tag, attributes and content; the title and id'd elements are updated). New ones go in after the
+  // element their predecessor paired with, so the order of the cascade holds.
+  function headKey(element, base) {
+    if (isScript(element)) return "script " + scriptSignature(element, base);
+    if (isStylesheetLink(element)) {
+      return "sheet " + withoutBuster(element.getAttribute("href"), base) + " " + (element.getAttribute("media") || "");
+    }
+    if (element.tagName === "TITLE") return "title";
+    if (idOf(element)) return "#" + idOf(element);
+    var attributes = [];
+    for (var i = 0; i < element.attributes.length; i++) {
+      var attribute = element.attributes[i];
+      if (attribute.localName !== "nonce") attributes.push(attribute.name + "=" + attribute.value);
+    }
+    return element.localName + " " + attributes.sort().join(" ") + " " + element.innerHTML;
+  }
+
+  Morph.prototype.head = function (live, fresh) {
+    var byKey = {}, node, key, after = null;
+    for (node = live.firstElementChild; node; node = node.nextElementSibling) {
+      if (isUi(node) || isOwnScript(node)) continue;
+      key = headKey(node, this.base);
+      (byKey[key] = byKey[key] || []).push(node);
+    }
+    for (var freshChild = fresh.firstElementChild; freshChild; freshChild = freshChild.nextElementSibling) {
+      key = headKey(freshChild, this.base);
+      var partner = byKey[key] && byKey[key].shift();
+      if (partner) {
+        this.used.add(partner);
+        if (key === "title" || key.charAt(0) === "#") this.node(partner, freshChild);
+        after = partner;
+        continue;
+      }
+      if (isScript(freshChild)) continue;  // never inserted: scriptChange vetted it
+      var created = this.create(freshChild);
+      live.insertBefore(created, after ? after.nextSibling : live.firstChild);
+      this.used.add(created);
+      this.changes += 1;
+      after = created;
+    }
+    for (node = live.firstElementChild; node;) {
+      var next = node.nextElementSibling;
+      if (!this.used.has(node) && !isUi(node) && !isOwnScript(node)) this.removeLeftover(live, node);
+      node = next;
+    }
+  };
+
+  // What is left once the morph went through: the pantry's leftovers go, moved containers get their
+  // scroll back, and outgoing stylesheets go once the incoming ones have loaded.
+  Morph.prototype.finish = function () {
+    if (this.pantry && this.pantry.parentNode) this.pantry.parentNode.removeChild(this.pantry);
+    for (var i = 0; i < this.moved.length; i++) {
+      var entry = this.moved[i];
+      if (entry.element.isConnected) {
+        entry.element.scrollTop = entry.top;
+        entry.element.scrollLeft = entry.left;
+      }
+    }
+    var waiting = this.newSheets.length, stale = this.staleSheets;
+    function retire() {
+      for (var j = 0; j < stale.length; j++) if (stale[j].parentNode) stale[j].parentNode.removeChild(stale[j]);
+    }
+    if (!waiting) { retire(); return; }
+    var settle = function () { waiting -= 1; if (!waiting) retire(); };
+    for (i = 0; i < this.newSheets.length; i++) {
+      var sheet = this.newSheets[i];
+      if (sheet.sheet) { settle(); continue; }  // already loaded (from the cache)
+      sheet.addEventListener("load", settle);
+      sheet.addEventListener("error", settle);
+    }
+  };
+
+  // The <head> elements that came from the server's HTML, so that a morph can tell them from those the
+  // page's own scripts added: the ones there when the client started, then whatever each morph put there.
+  function HeadMemory(document) {
+    this.elements = new WeakSet();
+    if (document.head) for (var node = document.head.firstElementChild; node; node = node.nextElementSibling) this.elements.add(node);
+  }
+
+  HeadMemory.prototype.has = function (element) { return this.elements.has(element); };
+
+  HeadMemory.prototype.record = function (head) {
+    for (var node = head.firstElementChild; node; node = node.nextElementSibling) this.elements.add(node);
+  };
+
   // Morph ``liveDocument`` into ``freshDocument`` (parsed from the page's new HTML). Returns {changes} or,
-  // when the morph cannot be trusted and nothing was changed, {reason}.
-  function morphDocument(liveDocument, freshDocument, base) {
+  // when the morph cannot be trusted, {reason}: nothing was changed when the scripts forbid it; when an
+  // attribute could not be set or something threw midway, the caller reloads in full.
+  function morphDocument(liveDocument, freshDocument, base, headMemory) {
     base = base || liveDocument.baseURI;
     if (!freshDocument.body || !freshDocument.head) return { reason: "the new page has no body" };
     var reason = scriptChange(liveDocument, freshDocument, base);
     if (reason) return { reason: reason };
+    inertNoscripts(freshDocument);
     var view = liveDocument.defaultView, focused = liveDocument.activeElement;
     var selection = focused && readSelection(focused);
     var scrollX = view ? view.scrollX : 0, scrollY = view ? view.scrollY : 0;
-    var context = newContext(base);
-    morphAttributes(liveDocument.documentElement, freshDocument.documentElement, context);
-    morphNode(liveDocument.head, freshDocument.head, context);
-    morphNode(liveDocument.body, freshDocument.body, context);
-    // Moving an element blurs it: put focus and caret back where the reader left them.
+    var pageAdded = null;
+    if (headMemory) {
+      // Page-added head elements: those not recorded as the server's.
+      pageAdded = [];
+      for (var node = liveDocument.head.firstElementChild; node; node = node.nextElementSibling) {
+        if (!headMemory.has(node)) pageAdded.push(node);
+      }
+    }
+    var morph = new Morph(liveDocument.documentElement, freshDocument.documentElement, base,
+      headMemory || { has: function () { return true; } });
+    try {
+      morph.attributes(liveDocument.documentElement, freshDocument.documentElement);
+      morph.node(liveDocument.head, freshDocument.head);
+      morph.node(liveDocument.body, freshDocument.body);
+    } finally {
+      morph.finish();
+    }
+    if (headMemory) {
+      headMemory.record(liveDocument.head);
+      // What the page added stays the page's: not the server's, whatever a morph did around it.
+      for (var i = 0; i < pageAdded.length; i++) headMemory.elements.delete(pageAdded[i]);
+    }
+    // Moving an element may blur it: put focus and caret back where the reader left them.
     if (focused && focused !== liveDocument.activeElement && focused.isConnected && focused.focus) {
       focused.focus({ preventScroll: true });
       if (selection) {
@@ -498,8 +889,20 @@
       }
     }
     if (view && (view.scrollX !== scrollX || view.scrollY !== scrollY)) view.scrollTo(scrollX, scrollY);
-    retireStaleSheets(context);
-    return { changes: context.changes };
+    if (morph.failures.length) return { reason: morph.failures[0], changes: morph.changes };
+    return { changes: morph.changes };
+  }
+
+  // Morph one element into a parsed one (the client's tests use it on parts of a page).
+  function morphElement(live, fresh, base) {
+    inertNoscripts(fresh);
+    var morph = new Morph(live, fresh, base || live.ownerDocument.baseURI, null);
+    try {
+      morph.node(live, fresh);
+    } finally {
+      morph.finish();
+    }
+    return morph.changes;
   }
 
   // --- stylesheets and images swapped in place -----------------------------------------------------------
@@ -723,57 +1126,454 @@
     return kept.join("\n").replace(/\n+$/, "");
   }
 
-  // --- the page ----------------------------------------------------------------------------------------
+  // --- what a tab remembers across its own reloads ----------------------------------------------------------
+
+  // The version this tab acted on last, the build it reloaded for and whether it is paused, kept in
+  // sessionStorage (per tab, per distreload base): a page re-rendered by a worker that has not heard of the
+  // newest version yet must not reload a second time for it.
+  function TabMemory(storage, key) {
+    this.storage = storage;
+    this.key = key;
+  }
+
+  TabMemory.prototype.read = function () {
+    try { return safeJson(this.storage.getItem(this.key)) || {}; } catch (e) { return {}; }
+  };
+
+  TabMemory.prototype.write = function (changes) {
+    var memory = this.read();
+    for (var key in changes) memory[key] = changes[key];
+    try { this.storage.setItem(this.key, JSON.stringify(memory)); } catch (e) { /* private mode */ }
+  };
+
+  TabMemory.prototype.remember = function (version, build) {
+    var changes = { version: version };
+    if (build) changes.build = build;
+    this.write(changes);
+  };
+
+  // --- the plan: which reloads this page follows, and when -------------------------------------------------
+  //
+  // Reads the stream's hello and reload messages and decides what the page does: nothing (seen already, or
+  // for other pages: match), wait (paused; a random time within spread), or carry out one plan at a time,
+  // merged with whatever comes meanwhile. Knows neither the network nor the DOM; ``hooks`` act:
+  //   carryOut(plan)  the plan's time has come (it stays current until finish())
+  //   busy()          whether carrying out the current plan is still under way
+  //   cancel()        stop carrying it out (paused meanwhile)
+  //   changed()       paused, or what waits for resume(), changed (the indicator)
+  //   log(text)
+  function ReloadPlan(status, memory, pathname, pageBuild, hooks) {
+    this.status = status;
+    this.memory = memory;
+    this.pathname = pathname;
+    this.pageBuild = pageBuild;
+    this.hooks = hooks;
+    this.current = null;
+    this.missed = null;
+    this.catchUp = null;
+    this.timer = null;
+    this.remembered = memory.read();
+    if (this.remembered.version) {
+      var page = parseVersion(status.version), known = parseVersion(this.remembered.version);
+      if (known && (!page || (page.epoch === known.epoch && page.number < known.number))) status.version = this.remembered.version;
+    }
+  }
+
+  ReloadPlan.prototype.hello = function (message) {
+    var status = this.status;
+    if (this.pageBuild && message.build && message.build !== this.pageBuild) {
+      if (this.remembered.build === message.build) {
+        // Already reloaded once for this build and the page still says otherwise (a worker whose code
+        // differs): reloading again could never settle it, so take it as this page's build.
+        this.pageBuild = message.build;
+      } else {
+        this.accept({ kind: "reload", version: newer(status.version, message.version), paths: [], build: message.build,
+          reason: "the server's code changed" });
+        return;
+      }
+    }
+    if (isBehind(status.version, message.version)) {
+      this.expectCatchUp(message.version);
+    } else {
+      var mine = parseVersion(status.version), theirs = parseVersion(message.version);
+      if (theirs && (!mine || mine.epoch !== theirs.epoch)) status.version = message.version;  // a new count
+    }
+  };
+
+  // After a hello that shows a missed reload, the server sends that reload next; a full reload happens only
+  // if it does not.
+  ReloadPlan.prototype.expectCatchUp = function (version) {
+    var self = this;
+    if (this.catchUp && !isBehind(this.catchUp.version, version)) return;
+    if (this.catchUp) clearTimeout(this.catchUp.timer);
+    this.catchUp = { version: version, timer: setTimeout(function () {
+      self.catchUp = null;
+      if (isBehind(self.status.version, version)) {
+        self.accept({ kind: "reload", version: version, paths: [], reason: "missed reload " + version });
+      }
+    }, CATCH_UP_GRACE) };
+  };
+
+  ReloadPlan.prototype.reload = function (message) {
+    if (this.catchUp && !isBehind(message.version, this.catchUp.version)) {
+      clearTimeout(this.catchUp.timer);
+      this.catchUp = null;
+    }
+    if (!isBehind(this.status.version, message.version)) return;
+    var kind = KINDS[message.kind] ? message.kind : "reload";
+    if (!matchesGlob(message.match, this.pathname())) {
+      // Not for this page; still seen, so that no later hello takes it for a missed reload.
+      this.status.version = message.version;
+      this.memory.remember(message.version);
+      this.hooks.log(kind + " " + message.version + " is for " + message.match + ", not this page");
+      return;
+    }
+    this.accept({ kind: kind, version: message.version, paths: message.paths || [], spread: message.spread,
+      reason: kind + " " + message.version });
+  };
+
+  // At most one plan at a time, merged with whatever comes meanwhile.
+  ReloadPlan.prototype.accept = function (incoming) {
+    var status = this.status, self = this;
+    status.version = newer(status.version, incoming.version);
+    if (status.paused) {
+      this.missed = mergePlans(this.missed, incoming);
+      this.hooks.changed();
+      return;
+    }
+    this.current = mergePlans(this.current, incoming);
+    status.pending = this.current.kind;
+    status.reloading = true;
+    if (this.timer || this.hooks.busy()) return;  // the merged plan goes when the one waiting does
+    var wait = incoming.spread > 0 ? Math.round(Math.random() * incoming.spread * 1000) : 0;
+    if (wait) this.hooks.log(incoming.reason + " in " + (wait / 1000).toFixed(1) + " s (spread over " + incoming.spread + " s)");
+    this.timer = setTimeout(function () {
+      self.timer = null;
+      if (self.current) self.hooks.carryOut(self.current);
+    }, wait);
+  };
+
+  // The current plan was carried out (or handed to a full reload): remember it.
+  ReloadPlan.prototype.done = function (plan) {
+    this.memory.remember(plan.version, plan.build);
+  };
+
+  ReloadPlan.prototype.finish = function () {
+    this.current = null;
+    this.status.pending = null;
+    this.status.reloading = false;
+  };
+
+  ReloadPlan.prototype.pause = function () {
+    if (this.status.paused) return;
+    this.status.paused = true;
+    this.memory.write({ paused: true });
+    if (this.current) {
+      // What was about to happen waits for resume() too.
+      this.missed = mergePlans(this.missed, this.current);
+      if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+      this.hooks.cancel();
+      this.finish();
+    }
+    this.hooks.changed();
+    this.hooks.log("paused: reloads wait until distreload.resume()");
+  };
+
+  ReloadPlan.prototype.resume = function () {
+    if (!this.status.paused) return;
+    this.status.paused = false;
+    this.memory.write({ paused: false });
+    this.hooks.changed();
+    var waiting = this.missed;
+    this.missed = null;
+    this.hooks.log(waiting ? "resumed: catching up with " + waiting.version : "resumed");
+    if (waiting) this.accept(waiting);
+  };
+
+  // --- the check before acting: the page fetches itself first -------------------------------------------
+  //
+  // A reload or morph acts only on a good answer: a server error or no answer at all shows the overlay and
+  // tries again with the backoff, so the tab never lands on an error page; while the old code still answers
+  // (a worker not yet restarted for a new build) it waits too. ``currentPlan()`` is the plan as it stands
+  // (reloads merge into it while a check is under way); ``ready(plan, response, body, requested,
+  // fetchedFor)`` gets the good answer (for a morph, what gets applied) and the version it was fetched for.
+  function PageCheck(window, options, ui, status, log, currentPlan, ready) {
+    this.window = window;
+    this.options = options;
+    this.ui = ui;
+    this.status = status;
+    this.log = log;
+    this.currentPlan = currentPlan;
+    this.ready = ready;
+    this.running = false;
+    this.underWay = null;  // the fetch under way: one that was cancelled or overtaken is ignored
+    this.timer = null;
+    this.attempt = 0;
+  }
+
+  PageCheck.prototype.busy = function () {
+    return this.running;
+  };
+
+  PageCheck.prototype.pageUrl = function () {
+    return this.window.location.href.split("#")[0];
+  };
+
+  PageCheck.prototype.run = function () {
+    var self = this, plan = this.currentPlan(), token = {};
+    this.timer = null;
+    this.running = Boolean(plan);
+    if (!plan) return;
+    this.underWay = token;
+    var requested = this.pageUrl(), fetchedFor = plan.version;
+    this.window.fetch(requested, { cache: "no-store", credentials: "same-origin", headers: { Accept: ACCEPT_HTML } })
+      .then(function (response) {
+        return response.text().then(function (body) { return { response: response, body: body }; });
+      })
+      .then(function (answer) {
+        if (self.underWay !== token) return;
+        if (answer.response.status >= 500) self.failed(answer.response, answer.body);
+        else self.answered(answer.response, answer.body, requested, fetchedFor);
+      }, function () {  // no answer, or the connection broke off mid-page
+        if (self.underWay === token) self.failed(null, "");
+      });
+  };
+
+  PageCheck.prototype.retry = function (delay) {
+    var self = this;
+    this.underWay = null;
+    this.timer = setTimeout(function () { self.run(); }, delay);
+  };
+
+  PageCheck.prototype.failed = function (response, body) {
+    var plan = this.currentPlan(), delay = backoffDelay(this.options, this.attempt);
+    if (!plan) { this.cancel(); return; }
+    this.attempt += 1;
+    var title = response ? "the server answered " + response.status + (response.statusText ? " " + response.statusText : "")
+      : this.window.navigator.onLine === false ? "this browser is offline" : "no answer from the server";
+    var wait = "waiting for the server: this page " + (plan.kind === "morph" ? "updates" : "reloads") +
+      " once it answers (next check in " + Math.max(1, Math.round(delay / 1000)) + " s)";
+    this.log(plan.reason + " waits: " + title + "; next check in " + delay + " ms");
+    if (this.options.overlay) {
+      this.ui.showOverlay("distreload: " + title,
+        response ? firstLines(body, response.headers.get("content-type")) : "", wait);
+      this.status.overlay = true;
+    }
+    this.retry(delay);
+  };
+
+  PageCheck.prototype.answered = function (response, body, requested, fetchedFor) {
+    var plan = this.currentPlan();
+    if (!plan) { this.cancel(); return; }
+    if (plan.build) {
+      var served = /data-distreload-build="([^"]*)"/.exec(body);
+      if (served && served[1] !== plan.build) {
+        // The old code still answers (a worker not yet restarted): wait for the new one.
+        this.retry(backoffDelay(this.options, this.attempt));
+        this.attempt += 1;
+        return;
+      }
+    }
+    this.attempt = 0;
+    this.underWay = null;
+    this.running = false;
+    this.hideOverlay();
+    this.ready(plan, response, body, requested, fetchedFor);
+  };
+
+  PageCheck.prototype.hideOverlay = function () {
+    this.ui.hideOverlay();
+    this.status.overlay = false;
+  };
+
+  PageCheck.prototype.cancel = function () {
+    if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+    this.underWay = null;
+    this.running = false;
+    this.hideOverlay();
+  };
+
+  // Back online or visible again: check now instead of waiting out the backoff.
+  PageCheck.prototype.wake = function () {
+    if (!this.timer) return;
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.attempt = 0;
+    this.run();
+  };
+
+  // Why a good answer cannot be morphed in, or "".
+  function morphRefusal(response, requested) {
+    if (response.redirected || response.url.split("#")[0] !== requested) {
+      return "the page now redirects to " + response.url;
+    }
+    if (!response.ok) return "the page answered " + response.status;
+    var type = response.headers.get("content-type") || "";
+    if (!/^\s*(text\/html|application\/xhtml\+xml)/i.test(type)) return "the page is no longer HTML (" + type + ")";
+    return "";
+  }
+
+  // --- one stream per browser: the tab holding the lock holds the stream ----------------------------------
+  //
+  // Every message of the stream goes to ``handle`` in every tab, the leader's included. ``resumeFrom()``
+  // says which version a new stream resumes from (the newest this tab heard of).
+  function StreamShare(window, base, options, status, handle, resumeFrom) {
+    this.window = window;
+    this.base = base;
+    this.options = options;
+    this.status = status;
+    this.handle = handle;
+    this.resumeFrom = resumeFrom;
+    this.connection = null;
+    this.channel = null;
+    this.releaseLock = null;
+    this.lockAbort = null;
+  }
+
+  StreamShare.prototype.active = function () {
+    return Boolean(this.connection || this.channel);
+  };
+
+  StreamShare.prototype.start = function () {
+    var navigator = this.window.navigator;
+    var sharing = this.options.share_connection && navigator.locks && typeof navigator.locks.request === "function" &&
+      typeof this.window.BroadcastChannel === "function";
+    if (sharing) this.join(); else this.own();
+  };
+
+  StreamShare.prototype.own = function () {
+    this.status.mode = "page";
+    this.connection = new Connection(this.base, this.options, this.handle, this.resumeFrom());
+    this.connection.start();
+  };
+
+  StreamShare.prototype.join = function () {
+    var self = this, name = "distreload " + this.base, window = this.window;
+    this.status.mode = "shared";
+    var channel = this.channel = new window.BroadcastChannel(name);
+    channel.onmessage = function (event) {
+      var message = event.data || {};
+      var connection = self.connection;
+      if (message.type === "join") {
+        // A tab that just opened: tell it where the stream stands.
+        if (connection && connection.connected && connection.state) channel.postMessage(connection.state);
+        else if (connection) channel.postMessage({ type: "down", quiet: true });
+      } else if (message.type === "wake") {
+        if (connection) connection.wake();
+      } else {
+        self.handle(message);
+      }
+    };
+    this.lockAbort = typeof window.AbortController === "function" ? new window.AbortController() : null;
+    window.navigator.locks.request(name, this.lockAbort ? { signal: this.lockAbort.signal } : {}, function () {
+      // Held until this page goes (or leaves the back-forward cache's way): then the next tab in the queue leads.
+      return new Promise(function (release) {
+        self.releaseLock = release;
+        self.lead();
+      });
+    }).catch(function () { /* the request was withdrawn: this page left */ });
+    channel.postMessage({ type: "join" });
+  };
+
+  StreamShare.prototype.lead = function () {
+    var self = this, channel = this.channel;
+    this.status.leader = true;
+    this.connection = new Connection(this.base, this.options, function (message) {
+      if (channel === self.channel) channel.postMessage(message);
+      self.handle(message);
+    }, this.resumeFrom());
+    this.connection.start();
+  };
+
+  StreamShare.prototype.wake = function () {
+    if (this.connection) this.connection.wake();
+    else if (this.channel) this.channel.postMessage({ type: "wake" });
+  };
+
+  StreamShare.prototype.leave = function () {
+    if (this.connection) { this.connection.stop(); this.connection = null; }
+    this.status.leader = false;
+    if (this.releaseLock) { this.releaseLock(); this.releaseLock = null; }
+    if (this.lockAbort) { this.lockAbort.abort(); this.lockAbort = null; }
+    if (this.channel) { this.channel.close(); this.channel = null; }
+  };
+
+  // --- the indicator: stream lost, or paused ------------------------------------------------------------
+
+  // What the indicator shows follows the status; a stream back within LOST_GRACE never showed it.
+  function Indicator(ui, options, status, onResume) {
+    this.ui = ui;
+    this.options = options;
+    this.status = status;
+    this.onResume = onResume;
+    this.lostTimer = null;
+    this.waiting = false;
+  }
+
+  Indicator.prototype.lost = function () {
+    var self = this;
+    if (this.lostTimer || this.status.lost) return;
+    this.lostTimer = setTimeout(function () {
+      self.lostTimer = null;
+      self.status.lost = true;
+      self.show();
+    }, LOST_GRACE);
+  };
+
+  Indicator.prototype.back = function () {
+    if (this.lostTimer) { clearTimeout(this.lostTimer); this.lostTimer = null; }
+    if (this.status.lost) { this.status.lost = false; this.show(); }
+  };
+
+  Indicator.prototype.show = function () {
+    if (!this.options.indicator) return;
+    if (this.status.paused) {
+      this.ui.showIndicator("paused", "distreload paused" + (this.waiting ? ": a reload is waiting" : ""), this.onResume);
+    } else if (this.status.lost) {
+      this.ui.showIndicator("lost", "distreload: connection lost, reconnecting");
+    } else {
+      this.ui.showIndicator(null);
+    }
+  };
+
+  // --- the page: the parts wired together -------------------------------------------------------------------
 
   function runPage(window, document, api) {
     var script = document.currentScript || document.querySelector("script[data-distreload]");
     if (!script || !script.hasAttribute("data-distreload") || window.__distreload) return;
 
     var base = script.getAttribute("data-distreload");
-    var pageBuild = script.getAttribute("data-distreload-build") || "";
     var options = withDefaults(safeJson(script.getAttribute("data-distreload-options") || "{}") || {});
-    var storageKey = "distreload:" + base;
     var status = window.__distreload = {
       mode: "starting", leader: false, connected: false, worker: null,
-      version: script.getAttribute("data-distreload-version") || "", build: pageBuild,
+      version: script.getAttribute("data-distreload-version") || "",
+      build: script.getAttribute("data-distreload-build") || "",
       reloading: false, pending: null, paused: false, lost: false, overlay: false, morphs: 0
     };
     var heard = status.version;  // the newest version this tab heard of: where a new stream resumes from
     var ui = new Ui(document);
-    var connection = null, channel = null, releaseLock = null, lockAbort = null;
-    var plan = null, missed = null, catchUp = null;
-    var planTimer = null, retryTimer = null, lostTimer = null, checking = false, checkAttempt = 0;
+    var headMemory = new HeadMemory(document);  // which <head> elements came from the server's HTML
+    var storage = null;
+    try { storage = window.sessionStorage; } catch (e) { /* a sandboxed frame: nothing is remembered */ }
+    var memory = new TabMemory(storage, "distreload:" + base);
 
     function log(text) {
       if (!options.silent && window.console) window.console.log(options.message_prefix + " " + text);
     }
 
-    function readMemory() {
-      try { return safeJson(window.sessionStorage.getItem(storageKey)) || {}; } catch (e) { return {}; }
-    }
-    function writeMemory(changes) {
-      var memory = readMemory();
-      for (var key in changes) memory[key] = changes[key];
-      try { window.sessionStorage.setItem(storageKey, JSON.stringify(memory)); } catch (e) { /* private mode */ }
-    }
+    var check = new PageCheck(window, options, ui, status, log, function () { return plan.current; }, ready);
+    var plan = new ReloadPlan(status, memory, function () { return window.location.pathname; }, status.build, {
+      carryOut: carryOut,
+      busy: function () { return check.busy(); },
+      cancel: function () { check.cancel(); },
+      changed: function () { indicator.waiting = Boolean(plan.missed); indicator.show(); },
+      log: log
+    });
+    var indicator = new Indicator(ui, options, status, resume);
+    var stream = new StreamShare(window, base, options, status, handle, function () { return heard; });
+    status.paused = Boolean(plan.remembered.paused) || /[?&]distreload=off(&|$)/.test(window.location.search);
 
-    // What this tab has already acted on survives its own reload: a page re-rendered by a worker that has
-    // not heard of the newest version yet must not reload a second time for it.
-    var remembered = readMemory();
-    if (remembered.version) {
-      var page = parseVersion(status.version), known = parseVersion(remembered.version);
-      if (known && (!page || (page.epoch === known.epoch && page.number < known.number))) status.version = remembered.version;
-    }
-    status.paused = Boolean(remembered.paused) || /[?&]distreload=off(&|$)/.test(window.location.search);
-
-    function remember(version, build) {
-      var changes = { version: version };
-      if (build) changes.build = build;
-      writeMemory(changes);
-    }
-
-    // --- messages from the stream (this tab's own, or the one shared) -----------------------------------
-
+    // Messages from the stream (this tab's own, or the one shared).
     function handle(message) {
       if (message.type === "down") {
         // One line per retry: the backoff keeps them few, and the growing waits show it working.
@@ -781,367 +1581,111 @@
           log(String(options.reconnect_message).split("${reconnectInterval}").join(String(message.delay)));
         }
         status.connected = false;
-        streamLost();
+        indicator.lost();
       } else if (message.type === "hello") {
-        hello(message);
+        heard = newer(heard, message.version);
+        if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
+        status.connected = true;
+        status.worker = message.worker;
+        indicator.back();
+        plan.hello(message);
       } else if (message.type === "reload") {
-        reload(message);
+        heard = newer(heard, message.version);
+        plan.reload(message);
       }
     }
 
-    function hello(message) {
-      heard = newer(heard, message.version);
-      if (!status.connected) log(options.connected_message + " (" + message.worker + ")");
-      status.connected = true;
-      status.worker = message.worker;
-      streamBack();
-      if (pageBuild && message.build && message.build !== pageBuild) {
-        if (remembered.build === message.build) {
-          // Already reloaded once for this build and the page still says otherwise (a worker whose code
-          // differs): reloading again could never settle it, so take it as this page's build.
-          pageBuild = message.build;
+    function carryOut(current) {
+      if (current.kind === "css" || current.kind === "images") {
+        plan.finish();
+        plan.done(current);
+        if (current.kind === "css") {
+          var swapped = swapStylesheets(document, current.paths, current.version);
+          log("swapped " + swapped + " stylesheet" + (swapped === 1 ? "" : "s") + " for " + current.version);
         } else {
-          accept({ kind: "reload", version: newer(status.version, message.version), paths: [], build: message.build,
-            reason: "the server's code changed" });
-          return;
-        }
-      }
-      if (isBehind(status.version, message.version)) {
-        expectCatchUp(message.version);
-      } else {
-        var mine = parseVersion(status.version), theirs = parseVersion(message.version);
-        if (theirs && (!mine || mine.epoch !== theirs.epoch)) status.version = message.version;  // a new count
-      }
-    }
-
-    function expectCatchUp(version) {
-      if (catchUp && !isBehind(catchUp.version, version)) return;
-      if (catchUp) clearTimeout(catchUp.timer);
-      catchUp = { version: version, timer: setTimeout(function () {
-        catchUp = null;
-        if (isBehind(status.version, version)) {
-          accept({ kind: "reload", version: version, paths: [], reason: "missed reload " + version });
-        }
-      }, CATCH_UP_GRACE) };
-    }
-
-    function reload(message) {
-      heard = newer(heard, message.version);
-      if (catchUp && !isBehind(message.version, catchUp.version)) { clearTimeout(catchUp.timer); catchUp = null; }
-      if (!isBehind(status.version, message.version)) return;
-      var kind = KINDS[message.kind] ? message.kind : "reload";
-      if (!matchesGlob(message.match, window.location.pathname)) {
-        // Not for this page; still seen, so that no later hello takes it for a missed reload.
-        status.version = message.version;
-        remember(message.version);
-        log(kind + " " + message.version + " is for " + message.match + ", not this page");
-        return;
-      }
-      accept({ kind: kind, version: message.version, paths: message.paths || [], spread: message.spread,
-        reason: kind + " " + message.version });
-    }
-
-    // --- acting on a reload: at most one plan at a time, merged with whatever comes meanwhile --------------
-
-    function accept(incoming) {
-      status.version = newer(status.version, incoming.version);
-      if (status.paused) {
-        missed = mergePlans(missed, incoming);
-        showIndicator();
-        return;
-      }
-      plan = mergePlans(plan, incoming);
-      status.pending = plan.kind;
-      status.reloading = true;
-      if (planTimer || checking || retryTimer) return;  // the merged plan goes when the one waiting does
-      var wait = incoming.spread > 0 ? Math.round(Math.random() * incoming.spread * 1000) : 0;
-      if (wait) log(incoming.reason + " in " + (wait / 1000).toFixed(1) + " s (spread over " + incoming.spread + " s)");
-      planTimer = setTimeout(carryOut, wait);
-    }
-
-    function finish() {
-      plan = null;
-      status.pending = null;
-      status.reloading = false;
-      status.overlay = false;
-      ui.hideOverlay();
-    }
-
-    function carryOut() {
-      planTimer = null;
-      if (!plan) return;
-      var done = plan;
-      if (done.kind === "css" || done.kind === "images") {
-        finish();
-        remember(done.version, done.build);
-        if (done.kind === "css") {
-          var swapped = swapStylesheets(document, done.paths, done.version);
-          log("swapped " + swapped + " stylesheet" + (swapped === 1 ? "" : "s") + " for " + done.version);
-        } else {
-          var refreshed = refreshImages(document, done.paths, done.version);
-          log("refreshed " + refreshed + " image" + (refreshed === 1 ? "" : "s") + " for " + done.version);
+          var refreshed = refreshImages(document, current.paths, current.version);
+          log("refreshed " + refreshed + " image" + (refreshed === 1 ? "" : "s") + " for " + current.version);
         }
         return;
       }
-      check();
+      check.run();
     }
 
-    function pageUrl() {
-      return window.location.href.split("#")[0];
-    }
-
-    // Fetch this page as a reload would, and act only on a good answer: a server error or no answer at all
-    // shows the overlay and tries again with the backoff, so the tab never lands on an error page. For a
-    // morph the answer is also what gets applied.
-    function check() {
-      retryTimer = null;
-      checking = true;
-      var requested = pageUrl(), fetchedFor = plan.version;
-      fetch(requested, { cache: "no-store", credentials: "same-origin", headers: { Accept: ACCEPT_HTML } })
-        .then(function (response) {
-          return response.text().then(function (body) { return { response: response, body: body }; });
-        })
-        .then(function (answer) {
-          checking = false;
-          if (!plan) return;  // paused meanwhile
-          if (answer.response.status >= 500) failed(answer.response, answer.body);
-          else answered(answer.response, answer.body, requested, fetchedFor);
-        }, function () {  // no answer, or the connection broke off mid-page
-          checking = false;
-          if (plan) failed(null, "");
-        });
-    }
-
-    function failed(response, body) {
-      var delay = backoffDelay(options, checkAttempt);
-      checkAttempt += 1;
-      var title = response ? "the server answered " + response.status + (response.statusText ? " " + response.statusText : "")
-        : window.navigator.onLine === false ? "this browser is offline" : "no answer from the server";
-      var wait = "waiting for the server: this page " + (plan.kind === "morph" ? "updates" : "reloads") +
-        " once it answers (next check in " + Math.max(1, Math.round(delay / 1000)) + " s)";
-      log(plan.reason + " waits: " + title + "; next check in " + delay + " ms");
-      if (options.overlay) {
-        ui.showOverlay("distreload: " + title,
-          response ? firstLines(body, response.headers.get("content-type")) : "", wait);
-        status.overlay = true;
-      }
-      retryTimer = setTimeout(check, delay);
-    }
-
-    function answered(response, body, requested, fetchedFor) {
-      if (plan.build) {
-        var served = /data-distreload-build="([^"]*)"/.exec(body);
-        if (served && served[1] !== plan.build) {
-          // The old code still answers (a worker not yet restarted): wait for the new one.
-          retryTimer = setTimeout(check, backoffDelay(options, checkAttempt));
-          checkAttempt += 1;
-          return;
-        }
-      }
-      checkAttempt = 0;
-      ui.hideOverlay();
-      status.overlay = false;
-      if (plan.kind !== "morph") { reloadNow(); return; }
+    function ready(current, response, body, requested, fetchedFor) {
+      if (current.kind !== "morph") { reloadNow(current); return; }
       var reason = morphRefusal(response, requested), result = null;
       if (!reason) {
         try {
-          result = morphDocument(document, new DOMParser().parseFromString(body, "text/html"), document.baseURI);
+          result = morphDocument(document, new DOMParser().parseFromString(body, "text/html"), document.baseURI,
+            headMemory);
           reason = result.reason;
         } catch (error) {
           reason = "the morph failed (" + error + ")";
         }
       }
       if (reason) {
-        plan.reason = "a full reload instead of a morph: " + reason;
-        reloadNow();
+        current.reason = "a full reload instead of a morph: " + reason;
+        reloadNow(current);
         return;
       }
-      var done = plan;
-      remember(done.version, done.build);
+      plan.done(current);
       status.morphs += 1;
-      log("morphed the page for " + done.version + " (" + result.changes + " change" + (result.changes === 1 ? "" : "s") + ")");
-      if (isBehind(fetchedFor, done.version)) { check(); return; }  // a newer morph came in while fetching
-      finish();
+      log("morphed the page for " + current.version + " (" + result.changes + " change" + (result.changes === 1 ? "" : "s") + ")");
+      if (isBehind(fetchedFor, current.version)) { check.run(); return; }  // a newer morph came in while fetching
+      plan.finish();
     }
 
-    function morphRefusal(response, requested) {
-      if (response.redirected || response.url.split("#")[0] !== requested) {
-        return "the page now redirects to " + response.url;
-      }
-      if (!response.ok) return "the page answered " + response.status;
-      var type = response.headers.get("content-type") || "";
-      if (!/^\s*(text\/html|application\/xhtml\+xml)/i.test(type)) return "the page is no longer HTML (" + type + ")";
-      return "";
-    }
-
-    function reloadNow() {
-      remember(plan.version, plan.build);
-      log("reloading: " + plan.reason);
+    function reloadNow(current) {
+      plan.done(current);
+      log("reloading: " + current.reason);
       window.location.reload();
     }
 
     function wake() {
-      if (connection) connection.wake();
-      else if (channel) channel.postMessage({ type: "wake" });
-      if (retryTimer) {
-        clearTimeout(retryTimer);
-        checkAttempt = 0;
-        check();
-      }
+      stream.wake();
+      check.wake();
     }
-
-    // --- the indicator: stream lost, or paused ----------------------------------------------------------
-
-    function streamLost() {
-      if (lostTimer || status.lost) return;
-      lostTimer = setTimeout(function () {
-        lostTimer = null;
-        status.lost = true;
-        showIndicator();
-      }, LOST_GRACE);
-    }
-
-    function streamBack() {
-      if (lostTimer) { clearTimeout(lostTimer); lostTimer = null; }
-      if (status.lost) { status.lost = false; showIndicator(); }
-    }
-
-    function showIndicator() {
-      if (!options.indicator) return;
-      if (status.paused) {
-        ui.showIndicator("paused", "distreload paused" + (missed ? ": a reload is waiting" : ""), resume);
-      } else if (status.lost) {
-        ui.showIndicator("lost", "distreload: connection lost, reconnecting");
-      } else {
-        ui.showIndicator(null);
-      }
-    }
-
-    // --- pause and resume (the console, or ?distreload=off) ----------------------------------------------
 
     function pause() {
-      if (!status.paused) {
-        status.paused = true;
-        writeMemory({ paused: true });
-        if (plan) {
-          // What was about to happen waits for resume() too.
-          missed = mergePlans(missed, plan);
-          if (planTimer) { clearTimeout(planTimer); planTimer = null; }
-          if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
-          finish();
-        }
-        showIndicator();
-        log("paused: reloads wait until distreload.resume()");
-      }
+      plan.pause();
       return "paused";
     }
 
     function resume() {
-      if (status.paused) {
-        status.paused = false;
-        writeMemory({ paused: false });
-        if (/[?&]distreload=off(&|$)/.test(window.location.search) && window.history.replaceState) {
-          // Otherwise the catch-up reload would land on a paused page again.
-          var url = new URL(window.location.href);
-          url.searchParams.delete("distreload");
-          window.history.replaceState(window.history.state, "", url.href);
-        }
-        showIndicator();
-        var waiting = missed;
-        missed = null;
-        log(waiting ? "resumed: catching up with " + waiting.version : "resumed");
-        if (waiting) accept(waiting);
+      if (status.paused && /[?&]distreload=off(&|$)/.test(window.location.search) && window.history.replaceState) {
+        // Otherwise the catch-up reload would land on a paused page again.
+        var url = new URL(window.location.href);
+        url.searchParams.delete("distreload");
+        window.history.replaceState(window.history.state, "", url.href);
       }
+      plan.resume();
       return "resumed";
-    }
-
-    // --- one stream per origin: the tab holding the lock holds the stream --------------------------------
-
-    function start() {
-      var sharing = options.share_connection && window.navigator.locks &&
-        typeof window.navigator.locks.request === "function" && typeof window.BroadcastChannel === "function";
-      if (sharing) join(); else ownStream();
-    }
-
-    function ownStream() {
-      status.mode = "page";
-      connection = new Connection(base, options, handle, heard);
-      connection.start();
-    }
-
-    function join() {
-      var name = "distreload " + base;
-      status.mode = "shared";
-      channel = new window.BroadcastChannel(name);
-      channel.onmessage = function (event) {
-        var message = event.data || {};
-        if (message.type === "join") {
-          // A tab that just opened: tell it where the stream stands.
-          if (connection && connection.connected && connection.state) channel.postMessage(connection.state);
-          else if (connection) channel.postMessage({ type: "down", quiet: true });
-        } else if (message.type === "wake") {
-          if (connection) connection.wake();
-        } else {
-          handle(message);
-        }
-      };
-      lockAbort = typeof window.AbortController === "function" ? new window.AbortController() : null;
-      window.navigator.locks.request(name, lockAbort ? { signal: lockAbort.signal } : {}, function () {
-        // Held until this page goes (or leaves the back-forward cache's way): then the next tab in the queue leads.
-        return new Promise(function (release) {
-          releaseLock = release;
-          lead();
-        });
-      }).catch(function () { /* the request was withdrawn: this page left */ });
-      channel.postMessage({ type: "join" });
-    }
-
-    function lead() {
-      status.leader = true;
-      var shared = channel;
-      connection = new Connection(base, options, function (message) {
-        if (shared === channel) shared.postMessage(message);
-        handle(message);
-      }, heard);
-      connection.start();
-    }
-
-    function leave() {
-      if (connection) { connection.stop(); connection = null; }
-      status.leader = false;
-      if (releaseLock) { releaseLock(); releaseLock = null; }
-      if (lockAbort) { lockAbort.abort(); lockAbort = null; }
-      if (channel) { channel.close(); channel = null; }
     }
 
     window.addEventListener("online", wake);
     document.addEventListener("visibilitychange", function () { if (document.visibilityState === "visible") wake(); });
     // A page leaving (or entering the back-forward cache, or frozen) hands the stream on; back, it joins again.
-    window.addEventListener("pagehide", leave);
-    document.addEventListener("freeze", leave);
-    window.addEventListener("pageshow", function (event) { if (event.persisted && !connection && !channel) start(); });
-    document.addEventListener("resume", function () { if (!connection && !channel) start(); });
+    window.addEventListener("pagehide", function () { stream.leave(); });
+    document.addEventListener("freeze", function () { stream.leave(); });
+    window.addEventListener("pageshow", function (event) { if (event.persisted && !stream.active()) stream.start(); });
+    document.addEventListener("resume", function () { if (!stream.active()) stream.start(); });
 
     api.pause = pause;
     api.resume = resume;
     api.status = status;
     if (status.paused) {
-      showIndicator();
+      indicator.show();
       log("paused: reloads wait until distreload.resume()");
     }
-    start();
+    stream.start();
   }
 
   // The console API (pause, resume, status) and, for the client's own tests, its parts.
   var api = global.distreload = global.distreload || {};
   api.parts = {
     morphDocument: morphDocument,
-    morph: function (live, fresh, base) {
-      var context = newContext(base || live.ownerDocument.baseURI);
-      morphNode(live, fresh, context);
-      retireStaleSheets(context);
-      return context.changes;
-    },
+    morph: morphElement,
+    HeadMemory: HeadMemory,
     scriptChange: scriptChange,
     matchesGlob: matchesGlob,
     bustUrl: bustUrl,
@@ -1152,6 +1696,12 @@
     withDefaults: withDefaults,
     firstLines: firstLines,
     refreshImages: refreshImages,
+    swapStylesheets: swapStylesheets,
+    TabMemory: TabMemory,
+    ReloadPlan: ReloadPlan,
+    PageCheck: PageCheck,
+    StreamShare: StreamShare,
+    Indicator: Indicator,
     Ui: Ui
   };
   if (typeof document !== "undefined") runPage(global, document, api);

@@ -25,6 +25,9 @@ MAX_PATHS = 100
 MAX_PATH_LENGTH = 2048
 MAX_SPREAD_SECONDS = 3600.0
 MAX_MATCH_LENGTH = 256
+# Wildcards ('*', '**', '?') per match glob: far more than a path pattern needs, and it keeps the work of
+# matching one path small in every browser.
+MAX_MATCH_WILDCARDS = 16
 _EPOCH_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 _VERSION_TEXT_PATTERN = re.compile(r"([0-9a-f]{8,32})-([0-9]{1,16})")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -248,11 +251,10 @@ def reload_request(
         )
     if match is None:
         match = ""
-    if match != "" and not is_path_pattern(match):
-        raise ValueError(
-            f"match {match!r} must be a URL path pattern starting with '/' "
-            f"(at most {MAX_MATCH_LENGTH} characters, e.g. '/screens/lobby/*')"
-        )
+    if match != "":
+        problem = path_pattern_problem(match)
+        if problem:
+            raise ValueError(f"match {match!r} {problem}")
     # Each value was checked above; the casts only tell the type checker what the checks proved.
     request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), float(spread), cast(str, match))
     # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
@@ -274,13 +276,89 @@ def is_same_origin_path(path: object) -> bool:
 
 
 def is_path_pattern(pattern: object) -> bool:
-    """A glob on a page's path: starts with '/', short, no control characters or backslashes."""
-    return (
-        isinstance(pattern, str)
-        and 0 < len(pattern) <= MAX_MATCH_LENGTH
-        and pattern.startswith("/")
-        and _CONTROL_CHARACTERS.search(pattern) is None
-    )
+    """A glob on a page's path that every page can match safely (see :func:`path_pattern_problem`)."""
+    return path_pattern_problem(pattern) == ""
+
+
+def path_pattern_problem(pattern: object) -> str:
+    """Why ``pattern`` is no glob a page may be given, one line that follows "match '...' "; "" if it is one.
+
+    A glob starts with '/', is short, has no control characters or backslashes, has at most
+    MAX_MATCH_WILDCARDS wildcards, and never three or more '*' in a row (which is neither '*' nor '**').
+    """
+    if not isinstance(pattern, str):
+        return "must be a URL path pattern (a string), e.g. '/screens/lobby/*'"
+    if not pattern.startswith("/"):
+        return "must be a URL path pattern starting with '/', e.g. '/screens/lobby/*'"
+    if len(pattern) > MAX_MATCH_LENGTH:
+        return f"is over {MAX_MATCH_LENGTH} characters"
+    if _CONTROL_CHARACTERS.search(pattern) is not None:
+        return "holds a control character or a backslash"
+    if "***" in pattern:
+        return (
+            "has three or more '*' in a row, which mean nothing: "
+            "'*' matches within a path segment, '**' across them"
+        )
+    wildcards = sum(token in ("*", "**", "?") for token in _glob_tokens(pattern))
+    if wildcards > MAX_MATCH_WILDCARDS:
+        return f"has {wildcards} wildcards; at most {MAX_MATCH_WILDCARDS} are allowed"
+    return ""
+
+
+def _glob_tokens(pattern: str) -> list[str]:
+    """A glob as tokens: one character each, except that a run of '*' is one token ('**' for two or more,
+    which is what a longer run means)."""
+    tokens: list[str] = []
+    index = 0
+    while index < len(pattern):
+        end = index
+        while end < len(pattern) and pattern[end] == "*":
+            end += 1
+        if end > index:
+            tokens.append("**" if end - index > 1 else "*")
+            index = end
+        else:
+            tokens.append(pattern[index])
+            index += 1
+    return tokens
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """Whether ``path`` matches the glob ``pattern`` as a whole ("" matches every path): '*' is any run of
+    characters but '/', '**' any run at all, '?' one character but '/'. The same as client.js's
+    matchesGlob.
+
+    Never backtracks: it follows every way the glob could match at once, a bit per glob position, one path
+    character at a time, so the time is linear in the path's length (times the glob's length / 64).
+    """
+    if not pattern:
+        return True
+    tokens = _glob_tokens(pattern)
+    literals: dict[str, int] = {}
+    any_but_slash = stars_in_segment = stars_across = 0
+    for position, token in enumerate(tokens):
+        bit = 1 << position
+        if token == "*":
+            stars_in_segment |= bit
+        elif token == "**":
+            stars_across |= bit
+        elif token == "?":
+            any_but_slash |= bit
+        else:
+            literals[token] = literals.get(token, 0) | bit
+    stars = stars_in_segment | stars_across
+    # A star may match nothing: a state on a star is also on the token after it. No two stars are adjacent
+    # (a run is one token), so one shift reaches every such state.
+    states = 1 | (1 & stars) << 1
+    for character in path:
+        if character == "/":
+            states = (states & literals.get("/", 0)) << 1 | (states & stars_across)
+        else:
+            states = (states & (literals.get(character, 0) | any_but_slash)) << 1 | (states & stars)
+        if not states:
+            return False
+        states |= (states & stars) << 1
+    return bool(states >> len(tokens) & 1)
 
 
 def parse_message(raw: bytes | str) -> Reload:

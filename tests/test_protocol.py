@@ -4,7 +4,9 @@ servers and fakeredis (unique namespaces; the shared server is never flushed).""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -14,6 +16,7 @@ import redis
 from distreload.protocol import (
     _PUBLISH_SCRIPT,
     _SEED_SCRIPT,
+    MAX_MATCH_WILDCARDS,
     MAX_VERSION,
     PUBLISH_KEYS,
     SEED_KEYS,
@@ -23,7 +26,9 @@ from distreload.protocol import (
     ReloadRequest,
     State,
     channel_name,
+    glob_matches,
     parse_message,
+    path_pattern_problem,
     presence_prefix,
     publish_arguments,
     publish_result,
@@ -138,6 +143,42 @@ def test_publish_requests_are_validated_before_anything_is_sent() -> None:
     ):
         with pytest.raises(ValueError):
             reload_request(kind, paths, spread, match)
+
+
+# --- match globs -----------------------------------------------------------------------------------------
+
+GLOB_CASES = json.loads((Path(__file__).resolve().parent / "js" / "globs.json").read_text())["cases"]
+# What 0.2 turned into a RegExp of 30 '.*' that backtracked for minutes against a kiosk's path.
+HOSTILE_GLOB = "/" + "**" * 30 + "X"
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), GLOB_CASES)
+def test_globs_match_whole_paths_as_the_browser_does(pattern: str, path: str, expected: bool) -> None:
+    # tests/js/cases.js checks client.js against the same table.
+    assert glob_matches(pattern, path) is expected
+
+
+def test_a_glob_built_to_backtrack_is_matched_at_once_and_refused_with_a_reason() -> None:
+    answers: list[bool] = []
+    paths = ["/screens/lobby/display-01", "/" + "a/" * 1000 + "b", "/" + "a" * 2047]
+    patterns = [HOSTILE_GLOB, "/" + "*a" * 127 + "X", "/" + "**a" * 85]
+    worker = threading.Thread(
+        target=lambda: answers.extend(glob_matches(glob, path) for glob in patterns for path in paths),
+        daemon=True,
+    )
+    worker.start()
+    # A guard against a hang, not a measure: the backtracking 0.2 glob would run for minutes.
+    worker.join(30)
+    assert not worker.is_alive(), "glob matching hangs"
+    assert answers == [False] * 8 + [True]
+    for glob in (HOSTILE_GLOB, "/" + "*/" * (MAX_MATCH_WILDCARDS + 1)):
+        reason = path_pattern_problem(glob)
+        assert reason and "\n" not in reason
+        with pytest.raises(ValueError, match="match"):
+            reload_request("reload", [], 0, glob)
+        with pytest.raises(BadMessage):
+            parse_message(message(match=glob))
+    assert path_pattern_problem("/" + "*/" * MAX_MATCH_WILDCARDS) == ""
 
 
 def test_what_a_worker_that_missed_reloads_is_told() -> None:
