@@ -172,7 +172,8 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATTERN",
         default=None,
         help="only pages whose path matches this glob follow the reload (* within a path "
-        "segment, ** across segments, ? one character), e.g. '/screens/lobby/*'",
+        "segment, ** across segments, ? one character; at most 16 wildcards, never three * in a row), "
+        "e.g. '/screens/lobby/*'",
     )
 
 
