@@ -129,6 +129,11 @@ def test_enabled_says_so_in_one_line_per_worker(
         extra_args=["--log-config", str(log_config)],
     )
     wait_for_workers(password_url, namespace, 2)
+    # A worker's presence can reach Redis a moment before its line reaches the log: wait for both lines.
+    deadline = time.monotonic() + 5
+    while server.log().count("distreload active") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # and a moment more, so that a third line would be seen too
     lines = [line for line in server.log().splitlines() if "distreload" in line]
     active = [line for line in lines if line.startswith("distreload active")]
     assert len(active) == 2, server.log()  # one per worker process
