@@ -10,7 +10,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import pytest
+from django.template import Engine, TemplateSyntaxError
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -113,7 +115,6 @@ def test_an_exception_is_named_as_python_prints_it() -> None:
 
 
 def test_a_jinja2_syntax_error_points_at_the_templates_file_and_line(tmp_path: Path) -> None:
-    jinja2 = pytest.importorskip("jinja2")
     (tmp_path / "page.html").write_text("<h1>{{ title }}</h1>\n<p>{{ greeting }</p>\n")
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(tmp_path))
     with pytest.raises(jinja2.TemplateSyntaxError) as raised:
@@ -128,9 +129,6 @@ def test_a_jinja2_syntax_error_points_at_the_templates_file_and_line(tmp_path: P
 
 
 def test_a_django_template_syntax_error_points_at_the_templates_file_and_line(tmp_path: Path) -> None:
-    pytest.importorskip("django")
-    from django.template import Engine, TemplateSyntaxError
-
     (tmp_path / "page.html").write_text("<h1>{{ title }}</h1>\n{% if %}\n<p>x</p>\n{% endif %}\n")
     with pytest.raises(TemplateSyntaxError) as raised:
         Engine(dirs=[str(tmp_path)], debug=True).get_template("page.html")
