@@ -1137,6 +1137,7 @@
   // it points at, then the frames in the user's code, innermost last. Shown with textContent, never parsed.
   function errorReport(report) {
     var lines = [report.type + (report.message ? ": " + report.message : "")];
+    (report.causes || []).forEach(function (cause) { lines.push("  raised from " + cause); });
     var where = report.location;
     if (where && where.file) {
       lines.push("", "  File \"" + where.file + "\", line " + where.line);

@@ -151,6 +151,27 @@ def test_the_location_is_found_on_what_caused_the_exception(tmp_path: Path) -> N
     assert report["location"] == {"file": str(broken), "line": 1, "code": "value = ("}
 
 
+def test_what_an_exception_was_raised_from_is_named_and_a_group_of_one_is_its_member() -> None:
+    try:
+        try:
+            read_settings("{")
+        except ValueError as exc:
+            raise LookupError("no settings") from exc
+    except LookupError as exc:
+        group = ExceptionGroup("unhandled errors in a TaskGroup", [exc])
+    report = errors.describe(group)
+    assert report["type"] == "LookupError" and report["message"] == "no settings"
+    assert report["causes"] == [
+        "json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)"
+    ]
+    assert [frame["function"] for frame in report["frames"]] == [
+        "test_what_an_exception_was_raised_from_is_named_and_a_group_of_one_is_its_member"
+    ]
+    two = errors.describe(ExceptionGroup("two", [KeyError("a"), KeyError("b")]))
+    assert two["type"] == "ExceptionGroup" and two["causes"] == []
+
+
 def test_library_and_distreload_files_are_not_the_users_code() -> None:
     assert errors.is_user_code(__file__)
     assert not errors.is_user_code(json.__file__)

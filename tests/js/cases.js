@@ -768,6 +768,7 @@
   test("the overlay lays out the server's exception report as text, markup and all", function () {
     var report = {
       type: "jinja2.exceptions.TemplateSyntaxError", message: "unexpected '}' <img src=x onerror=bad()>",
+      causes: ["KeyError: 'greeting'"],
       location: { file: "templates/page.html", line: 4, code: "<p>{{ greeting }</p>" },
       frames: [{ file: "app/main.py", line: 12, function: "page", code: "return render('page.html')" }],
       other_frames: 9
@@ -775,6 +776,7 @@
     var text = parts.errorText(JSON.stringify(report), "application/vnd.distreload.error+json; charset=utf-8");
     equal(text, [
       "jinja2.exceptions.TemplateSyntaxError: unexpected '}' <img src=x onerror=bad()>",
+      "  raised from KeyError: 'greeting'",
       "",
       "  File \"templates/page.html\", line 4",
       "    <p>{{ greeting }</p>",
