@@ -244,7 +244,7 @@ def _library_roots() -> tuple[str, ...]:
     if isinstance(user_site, str):
         roots.add(user_site)
     roots.add(str(Path(__file__).resolve().parent))
-    return tuple(os.path.join(os.path.realpath(root), "") for root in roots if root)
+    return tuple(os.path.normcase(os.path.join(os.path.realpath(root), "")) for root in roots if root)
 
 
 _LIBRARY_ROOTS = _library_roots()
@@ -255,7 +255,7 @@ def is_user_code(filename: str) -> bool:
     distreload's, and a real file (not ``<frozen ...>`` or ``<string>``)."""
     if not filename or filename.startswith("<"):
         return False
-    return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
+    return not os.path.normcase(os.path.realpath(filename)).startswith(_LIBRARY_ROOTS)  # Windows: any case
 
 
 def shown_path(filename: str) -> str:
