@@ -53,7 +53,7 @@ _noting_logged_exceptions = False
 
 def details_requested(scope: Scope) -> bool:
     """Whether this request is the client's check fetch, which is told the exception behind an error."""
-    # A loop, not any(...): this runs for every request of the app, and the loop takes 2/3 of the time.
+    # A loop, not any(...): this runs for every request of the app, and takes two thirds of any()'s time.
     for name, _ in scope["headers"]:  # noqa: SIM110
         if name == CHECK_HEADER:
             return True
