@@ -3,6 +3,7 @@ real client, on uvicorn with two workers and Redis: FastAPI with a Jinja2 templa
 and a Litestar handler raising, and a Django template syntax error. The exception's type and message, the
 template's file and line and the frames of the user's code are shown; the framework's body is not. Ordinary
 requests (no check header) get the framework's own answer, byte for byte.
+``DISTRELOAD_WRITE_DOCS=1`` makes the FastAPI case write docs/error-overlay.png.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ..conftest import ServerFactory, cli_published, unique_namespace
-from ..test_client import CONNECTED, Tab, open_tab, reload_counts, wait_until
+from ..conftest import ROOT, ServerFactory, cli_published, unique_namespace
+from ..test_client import CONNECTED, WRITE_DOCS, Tab, open_tab, reload_counts, wait_until
 from .serving import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.slow]
@@ -31,7 +32,9 @@ GOOD_TEMPLATE = """<!doctype html>
 """
 JINJA2_BROKEN_LINE = '<p id="greeting">{{ greeting }</p>'
 DJANGO_BROKEN_LINE = '{% if %}<p id="greeting">hello</p>{% endif %}'
+TEMPLATE_LINE_4 = 'File "templates/page.html", line 4\n'  # relative to the project, where the server runs
 GOOD_SETTINGS = '{"greeting": "hello"}'
+APPS = ROOT / "tests" / "apps"
 TAG = re.compile(rb'<script src="/---distreload---/client\.js[^>]*></script>')
 
 
@@ -59,7 +62,7 @@ BREAKAGES = [
         "jinja2",
         "templates/page.html",
         broken_template(JINJA2_BROKEN_LINE),
-        ("jinja2.exceptions.TemplateSyntaxError: unexpected '}'", 'page.html", line 4', JINJA2_BROKEN_LINE),
+        ("jinja2.exceptions.TemplateSyntaxError: unexpected '}'", TEMPLATE_LINE_4, JINJA2_BROKEN_LINE),
         "in fastapi_page",
     ),
     Breakage(
@@ -88,7 +91,7 @@ BREAKAGES = [
         broken_template(DJANGO_BROKEN_LINE),
         (
             "django.template.exceptions.TemplateSyntaxError: Unexpected end of expression in if tag.",
-            'page.html", line 4',
+            TEMPLATE_LINE_4,
             DJANGO_BROKEN_LINE,
         ),
         "in html_page",
@@ -129,9 +132,12 @@ def test_the_overlay_shows_the_workers_exception_and_only_the_page_that_asked_ge
     project = project_for(tmp_path)
     namespace = unique_namespace()
     env = {"FAILING_APP_DIR": str(project), "DISTRELOAD_REDIS_URL": shared_redis_url}
-    server = start_server(breakage.app, workers=2, env={**env, "DISTRELOAD_NAMESPACE": namespace})
+    # Run from the project, as a user does: its files are shown relative to it.
+    server = start_server(
+        breakage.app, workers=2, env={**env, "DISTRELOAD_NAMESPACE": namespace}, cwd=project
+    )
     url = f"{server.base_url}/page"
-    tab = open_tab(new_context(), url)
+    tab = open_tab(new_context(viewport={"width": 1100, "height": 680}), url)
     assert tab.ui() == {"overlay": None, "indicator": None}
 
     (project / breakage.file).write_text(breakage.broken)
@@ -144,13 +150,15 @@ def test_the_overlay_shows_the_workers_exception_and_only_the_page_that_asked_ge
         assert expected in overlay, overlay
     frames = [line.strip() for line in overlay.splitlines() if line.strip().startswith('File "')]
     assert any(
-        frame.startswith('File "tests/apps/failing_') and frame.endswith(breakage.user_frame)
-        for frame in frames
+        f'File "{APPS}/failing_' in frame and frame.endswith(breakage.user_frame) for frame in frames
     ), overlay
     # Only the user's code: no frame of the framework, a library, Python or distreload.
     assert not any(re.search(r"site-packages|/lib/python3|distreload/", frame) for frame in frames), overlay
     assert "Internal Server Error" not in overlay.replace("answered 500 Internal Server Error", ""), overlay
     assert tab.reloads == 0
+    if WRITE_DOCS and breakage.name == "fastapi-jinja2":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        tab.page.screenshot(path=str(ROOT / "docs" / "error-overlay.png"))
 
     # An ordinary request gets the framework's own answer (the plain twin's, tag aside): no report.
     status, content_type, body = fetch(url)
