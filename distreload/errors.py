@@ -63,6 +63,9 @@ def details_requested(scope: Scope) -> bool:
 async def serve_reporting_errors(app: ASGIAppCall, scope: Scope, receive: Receive, send: Send) -> None:
     """Run ``app`` for the client's check request: a server error caused by an exception is answered with
     the exception's report (same status); any other answer goes out as the app sends it."""
+    if not _from_the_page_itself(scope):
+        await app(scope, receive, send)
+        return
     note_logged_exceptions()
     response = _HeldErrorResponse(send)
     noted = _logged_exceptions.set([])
@@ -77,6 +80,17 @@ async def serve_reporting_errors(app: ASGIAppCall, scope: Scope, receive: Receiv
         await response.finish(None)
     finally:
         _logged_exceptions.reset(noted)
+
+
+def _from_the_page_itself(scope: Scope) -> bool:
+    """Whether a browser says the request came from a page of this origin (the client's check does).
+    Another site's page cannot send the header without the app's CORS leave, but an app that allows any
+    header from any origin would let it read the tracebacks; a request from outside a browser (no
+    ``sec-fetch-site``) is a developer's own."""
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-site":
+            return value in (b"same-origin", b"none")
+    return True
 
 
 class _HeldErrorResponse:

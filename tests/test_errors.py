@@ -306,6 +306,15 @@ async def test_only_the_check_request_gets_the_report_through_distreload() -> No
     assert [frame["function"] for frame in report["frames"]] == ["page", "read_settings"]
 
 
+async def test_a_check_header_sent_from_another_sites_page_gets_the_frameworks_answer() -> None:
+    api = fastapi_that_fails()
+    wrapped = DistReload(api, enabled=True, broker=MemoryBroker(Target("memory://", "test")), build_id="b1")
+    cross_site = [*CHECK, (b"sec-fetch-site", b"cross-site")]
+    assert await call_app(wrapped, cross_site) == await call_app(api, cross_site)
+    same_origin = [*CHECK, (b"sec-fetch-site", b"same-origin")]
+    assert report_of(await call_app(wrapped, same_origin))["type"] == "json.decoder.JSONDecodeError"
+
+
 async def test_off_the_check_header_changes_nothing() -> None:
     api = fastapi_that_fails()
     assert await call_app(DistReload(api, enabled=False), CHECK) == await call_app(api, CHECK)
