@@ -1126,6 +1126,39 @@
     return kept.join("\n").replace(/\n+$/, "");
   }
 
+  // What the overlay says of an error answer: the server's report of the exception behind it (see
+  // distreload/errors.py) when the check got one, else the first lines of the page the framework sent.
+  function errorText(body, contentType) {
+    var report = /^\s*application\/vnd\.distreload\.error\+json/i.test(contentType || "") ? safeJson(body) : null;
+    return report && typeof report.type === "string" ? errorReport(report) : firstLines(body, contentType);
+  }
+
+  // The report as text, laid out as Python prints a traceback: the exception, the template or source line
+  // it points at, then the frames in the user's code, innermost last. Shown with textContent, never parsed.
+  function errorReport(report) {
+    var lines = [report.type + (report.message ? ": " + report.message : "")];
+    (report.causes || []).forEach(function (cause) { lines.push("  raised from " + cause); });
+    var where = report.location;
+    if (where && where.file) {
+      lines.push("", "  File \"" + where.file + "\", line " + where.line);
+      if (where.code) lines.push("    " + where.code);
+    }
+    var frames = report.frames || [];
+    if (frames.length) {
+      lines.push("", "Traceback in your code (most recent call last):");
+      for (var i = 0; i < frames.length; i++) {
+        var frame = frames[i];
+        lines.push("  File \"" + frame.file + "\", line " + frame.line + ", in " + frame.function);
+        if (frame.code) lines.push("    " + frame.code);
+      }
+    }
+    if (report.other_frames) {
+      lines.push("", "(" + report.other_frames + " frame" + (report.other_frames === 1 ? "" : "s") +
+        " of the framework, libraries and Python not shown)");
+    }
+    return lines.join("\n");
+  }
+
   // --- what a tab remembers across its own reloads ----------------------------------------------------------
 
   // The version this tab acted on last, the build it reloaded for and whether it is paused, kept in
@@ -1326,7 +1359,9 @@
     if (!plan) return;
     this.underWay = token;
     var requested = this.pageUrl(), fetchedFor = plan.version;
-    this.window.fetch(requested, { cache: "no-store", credentials: "same-origin", headers: { Accept: ACCEPT_HTML } })
+    this.window.fetch(requested, { cache: "no-store", credentials: "same-origin",
+      // The header asks the server for the exception behind an error: only this request is told it.
+      headers: { Accept: ACCEPT_HTML, "X-Distreload-Check": "1" } })
       .then(function (response) {
         return response.text().then(function (body) { return { response: response, body: body }; });
       })
@@ -1355,8 +1390,8 @@
       " once it answers (next check in " + Math.max(1, Math.round(delay / 1000)) + " s)";
     this.log(plan.reason + " waits: " + title + "; next check in " + delay + " ms");
     if (this.options.overlay) {
-      this.ui.showOverlay("distreload: " + title,
-        response ? firstLines(body, response.headers.get("content-type")) : "", wait);
+      this.ui.showOverlay("distreload: " + title, response ? errorText(body, response.headers.get("content-type")) : "",
+        wait);
       this.status.overlay = true;
     }
     this.retry(delay);
@@ -1695,6 +1730,7 @@
     isBehind: isBehind,
     withDefaults: withDefaults,
     firstLines: firstLines,
+    errorText: errorText,
     refreshImages: refreshImages,
     swapStylesheets: swapStylesheets,
     TabMemory: TabMemory,

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import config
 from .broker import Broker, get_broker
 from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint
+from .errors import details_requested, serve_reporting_errors
 from .hub import StreamHub
 from .injector import injecting
 from .process import build_id as process_build_id
@@ -124,6 +125,11 @@ class DistReload:
                 if subpath is not None:
                     await self.endpoint(scope, receive, send, subpath)
                     return
+            if details_requested(scope):
+                # The client's check before a reload: a server error is answered with the exception.
+                await serve_reporting_errors(self._serve_app, scope, receive, send)
+                return
+            # _serve_app inline: a coroutine frame fewer on every request.
             wrapped = injecting(scope, send, self.tag_for) if self._inject else None
             if wrapped is None:
                 await self.app(scope, receive, send)
@@ -133,6 +139,13 @@ class DistReload:
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _serve_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        wrapped = injecting(scope, send, self.tag_for) if self._inject else None
+        if wrapped is None:
+            await self.app(scope, receive, send)
+        else:
+            await self.app(wrapped[0], receive, wrapped[1])
 
     def _subpath(self, scope: Scope) -> str | None:
         path: str = scope["path"]

@@ -765,6 +765,42 @@
     equal(parts.firstLines(long.join("\n"), "text/plain").split("\n").length, 15, "lines kept");
   });
 
+  test("the overlay lays out the server's exception report as text, markup and all", function () {
+    var report = {
+      type: "jinja2.exceptions.TemplateSyntaxError", message: "unexpected '}' <img src=x onerror=bad()>",
+      causes: ["KeyError: 'greeting'"],
+      location: { file: "templates/page.html", line: 4, code: "<p>{{ greeting }</p>" },
+      frames: [{ file: "app/main.py", line: 12, function: "page", code: "return render('page.html')" }],
+      other_frames: 9
+    };
+    var text = parts.errorText(JSON.stringify(report), "application/vnd.distreload.error+json; charset=utf-8");
+    equal(text, [
+      "jinja2.exceptions.TemplateSyntaxError: unexpected '}' <img src=x onerror=bad()>",
+      "  raised from KeyError: 'greeting'",
+      "",
+      "  File \"templates/page.html\", line 4",
+      "    <p>{{ greeting }</p>",
+      "",
+      "Traceback in your code (most recent call last):",
+      "  File \"app/main.py\", line 12, in page",
+      "    return render('page.html')",
+      "",
+      "(9 frames of the framework, libraries and Python not shown)"
+    ].join("\n"), "report");
+    var ui = new parts.Ui(document);
+    try {
+      ui.showOverlay("distreload: the server answered 500", text, "waiting");
+      var body = document.getElementById("distreload-ui").shadowRoot.querySelector(".body");
+      equal(body.textContent, text, "shown as text");
+      equal(body.querySelectorAll("*").length, 0, "no element made from the report");
+    } finally {
+      document.getElementById("distreload-ui").remove();
+    }
+    // Anything else (or a report that does not parse) is an ordinary error page: its first lines.
+    equal(parts.errorText("Internal Server Error", "text/plain; charset=utf-8"), "Internal Server Error", "plain");
+    equal(parts.errorText("{not json", "application/vnd.distreload.error+json"), "{not json", "broken report");
+  });
+
   // --- run --------------------------------------------------------------------------------------------------
 
   (async function () {
