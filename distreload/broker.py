@@ -19,6 +19,7 @@ already hold, then still reloads every page, once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -190,10 +191,12 @@ class MemoryBroker(Broker):
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        # Publishes may come from any thread: the counter, and the order in which versions are handed to
+        # Publishes may come from any thread: the counter, and the order in which versions are queued for
         # the loop, are kept under one lock so that no version is lost or overtaken.
         self._lock = threading.Lock()
         self._published = self.version
+        self._pending: collections.deque[Reload] = collections.deque()
+        self._delivering = False  # whether the loop thread is inside _deliver_pending
 
     async def publish(self, request: ReloadRequest) -> PublishResult:
         return self._publish(request)
@@ -209,11 +212,32 @@ class MemoryBroker(Broker):
             loop = self._loop
             if loop is None or loop.is_closed():
                 self.version, self.last = published, reload
-            elif _running_loop() is loop:
-                self._accept(reload)
-            else:
-                loop.call_soon_threadsafe(self._accept, reload)
+                return PublishResult(published, receivers)
+            self._pending.append(reload)
+            on_loop = _running_loop() is loop
+            if not on_loop:
+                loop.call_soon_threadsafe(self._deliver_pending)
+        # Listeners are told outside the lock: one that publishes in turn (an on_reload callback calling
+        # send_reload_signal()) would otherwise wait for a lock its own thread holds.
+        if on_loop:
+            self._deliver_pending()
         return PublishResult(published, receivers)
+
+    def _deliver_pending(self) -> None:
+        """Tell the listeners of every queued version, in order, on the loop thread. A publish made while
+        they are being told (from a listener) is queued and told after the current one, not inside it."""
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    reload = self._pending.popleft()
+                self._accept(reload)
+        finally:
+            self._delivering = False
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -117,6 +117,33 @@ async def test_memory_broker_loses_no_version_to_many_threads_before_or_after_it
     assert [r.version.number for r in seen.told()] == list(range(4001, 8001))
 
 
+def test_a_listener_that_publishes_in_turn_is_told_of_both_without_a_deadlock() -> None:
+    # An on_reload callback that calls send_reload_signal() (a follow-up CSS swap) runs inside the
+    # broker's delivery: the in-memory broker once delivered while holding its lock, and froze the loop.
+    broker = memory_broker()
+    told: list[tuple[int, str]] = []
+
+    class PublishesOnce(Recorder):
+        def deliver(self, reload: Reload) -> None:
+            told.append((reload.version.number, reload.kind))
+            if reload.kind == "reload":
+                broker.publish_blocking(ReloadRequest("css"))
+
+    listener = PublishesOnce()  # held weakly by the broker
+
+    async def run() -> None:
+        await broker.hold(listener)
+        await broker.publish(RELOAD)
+        await asyncio.sleep(0.01)
+
+    # On a thread of its own, so that a deadlock fails this test instead of freezing the run.
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the loop froze: a listener's publish waited for the broker's lock"
+    assert told == [(1, "reload"), (2, "css")]
+
+
 async def test_receivers_count_only_a_broker_that_an_app_is_listening_on() -> None:
     broker = memory_broker()
     assert (await broker.publish(RELOAD)).receivers == 0
