@@ -228,38 +228,63 @@ def reload_request(
 ) -> ReloadRequest:
     """Check what a publisher asked for; ValueError with a one-line reason for anything a page could
     not follow, before anything is sent."""
-    if kind not in RELOAD_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(RELOAD_KINDS)}, not {kind!r}")
+    if not isinstance(kind, str) or kind not in RELOAD_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(RELOAD_KINDS)}, not {_shown(kind)}")
     if isinstance(paths, str):
         raise ValueError("paths must be a list of URL paths, not one string")
+    if not isinstance(paths, list | tuple):
+        raise ValueError(f"paths must be a list of URL paths, not {_shown(paths)}")
     if len(paths) > MAX_PATHS:
         raise ValueError(f"at most {MAX_PATHS} paths per reload")
     for path in paths:
         if not is_same_origin_path(path):
-            raise ValueError(f"{path!r} is not a same-origin URL path (it must start with a single '/')")
-    if (
-        isinstance(spread, bool)
-        or not isinstance(spread, int | float)
-        or not math.isfinite(spread)
-        or not 0 <= spread <= MAX_SPREAD_SECONDS
-    ):
+            raise ValueError(
+                f"{_shown(path)} is not a same-origin URL path (it must start with a single '/')"
+            )
+    seconds = _seconds(spread)
+    if seconds is None or not 0 <= seconds <= MAX_SPREAD_SECONDS:
         raise ValueError(
-            f"spread must be a number of seconds from 0 to {MAX_SPREAD_SECONDS:g}, not {spread!r}"
+            f"spread must be a number of seconds from 0 to {MAX_SPREAD_SECONDS:g}, not {_shown(spread)}"
         )
     if match is None:
         match = ""
     if match != "" and not is_path_pattern(match):
         raise ValueError(
-            f"match {match!r} must be a URL path pattern starting with '/' "
+            f"match {_shown(match)} must be a URL path pattern starting with '/' "
             f"(at most {MAX_MATCH_LENGTH} characters, e.g. '/screens/lobby/*')"
         )
     # Each value was checked above; the casts only tell the type checker what the checks proved.
-    request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), float(spread), cast(str, match))
+    request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), seconds, cast(str, match))
     # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
     size = len(request.to_json().encode()) + _MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
         raise ValueError(f"the paths make a {size} byte message; the limit is {MAX_MESSAGE_BYTES} bytes")
     return request
+
+
+def _seconds(value: object) -> float | None:
+    """A finite number as a float; None for anything else (a bool, a string, an int too large for a float,
+    which ``float()`` refuses with OverflowError rather than ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+_SHOWN_LENGTH = 60
+
+
+def _shown(value: object) -> str:
+    """A value for an error message, cut short: a rejected value may be megabytes long, or an int whose
+    digits Python refuses to write out at all."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= _SHOWN_LENGTH else f"{text[: _SHOWN_LENGTH - 3]}..."
 
 
 def is_same_origin_path(path: object) -> bool:
@@ -284,7 +309,20 @@ def is_path_pattern(pattern: object) -> bool:
 
 
 def parse_message(raw: bytes | str) -> Reload:
-    """Validate a message from the channel; raise BadMessage for anything distreload did not publish."""
+    """Validate a message from the channel (or the state's ``last`` field); raise BadMessage for anything
+    distreload did not publish, and never anything else: whatever is on the channel, a worker that reads
+    it must keep its subscription."""
+    try:
+        return _parse_message(raw)
+    except BadMessage:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        # Deeply nested JSON (RecursionError), a number no float holds (OverflowError), a string that
+        # cannot be encoded: none of it was published by distreload.
+        raise BadMessage(f"unreadable ({exc.__class__.__name__})") from None
+
+
+def _parse_message(raw: bytes | str) -> Reload:
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     if not raw:

@@ -101,6 +101,10 @@ def test_bad_arguments_raise_at_once_even_on_a_loop() -> None:
     async def handler() -> None:
         with pytest.raises(ValueError, match="spread"):
             send_reload_signal(spread=-1)
+        # An int no float can hold: once an OverflowError, not the documented ValueError.
+        for number in (10**400, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="spread"):
+                send_reload_signal(spread=number)
 
     asyncio.run(handler())
 
