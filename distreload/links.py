@@ -26,6 +26,7 @@ from .redis_clients import (
     cluster_options,
     make_sentinel,
     no_master_error,
+    require_cluster_support,
     server_from_hello,
     server_or_old,
 )
@@ -197,6 +198,7 @@ async def open_link(target: Target) -> AsyncLink:
     if server.mode != CLUSTER:
         return AsyncLink(probe, target.display_url())
     await _close_quietly(probe)
+    require_cluster_support()
     from redis.asyncio.cluster import RedisCluster
 
     cluster = RedisCluster.from_url(url, **cluster_options(asynchronous=True))

@@ -13,6 +13,7 @@ would hide an outage (or publish twice when a reply is lost).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -64,10 +65,48 @@ def redis_options(*, asynchronous: bool) -> dict[str, Any]:
         "socket_timeout": 5.0,
         "retry": retry,
         "health_check_interval": 0,
-        # No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user
-        # is refused anyway, and a look-up of package versions that the command line pays for.
-        "driver_info": None,
+        **_no_client_setinfo(),
     }
+
+
+def _no_client_setinfo() -> dict[str, Any]:
+    """No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user is
+    refused anyway, and a look-up of package versions that the command line pays for. redis-py 8 says so
+    with ``driver_info=None`` (and warns about the older ``lib_name``/``lib_version``, which it replaces);
+    before it, only those two exist."""
+    if redis_py_version() >= DRIVER_INFO_SINCE:
+        return {"driver_info": None}
+    return {"lib_name": None, "lib_version": None}
+
+
+DRIVER_INFO_SINCE = (8, 0)
+CLUSTER_SINCE = (8, 0)  # redis-py's asyncio cluster client has pub/sub (SSUBSCRIBE) from 8.0 on
+CLUSTER_NEEDS = "Redis Cluster needs redis-py 8.0 or newer: pip install 'distreload[cluster]'"
+
+
+def redis_py_version() -> tuple[int, ...]:
+    """The installed redis-py's version, as numbers (``8.2.0`` -> (8, 2, 0))."""
+    import redis
+
+    return _version_numbers(redis.__version__)
+
+
+def _version_numbers(text: str) -> tuple[int, ...]:
+    numbers = []
+    for part in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def require_cluster_support() -> None:
+    """Refuse, with what to install, a Redis Cluster when the installed redis-py cannot subscribe there."""
+    if redis_py_version() < CLUSTER_SINCE:
+        import redis
+
+        raise Misconfigured(f"{CLUSTER_NEEDS} (redis-py {redis.__version__} is installed)")
 
 
 def async_client(url: str) -> redis.asyncio.Redis:
@@ -318,6 +357,7 @@ def open_sync(target: Target) -> SyncClient:
 
 
 def _sync_cluster(url: str) -> redis.cluster.RedisCluster:
+    require_cluster_support()
     from redis.cluster import RedisCluster
 
     try:
