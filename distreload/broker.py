@@ -328,6 +328,7 @@ class RedisBroker(Broker):
         self._presence_refused_until = -float("inf")
         self._presence_refusal_logged = False
         self._warn_bad_message = RateLimitedWarning()
+        self._warn_sentinel_check = RateLimitedWarning(60.0)
         self._channel = channel_name(target.namespace)
         self._state_key = state_key(target.namespace)
         self._presence_key = f"{presence_prefix(target.namespace)}{self.identity}"
@@ -536,8 +537,15 @@ class RedisBroker(Broker):
         try:
             moved = await asyncio.wait_for(link.master_moved(subscription.node), self.ping_timeout)
         except Exception as exc:
-            # Sentinels unreachable or mid-failover: the subscription itself still works, keep it.
-            logger.debug("distreload: worker %s: Sentinels did not answer (%s)", self.identity, one_line(exc))
+            # Sentinels unreachable or mid-failover: the subscription itself still works, keep it. But say
+            # so: a Sentinel that refuses (a rotated sentinel_password) means failovers go unfollowed.
+            self._warn_sentinel_check(
+                "distreload: worker %s: the Sentinels did not say which node is master (%s); keeping the "
+                "subscription on %s, but a failover is not followed until they answer",
+                self.identity,
+                one_line(exc),
+                subscription.node,
+            )
             return
         if moved is not None:
             raise ConnectionError(f"the Sentinels now name {moved} as master, not {subscription.node}")

@@ -451,6 +451,7 @@ class ScriptedBroker(RedisBroker):
         self.drop_after_subscribe = False
         self.failed_over = False
         self.moved_to: str | None = None
+        self.sentinel_error: Exception | None = None
         self.node = "redis-a:6379"
 
     async def _open_link(self) -> AsyncLink:
@@ -482,6 +483,8 @@ class ScriptedBroker(RedisBroker):
                 return broker.failed_over
 
             async def master_moved(self, node: str) -> str | None:
+                if broker.sentinel_error is not None:
+                    raise broker.sentinel_error
                 return broker.moved_to
 
         return Link(link.client, link.display_url)
@@ -566,6 +569,25 @@ async def test_the_subscription_leaves_a_master_the_sentinels_no_longer_name(
     finally:
         await broker.release(seen)
         backend.sync.delete(state_key(backend.target.namespace))
+
+
+async def test_sentinels_that_refuse_the_check_are_warned_about_once_and_the_subscription_stays(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rotated Sentinel password: every check of the master is refused. Once said only at debug level,
+    # so failovers silently stopped being followed.
+    broker = ScriptedBroker(backend, master_check_interval=0.02, ping_interval=0.2)
+    broker.sentinel_error = redis.exceptions.AuthenticationError("invalid username-password pair")
+    seen = Recorder()
+    with caplog.at_level(logging.WARNING, logger="distreload.broker"):
+        await broker.hold(seen)
+        await asyncio.sleep(1.0)
+        assert broker.connected and len(broker.subscribes) == 1
+        await broker.release(seen)
+    said = [r for r in caplog.records if "Sentinels did not say" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert said[0].levelno == logging.WARNING
+    assert "AuthenticationError: invalid username-password pair" in said[0].getMessage()
 
 
 async def test_a_refused_presence_write_is_said_once_and_reloads_still_arrive(
