@@ -209,7 +209,12 @@ class Reload:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """What a publish created, and how many worker processes (subscribers) received it."""
+    """What a publish created, and how many receivers it had: Redis's count of the connections subscribed
+    to the namespace's channel (PUBLISH's reply, run inside the publish script), on the node that holds
+    the namespace's state. Each worker process with a running app holds exactly one; a running
+    ``distreload listen`` holds one too and is counted alike (Redis cannot tell them apart). A worker that
+    drops the message (its state does not back it) was still counted: the count says the message reached
+    the process, not that a page reloaded."""
 
     version: ClusterVersion
     receivers: int

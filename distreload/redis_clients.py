@@ -16,9 +16,8 @@ import contextlib
 import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from .config import SentinelSettings, Target, is_sentinel_url, parse_sentinel_url
+from .config import SentinelSettings, Target, is_sentinel_url, parse_redis_url, parse_sentinel_url
 from .protocol import (
     _PUBLISH_SCRIPT,
     PUBLISH_KEYS,
@@ -113,6 +112,9 @@ def async_client(url: str) -> redis.asyncio.Redis:
     """A client for one Redis server (no topology detection)."""
     import redis.asyncio
 
+    # redis-py reads the URL the way parse_redis_url does (the table in tests/test_config.py), save
+    # what it would guess at: refuse that here too, for a caller that did not go through resolve_target.
+    parse_redis_url(url)
     return redis.asyncio.Redis.from_url(url, **redis_options(asynchronous=True))
 
 
@@ -120,6 +122,9 @@ def sync_client(url: str) -> redis.Redis:
     """A client for one Redis server (no topology detection)."""
     import redis
 
+    # redis-py reads the URL the way parse_redis_url does (the table in tests/test_config.py), save
+    # what it would guess at: refuse that here too, for a caller that did not go through resolve_target.
+    parse_redis_url(url)
     return redis.Redis.from_url(url, **redis_options(asynchronous=False))
 
 
@@ -190,10 +195,10 @@ def server_or_old(url: str, exc: BaseException) -> Server:
 def check_usable(url: str, server: Server) -> None:
     """Refuse, with what to change, a URL that names something distreload cannot use as named."""
     if server.mode == SENTINEL:
-        parts = urlsplit(url)
+        address = parse_redis_url(url)
+        where = f"{address.host}:{address.port}"
         raise Misconfigured(
-            f"{parts.hostname}:{parts.port} is a Redis Sentinel, not a data node: use "
-            f"redis+sentinel://{parts.hostname}:{parts.port}/<master-name>/<db>"
+            f"{where} is a Redis Sentinel, not a data node: use redis+sentinel://{where}/<master-name>/<db>"
         )
     if server.mode == CLUSTER and _database(url):
         raise Misconfigured(
@@ -202,9 +207,7 @@ def check_usable(url: str, server: Server) -> None:
 
 
 def _database(url: str) -> int:
-    parts = urlsplit(url)
-    path = parts.path.strip("/")
-    return int(path) if path.isdigit() else 0
+    return parse_redis_url(url).db
 
 
 def cluster_options(*, asynchronous: bool) -> dict[str, Any]:
