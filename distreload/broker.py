@@ -55,7 +55,7 @@ from .protocol import (
     state_from_reply,
     state_key,
 )
-from .redis_clients import is_refusal
+from .redis_clients import is_refusal, publish_blocking
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -397,8 +397,6 @@ class RedisBroker(Broker):
         return publish_result(reply)
 
     def publish_blocking(self, request: ReloadRequest) -> PublishResult:
-        from .publisher import publish_blocking
-
         return publish_blocking(self.target, request)
 
     async def _run(self) -> None:

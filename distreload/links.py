@@ -21,14 +21,12 @@ from .redis_clients import (
     MasterChanged,
     address_of,
     async_client,
-    check_usable,
     cluster_error,
     cluster_options,
+    identify,
     make_sentinel,
     no_master_error,
     require_cluster_support,
-    server_from_hello,
-    server_or_old,
 )
 
 if TYPE_CHECKING:
@@ -188,10 +186,10 @@ async def open_link(target: Target) -> AsyncLink:
     probe: Any = async_client(url)
     try:
         try:
-            server = server_from_hello(await probe.execute_command("HELLO"))
+            hello = await probe.execute_command("HELLO")
         except Exception as exc:
-            server = server_or_old(url, exc)
-        check_usable(url, server)
+            hello = exc
+        server = identify(url, hello)
     except BaseException:
         await _close_quietly(probe)
         raise

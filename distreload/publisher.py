@@ -17,8 +17,11 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .config import Target
 from .protocol import PublishError, PublishResult, ReloadRequest, reload_request
+
+# The command line's way to publish, kept importable from here; it lives beside the clients it uses, so
+# that the broker can use it without importing this module (which imports the broker).
+from .redis_clients import publish_blocking as publish_blocking
 
 if TYPE_CHECKING:
     import asyncio
@@ -143,27 +146,3 @@ async def send_reload_signal_async(
     returns its result or raises :class:`PublishError`."""
     request = reload_request(kind, paths, spread, match)
     return await _broker_for(redis_url, namespace).publish(request)
-
-
-def publish_blocking(target: Target, request: ReloadRequest) -> PublishResult:
-    """Publish to the Redis of ``target`` from a thread with no running loop of its own; raise
-    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use.
-
-    A single server, or the cluster node that holds the namespace's slot, is spoken to directly (no
-    redis-py to import: the command line's start-up is most of its cost). A cluster node that redirects,
-    and the Sentinels, are left to redis-py.
-    """
-    from .config import is_sentinel_url
-
-    if is_sentinel_url(target.redis_url):
-        from .redis_clients import publish_via_sentinel
-
-        return publish_via_sentinel(target, request)
-    from .resp import ClusterRedirect, publish_over_resp
-
-    try:
-        return publish_over_resp(target, request)
-    except ClusterRedirect:
-        from .redis_clients import publish_to_cluster
-
-        return publish_to_cluster(target, request)

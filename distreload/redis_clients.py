@@ -192,6 +192,15 @@ def server_or_old(url: str, exc: BaseException) -> Server:
     raise exc
 
 
+def identify(url: str, hello: Any) -> Server:
+    """The topology probe, for the workers' links and the command line alike: what answered ``HELLO``
+    (its reply, or the exception it raised), refused with what to change when distreload cannot use it as
+    the URL names it (Misconfigured); any other failure is raised as it came."""
+    server = server_or_old(url, hello) if isinstance(hello, BaseException) else server_from_hello(hello)
+    check_usable(url, server)
+    return server
+
+
 def check_usable(url: str, server: Server) -> None:
     """Refuse, with what to change, a URL that names something distreload cannot use as named."""
     if server.mode == SENTINEL:
@@ -346,10 +355,10 @@ def open_sync(target: Target) -> SyncClient:
     client: Any = sync_client(url)
     try:
         try:
-            server = server_from_hello(client.execute_command("HELLO"))
+            hello = client.execute_command("HELLO")
         except Exception as exc:
-            server = server_or_old(url, exc)
-        check_usable(url, server)
+            hello = exc
+        server = identify(url, hello)
     except BaseException:
         client.close()
         raise
@@ -402,3 +411,24 @@ def publish_via_sentinel(target: Target, request: ReloadRequest) -> PublishResul
         for sentinel_client in sentinel.sentinels:
             sentinel_client.close()
     return publish_result(reply)
+
+
+# --- Publishing from a thread with no running loop: the command line, send_reload_signal() off a loop ---
+
+
+def publish_blocking(target: Target, request: ReloadRequest) -> PublishResult:
+    """Publish to the Redis of ``target`` from a thread with no running loop of its own; raise
+    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use.
+
+    A single server, or the cluster node that holds the namespace's slot, is spoken to directly (no
+    redis-py to import: the command line's start-up is most of its cost). A cluster node that redirects,
+    and the Sentinels, are left to redis-py.
+    """
+    if is_sentinel_url(target.redis_url):
+        return publish_via_sentinel(target, request)
+    from .resp import ClusterRedirect, publish_over_resp
+
+    try:
+        return publish_over_resp(target, request)
+    except ClusterRedirect:
+        return publish_to_cluster(target, request)

@@ -644,3 +644,15 @@ async def test_stopping_ends_a_listener_that_swallowed_one_cancellation(backend:
     started = asyncio.get_running_loop().time()
     await broker.release(seen)
     assert swallowed.is_set() and asyncio.get_running_loop().time() - started < 3
+
+
+def test_the_broker_does_not_import_the_publisher() -> None:
+    # The publisher finds brokers; a broker publishing through the publisher made an import circle.
+    import ast
+    import inspect
+
+    import distreload.broker
+
+    tree = ast.parse(inspect.getsource(distreload.broker))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "publisher" not in imported, imported

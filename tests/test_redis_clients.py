@@ -20,6 +20,7 @@ from distreload.redis_clients import (
     Server,
     check_usable,
     cluster_error,
+    identify,
     is_refusal,
     make_sentinel,
     no_master_error,
@@ -142,3 +143,18 @@ def test_a_cluster_with_a_redis_py_too_old_for_it_says_what_to_install(
     assert is_refusal(refused.value)  # a worker retries it slowly, and says so once
     monkeypatch.setattr(redis, "__version__", "8.0.1")
     require_cluster_support()
+
+
+def test_the_one_topology_probe_reads_hello_or_what_it_raised() -> None:
+    url = "redis://h:6379/0"
+    assert identify(url, {b"mode": b"cluster", b"version": b"7.2.4"}) == Server(CLUSTER, (7, 2, 4))
+    assert identify(url, [b"mode", b"standalone", b"version", b"6.2.0"]).mode == STANDALONE
+    old = redis.exceptions.ResponseError("unknown command 'HELLO'")
+    assert identify(url, old) == Server(STANDALONE, (5,))
+    with pytest.raises(Misconfigured, match="is a Redis Sentinel"):
+        identify("redis://h:26379", {"mode": "sentinel", "version": "7.2.0"})
+    with pytest.raises(Misconfigured, match="only database 0"):
+        identify("redis://h/2", redis.exceptions.ResponseError("SELECT is not allowed in cluster mode"))
+    lost = redis.exceptions.ConnectionError("refused")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        identify(url, lost)
