@@ -49,7 +49,7 @@ from .protocol import (
     one_line,
     parse_message,
     presence_prefix,
-    publish_arguments,
+    publish_call,
     publish_result,
     seed_arguments,
     state_from_reply,
@@ -388,7 +388,7 @@ class RedisBroker(Broker):
         try:
             if link is None:
                 link = await self._open_link()
-            reply = await link.publish(publish_arguments(self.target.namespace, request))
+            reply = await link.publish(publish_call(self.target.namespace, request))
         except Exception as exc:
             raise PublishError(describe_publish_failure(self.target.display_url(), exc)) from exc
         finally:

@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .config import SentinelSettings, Target, is_sentinel_url, parse_sentinel_url
-from .protocol import _PUBLISH_SCRIPT, PUBLISH_KEYS
 from .redis_clients import (
     CLUSTER,
     SENTINEL,
@@ -69,9 +68,10 @@ class AsyncLink:
     async def eval(self, script: str, numkeys: int, *arguments: str) -> Any:
         return await self.client.eval(script, numkeys, *arguments)
 
-    async def publish(self, arguments: list[str]) -> Any:
-        """Run the publish script; raise what redis-py raised."""
-        return await self.client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *arguments)
+    async def publish(self, call: tuple[Any, ...]) -> Any:
+        """Run the publish script (``call``: :func:`~distreload.protocol.publish_call`); raise what
+        redis-py raised."""
+        return await self.client.eval(*call)
 
     async def aclose(self) -> None:
         await _close_quietly(self.client)
@@ -152,11 +152,11 @@ class AsyncSentinelLink(AsyncLink):
         master = await self.master()
         return master if master != node else None
 
-    async def publish(self, arguments: list[str]) -> Any:
+    async def publish(self, call: tuple[Any, ...]) -> Any:
         # A client of its own, so no pooled connection to a replaced master is ever reused.
         client = self.sentinel.master_for(self.settings.master_name)
         try:
-            reply = await client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *arguments)
+            reply = await client.eval(*call)
             used = client.connection_pool.master_address
         except Exception as exc:
             raise no_master_error(self.settings, exc) from exc

@@ -410,6 +410,13 @@ def publish_arguments(namespace: str, request: ReloadRequest) -> list[str]:
     return [state_key(namespace), new_epoch(), request.to_json(), channel_name(namespace)]
 
 
+def publish_call(namespace: str, request: ReloadRequest) -> tuple[Any, ...]:
+    """EVAL's arguments for a publish (the script, how many keys, the keys, ARGV): what every way of
+    publishing evaluates, worker links, redis-py's cluster and Sentinel clients and the command line's own
+    RESP client alike."""
+    return (_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(namespace, request))
+
+
 def seed_arguments(namespace: str, known: ClusterVersion, *, sharded: bool) -> list[str]:
     """The seed script's keys, then its ARGV (``EVAL script SEED_KEYS *arguments``)."""
     return [

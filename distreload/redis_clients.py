@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from .config import SentinelSettings, Target, is_sentinel_url, parse_redis_url, parse_sentinel_url
 from .protocol import (
-    _PUBLISH_SCRIPT,
-    PUBLISH_KEYS,
     PublishError,
     PublishResult,
     ReloadRequest,
     describe_publish_failure,
-    publish_arguments,
+    publish_call,
     publish_result,
 )
 
@@ -383,7 +381,7 @@ def publish_to_cluster(target: Target, request: ReloadRequest) -> PublishResult:
     try:
         client = _sync_cluster(target.redis_url)
         try:
-            reply = client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(target.namespace, request))
+            reply = client.eval(*publish_call(target.namespace, request))
         finally:
             client.close()
     except Exception as exc:
@@ -397,7 +395,7 @@ def publish_via_sentinel(target: Target, request: ReloadRequest) -> PublishResul
     sentinel = make_sentinel(settings, asynchronous=False)
     client = sentinel.master_for(settings.master_name)
     try:
-        reply = client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(target.namespace, request))
+        reply = client.eval(*publish_call(target.namespace, request))
         used = client.connection_pool.master_address
         host, port = sentinel.discover_master(settings.master_name)
         if used is not None and (host, port) != tuple(used):

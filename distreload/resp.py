@@ -15,13 +15,11 @@ from typing import Any
 
 from .config import RedisAddress, Target, parse_redis_url
 from .protocol import (
-    _PUBLISH_SCRIPT,
-    PUBLISH_KEYS,
     PublishError,
     PublishResult,
     ReloadRequest,
     describe_publish_failure,
-    publish_arguments,
+    publish_call,
     publish_result,
 )
 
@@ -134,9 +132,7 @@ def publish_over_resp(target: Target, request: ReloadRequest, *, timeout: float 
                 )
             if connection.database:
                 commands.append(("SELECT", str(connection.database)))
-            commands.append(
-                ("EVAL", _PUBLISH_SCRIPT, str(PUBLISH_KEYS), *publish_arguments(target.namespace, request))
-            )
+            commands.append(("EVAL", *map(str, publish_call(target.namespace, request))))
             *_, reply = answers = connection.pipeline(commands)
             for answer in answers:
                 if isinstance(answer, ReplyError):

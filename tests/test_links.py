@@ -14,7 +14,7 @@ import pytest
 
 from distreload.config import Target
 from distreload.links import MESSAGE, PONG, AsyncClusterLink, AsyncSentinelLink, open_link
-from distreload.protocol import PublishError, ReloadRequest, channel_name, publish_arguments, state_key
+from distreload.protocol import PublishError, ReloadRequest, channel_name, publish_call, state_key
 from distreload.redis_clients import (
     CLUSTER,
     CLUSTER_NEEDS,
@@ -73,7 +73,7 @@ async def test_a_worker_link_and_the_command_line_client_warn_nothing(
             await subscription.send_ping()
             assert await _next_of(subscription, PONG) is None
             await subscription.aclose()
-            await link.publish(publish_arguments(namespace, ReloadRequest()))
+            await link.publish(publish_call(namespace, ReloadRequest()))
         finally:
             await link.aclose()
         client = open_sync(Target(shared_redis_url, namespace))
@@ -175,9 +175,7 @@ async def test_a_sentinel_link_follows_the_master_the_sentinels_name(
             assert await link.failed_over_from(subscription.node)
         finally:
             await subscription.aclose()
-        reply = await link.publish(
-            [state_key(namespace), "0123456789abcdef", ReloadRequest().to_json(), channel_name(namespace)]
-        )
+        reply = await link.publish(publish_call(namespace, ReloadRequest()))
         assert (
             int(reply[1]) == 2 and sentinels.primary.command("HGET", state_key(namespace), "version") == "2"
         )
