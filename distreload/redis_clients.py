@@ -68,15 +68,16 @@ def redis_options(*, asynchronous: bool) -> dict[str, Any]:
 
 def _no_client_setinfo() -> dict[str, Any]:
     """No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user is
-    refused anyway, and a look-up of package versions that the command line pays for. redis-py 8 says so
-    with ``driver_info=None`` (and warns about the older ``lib_name``/``lib_version``, which it replaces);
-    before it, only those two exist."""
-    if redis_py_version() >= DRIVER_INFO_SINCE:
-        return {"driver_info": None}
-    return {"lib_name": None, "lib_version": None}
+    refused anyway, and a look-up of package versions that the command line pays for. A redis-py with
+    ``redis.driver_info`` (7.4 has it) says so with ``driver_info=None`` and warns about the older
+    ``lib_name``/``lib_version``, which it replaces; before it, only those two exist."""
+    try:
+        import redis.driver_info  # noqa: F401
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
 
 
-DRIVER_INFO_SINCE = (8, 0)
 CLUSTER_SINCE = (8, 0)  # redis-py's asyncio cluster client has pub/sub (SSUBSCRIBE) from 8.0 on
 CLUSTER_NEEDS = "Redis Cluster needs redis-py 8.0 or newer: pip install 'distreload[cluster]'"
 
