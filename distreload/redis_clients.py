@@ -8,6 +8,9 @@ after a failover or a slot migration, before a publish (Sentinel), and how to te
 
 distreload owns its reconnect loop, so redis-py's own retries are off: they differ between versions and
 would hide an outage (or publish twice when a reply is lost).
+
+One server and Sentinels work with every redis-py pyproject allows (5.0.1 on); a Redis Cluster needs
+redis-py 8.0, whose asyncio cluster client subscribes (``distreload[cluster]``), and says so in one line.
 """
 
 from __future__ import annotations
