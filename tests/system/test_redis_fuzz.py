@@ -1,8 +1,9 @@
-"""Hostile input on the channel and in the state: a real worker (a RedisBroker on its own event loop)
-subscribed on a redis-server of this test's own, fed random and adversarial messages and states
-(hypothesis, bounded). Whatever it reads, it must keep its subscription (the same pub/sub connection
-throughout for messages; subscribed again after a reconnect for states), count as a receiver of the next
-real publish and deliver it, and say so in rate-limited warnings, never as a lost connection.
+"""Hostile input on the channel, in the state and in publish bodies: a real worker (a RedisBroker on its
+own event loop) subscribed on a redis-server of this test's own, fed random and adversarial messages,
+states and HTTP publish bodies (hypothesis, bounded). Whatever it reads, it must keep its subscription
+(the same pub/sub connection throughout for messages and bodies; subscribed again after a reconnect for
+states), count as a receiver of the next real publish and deliver it, and say so in rate-limited
+warnings, never as a lost connection; the publish endpoint answers 200 or 400, never fails.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from distreload import DistReload
 from distreload.broker import RedisBroker
 from distreload.config import Target
 from distreload.protocol import RELOAD_KINDS, Reload, ReloadRequest, channel_name, state_key
 from distreload.publisher import publish_blocking
 
+from ..asgi import complete, raw_app, request
 from ..conftest import RedisProcess
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -193,3 +196,60 @@ def test_no_state_in_redis_keeps_a_worker_off_its_subscription(
         read_after_a_resubscribe(last, fields)
 
     feed()
+
+
+PUBLISH_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "kind": st.sampled_from(RELOAD_KINDS) | JSON_VALUES,
+        "paths": st.lists(st.text(max_size=20).map(lambda path: "/" + path), max_size=3) | JSON_VALUES,
+        "spread": st.floats(0, 10) | JSON_VALUES,
+        "match": st.just("/tv/*") | JSON_VALUES,
+    },
+)
+PUBLISH_BODIES = st.one_of(
+    st.binary(max_size=256),
+    JSON_VALUES.map(lambda value: json.dumps(value).encode()),
+    PUBLISH_FIELDS.map(lambda value: json.dumps(value).encode()),
+)
+ADVERSARIAL_BODIES = [
+    b'{"spread": ' + b"9" * 400 + b"}",
+    b'{"paths": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+    b'{"kind": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+    b'{"kind": "\xff"}',
+    b'{"spread": 1e999}',
+]
+
+
+def test_no_publish_body_fails_the_endpoint_or_the_worker(fuzzed: tuple[Worker, redis.Redis, Target]) -> None:
+    worker, admin, target = fuzzed
+    app = DistReload(raw_app(), enabled=True, broker=worker.broker, token="t0ken", build_id="fuzz")
+    worker.run(app.ensure_started())
+    (subscription,) = subscribers(admin)
+    answered: list[int] = []
+
+    async def publish(body: bytes) -> int:
+        headers = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+        sent = request(app, "POST", "/---distreload---/publish", headers=headers, body=body)
+        try:
+            return (await complete(sent)).status
+        except Exception:
+            return 500  # what a server answers for an app that raised
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=PUBLISH_BODIES)
+    def feed(body: bytes) -> None:
+        status = worker.run(publish(body))
+        answered.append(status)
+        assert status in (200, 400), (status, body[:80])
+
+    try:
+        for body in ADVERSARIAL_BODIES:  # every known attack first, then what hypothesis draws
+            status = worker.run(publish(body))
+            assert status == 400, (status, body[:80])
+        feed()
+        serves_a_real_reload(worker, target)
+    finally:
+        worker.run(app.shutdown())
+    assert subscribers(admin) == [subscription], "the worker subscribed again: it lost its subscription"
+    assert 400 in answered
