@@ -72,7 +72,7 @@ def redis_options(*, asynchronous: bool) -> dict[str, Any]:
 def _no_client_setinfo() -> dict[str, Any]:
     """No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user is
     refused anyway, and a look-up of package versions that the command line pays for. A redis-py with
-    ``redis.driver_info`` (7.4 has it) says so with ``driver_info=None`` and warns about the older
+    ``redis.driver_info`` (7.2 on) says so with ``driver_info=None`` and warns about the older
     ``lib_name``/``lib_version``, which it replaces; before it, only those two exist."""
     try:
         import redis.driver_info  # noqa: F401
