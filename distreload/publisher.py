@@ -102,10 +102,20 @@ class _BackgroundPublisher:
             self.task = asyncio.get_running_loop().create_task(self._run(), name="distreload publish")
 
     async def _run(self) -> None:
+        import asyncio
+
         while self.queue:
             request = self.queue.popleft()
             try:
                 result = await self.broker.publish(request)
+            except asyncio.CancelledError:
+                # The loop is stopping (asyncio.run() returning cancels what is left): say what is lost.
+                logger.warning(
+                    "distreload: send_reload_signal(): the event loop stopped before %d reload(s) went out",
+                    len(self.queue) + 1,
+                )
+                self.queue.clear()
+                raise
             except PublishError as exc:
                 logger.error("distreload: send_reload_signal(): %s", exc)
             except Exception:

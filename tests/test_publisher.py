@@ -124,6 +124,17 @@ async def test_on_a_running_loop_calls_go_out_in_order_over_the_apps_connection(
     admin.close()
 
 
+def test_a_publish_the_loop_stops_before_is_said_to_be_lost(
+    silent_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script() -> None:
+        assert send_reload_signal(redis_url=silent_redis, namespace="lost") is None
+
+    with caplog.at_level(logging.WARNING, logger="distreload.publisher"):
+        asyncio.run(script())  # returns at once, cancelling the publish still waiting on Redis
+    assert "the event loop stopped before 1 reload(s) went out" in caplog.text
+
+
 def test_off_any_loop_it_returns_the_result_or_raises(shared_redis_url: str, namespace: str) -> None:
     result = send_reload_signal(redis_url=shared_redis_url, namespace=namespace)
     assert result is not None and result.version.number == 1
