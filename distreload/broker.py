@@ -19,6 +19,7 @@ already hold, then still reloads every page, once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -48,13 +49,13 @@ from .protocol import (
     one_line,
     parse_message,
     presence_prefix,
-    publish_arguments,
+    publish_call,
     publish_result,
     seed_arguments,
     state_from_reply,
     state_key,
 )
-from .redis_clients import is_refusal
+from .redis_clients import is_refusal, publish_blocking
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -190,10 +191,12 @@ class MemoryBroker(Broker):
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
-        # Publishes may come from any thread: the counter, and the order in which versions are handed to
+        # Publishes may come from any thread: the counter, and the order in which versions are queued for
         # the loop, are kept under one lock so that no version is lost or overtaken.
         self._lock = threading.Lock()
         self._published = self.version
+        self._pending: collections.deque[Reload] = collections.deque()
+        self._delivering = False  # whether the loop thread is inside _deliver_pending
 
     async def publish(self, request: ReloadRequest) -> PublishResult:
         return self._publish(request)
@@ -209,11 +212,32 @@ class MemoryBroker(Broker):
             loop = self._loop
             if loop is None or loop.is_closed():
                 self.version, self.last = published, reload
-            elif _running_loop() is loop:
-                self._accept(reload)
-            else:
-                loop.call_soon_threadsafe(self._accept, reload)
+                return PublishResult(published, receivers)
+            self._pending.append(reload)
+            on_loop = _running_loop() is loop
+            if not on_loop:
+                loop.call_soon_threadsafe(self._deliver_pending)
+        # Listeners are told outside the lock: one that publishes in turn (an on_reload callback calling
+        # send_reload_signal()) would otherwise wait for a lock its own thread holds.
+        if on_loop:
+            self._deliver_pending()
         return PublishResult(published, receivers)
+
+    def _deliver_pending(self) -> None:
+        """Tell the listeners of every queued version, in order, on the loop thread. A publish made while
+        they are being told (from a listener) is queued and told after the current one, not inside it."""
+        if self._delivering:
+            return
+        self._delivering = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    reload = self._pending.popleft()
+                self._accept(reload)
+        finally:
+            self._delivering = False
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -305,6 +329,7 @@ class RedisBroker(Broker):
         self._presence_refused_until = -float("inf")
         self._presence_refusal_logged = False
         self._warn_bad_message = RateLimitedWarning()
+        self._warn_sentinel_check = RateLimitedWarning(60.0)
         self._channel = channel_name(target.namespace)
         self._state_key = state_key(target.namespace)
         self._presence_key = f"{presence_prefix(target.namespace)}{self.identity}"
@@ -364,7 +389,7 @@ class RedisBroker(Broker):
         try:
             if link is None:
                 link = await self._open_link()
-            reply = await link.publish(publish_arguments(self.target.namespace, request))
+            reply = await link.publish(publish_call(self.target.namespace, request))
         except Exception as exc:
             raise PublishError(describe_publish_failure(self.target.display_url(), exc)) from exc
         finally:
@@ -373,8 +398,6 @@ class RedisBroker(Broker):
         return publish_result(reply)
 
     def publish_blocking(self, request: ReloadRequest) -> PublishResult:
-        from .publisher import publish_blocking
-
         return publish_blocking(self.target, request)
 
     async def _run(self) -> None:
@@ -516,8 +539,15 @@ class RedisBroker(Broker):
         try:
             moved = await asyncio.wait_for(link.master_moved(subscription.node), self.ping_timeout)
         except Exception as exc:
-            # Sentinels unreachable or mid-failover: the subscription itself still works, keep it.
-            logger.debug("distreload: worker %s: Sentinels did not answer (%s)", self.identity, one_line(exc))
+            # Sentinels unreachable or mid-failover: the subscription itself still works, keep it. But say
+            # so: a Sentinel that refuses (a rotated sentinel_password) means failovers go unfollowed.
+            self._warn_sentinel_check(
+                "distreload: worker %s: the Sentinels did not say which node is master (%s); keeping the "
+                "subscription on %s, but a failover is not followed until they answer",
+                self.identity,
+                one_line(exc),
+                subscription.node,
+            )
             return
         if moved is not None:
             raise ConnectionError(f"the Sentinels now name {moved} as master, not {subscription.node}")

@@ -79,28 +79,98 @@ def resolve_target(redis_url: str | None = None, namespace: str | None = None) -
 
 
 def validate_redis_url(url: str, setting: str = "redis_url") -> str:
+    """The URL itself when it can be read (:func:`parse_redis_url`, or the Sentinel reader); ConfigError,
+    one line naming ``setting``, when it cannot."""
     if url == MEMORY_URL:
         return url
     if is_sentinel_url(url):
         parse_sentinel_url(url, setting)
         return url
+    parse_redis_url(url, setting)
+    return url
+
+
+DEFAULT_REDIS_PORT = 6379
+_PASSWORD_OPTIONS = ("username", "password")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """What a ``redis://``, ``rediss://`` or ``unix://`` URL names, read once for every reader (the
+    workers' clients, the command line's own protocol client, ``check_usable``).
+
+    It reads a URL as redis-py's ``from_url`` does (tests/test_config.py holds the table) except where
+    redis-py guesses: a database in both the path and ``?db=`` that differ, a path that is not a database
+    number (redis-py falls back to database 0 without a word), are refused.
+    """
+
+    scheme: str
+    host: str | None  # None for a unix socket
+    port: int
+    socket_path: str | None
+    db: int
+    username: str | None
+    password: str | None
+    options: tuple[tuple[str, str], ...]  # the rest of the query (redis-py options such as ssl_ca_certs)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "rediss"
+
+    def option(self, name: str) -> str | None:
+        return next((value for key, value in self.options if key == name), None)
+
+
+def parse_redis_url(url: str, setting: str = "redis_url") -> RedisAddress:
+    """Read a ``redis://``, ``rediss://`` or ``unix://`` URL; ConfigError (one line, naming ``setting``,
+    password masked) for anything that cannot be read as exactly one server and database."""
+    shown = mask_password(url)
+
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"{setting}: {shown!r} {reason}")
+
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{setting}: {mask_password(url)!r} is not a valid URL ({exc})") from None
-    if parts.scheme not in _REDIS_SCHEMES:
+        raise bad(f"is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _REDIS_SCHEMES or "://" not in url:
         raise ConfigError(
-            f"{setting}: {mask_password(url)!r} has scheme {parts.scheme!r}; "
+            f"{setting}: {shown!r} has scheme {parts.scheme!r}; "
             "use redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel:// or memory://"
         )
-    if parts.scheme == "unix" and not parts.path:
-        raise ConfigError(
-            f"{setting}: {mask_password(url)!r} names no socket path (unix:///path/to/redis.sock)"
+    # As redis-py: the first value of each query option, blank ones dropped.
+    query: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query):
+        query.setdefault(name, value)
+    username = unquote(parts.username) if parts.username else query.get("username")
+    password = unquote(parts.password) if parts.password else query.get("password")
+    options = tuple((name, value) for name, value in query.items() if name not in ("db", *_PASSWORD_OPTIONS))
+    query_db = query.get("db")
+    if query_db is not None and not _is_database(query_db):
+        raise bad(f"has ?db={query_db!r}, which is not a database number")
+    if scheme == "unix":
+        if not parts.path:
+            raise bad("names no socket path (unix:///path/to/redis.sock)")
+        return RedisAddress(
+            scheme, None, 0, unquote(parts.path), int(query_db or 0), username, password, options
         )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"{setting}: {mask_password(url)!r} names no host (redis://host:6379/0)")
-    return url
+    if not parts.hostname:
+        raise bad("names no host (redis://host:6379/0)")
+    path = unquote(parts.path).strip("/")
+    if path and not _is_database(path):
+        raise bad(f"has database {path!r} in its path, which is not a database number (redis://host:6379/0)")
+    if path and query_db is not None and int(path) != int(query_db):
+        raise bad(f"names database {int(path)} in its path and {int(query_db)} in ?db=: keep one")
+    db = int(query_db if query_db is not None else path or 0)
+    return RedisAddress(
+        scheme, unquote(parts.hostname), port or DEFAULT_REDIS_PORT, None, db, username, password, options
+    )
+
+
+def _is_database(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 9
 
 
 def is_sentinel_url(url: str) -> bool:

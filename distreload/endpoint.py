@@ -221,7 +221,7 @@ class ReloadEndpoint:
                     request.get("kind", "reload"), paths, request.get("spread", 0.0), request.get("match")
                 )
             )
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to read
             await _send_simple(send, 400, json.dumps({"error": str(exc)}).encode(), json_headers)
             return
         except PublishError as exc:

@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .config import SentinelSettings, Target, is_sentinel_url, parse_sentinel_url
-from .protocol import _PUBLISH_SCRIPT, PUBLISH_KEYS
 from .redis_clients import (
     CLUSTER,
     SENTINEL,
@@ -21,13 +20,12 @@ from .redis_clients import (
     MasterChanged,
     address_of,
     async_client,
-    check_usable,
     cluster_error,
     cluster_options,
+    identify,
     make_sentinel,
     no_master_error,
-    server_from_hello,
-    server_or_old,
+    require_cluster_support,
 )
 
 if TYPE_CHECKING:
@@ -70,9 +68,10 @@ class AsyncLink:
     async def eval(self, script: str, numkeys: int, *arguments: str) -> Any:
         return await self.client.eval(script, numkeys, *arguments)
 
-    async def publish(self, arguments: list[str]) -> Any:
-        """Run the publish script; raise what redis-py raised."""
-        return await self.client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *arguments)
+    async def publish(self, call: tuple[Any, ...]) -> Any:
+        """Run the publish script (``call``: :func:`~distreload.protocol.publish_call`); raise what
+        redis-py raised."""
+        return await self.client.eval(*call)
 
     async def aclose(self) -> None:
         await _close_quietly(self.client)
@@ -153,11 +152,11 @@ class AsyncSentinelLink(AsyncLink):
         master = await self.master()
         return master if master != node else None
 
-    async def publish(self, arguments: list[str]) -> Any:
+    async def publish(self, call: tuple[Any, ...]) -> Any:
         # A client of its own, so no pooled connection to a replaced master is ever reused.
         client = self.sentinel.master_for(self.settings.master_name)
         try:
-            reply = await client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *arguments)
+            reply = await client.eval(*call)
             used = client.connection_pool.master_address
         except Exception as exc:
             raise no_master_error(self.settings, exc) from exc
@@ -187,16 +186,17 @@ async def open_link(target: Target) -> AsyncLink:
     probe: Any = async_client(url)
     try:
         try:
-            server = server_from_hello(await probe.execute_command("HELLO"))
+            hello = await probe.execute_command("HELLO")
         except Exception as exc:
-            server = server_or_old(url, exc)
-        check_usable(url, server)
+            hello = exc
+        server = identify(url, hello)
     except BaseException:
         await _close_quietly(probe)
         raise
     if server.mode != CLUSTER:
         return AsyncLink(probe, target.display_url())
     await _close_quietly(probe)
+    require_cluster_support()
     from redis.asyncio.cluster import RedisCluster
 
     cluster = RedisCluster.from_url(url, **cluster_options(asynchronous=True))

@@ -212,7 +212,12 @@ class Reload:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """What a publish created, and how many worker processes (subscribers) received it."""
+    """What a publish created, and how many receivers it had: Redis's count of the connections subscribed
+    to the namespace's channel (PUBLISH's reply, run inside the publish script), on the node that holds
+    the namespace's state. Each worker process with a running app holds exactly one; a running
+    ``distreload listen`` holds one too and is counted alike (Redis cannot tell them apart). A worker that
+    drops the message (its state does not back it) was still counted: the count says the message reached
+    the process, not that a page reloaded."""
 
     version: ClusterVersion
     receivers: int
@@ -231,37 +236,62 @@ def reload_request(
 ) -> ReloadRequest:
     """Check what a publisher asked for; ValueError with a one-line reason for anything a page could
     not follow, before anything is sent."""
-    if kind not in RELOAD_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(RELOAD_KINDS)}, not {kind!r}")
+    if not isinstance(kind, str) or kind not in RELOAD_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(RELOAD_KINDS)}, not {_shown(kind)}")
     if isinstance(paths, str):
         raise ValueError("paths must be a list of URL paths, not one string")
+    if not isinstance(paths, list | tuple):
+        raise ValueError(f"paths must be a list of URL paths, not {_shown(paths)}")
     if len(paths) > MAX_PATHS:
         raise ValueError(f"at most {MAX_PATHS} paths per reload")
     for path in paths:
         if not is_same_origin_path(path):
-            raise ValueError(f"{path!r} is not a same-origin URL path (it must start with a single '/')")
-    if (
-        isinstance(spread, bool)
-        or not isinstance(spread, int | float)
-        or not math.isfinite(spread)
-        or not 0 <= spread <= MAX_SPREAD_SECONDS
-    ):
+            raise ValueError(
+                f"{_shown(path)} is not a same-origin URL path (it must start with a single '/')"
+            )
+    seconds = _seconds(spread)
+    if seconds is None or not 0 <= seconds <= MAX_SPREAD_SECONDS:
         raise ValueError(
-            f"spread must be a number of seconds from 0 to {MAX_SPREAD_SECONDS:g}, not {spread!r}"
+            f"spread must be a number of seconds from 0 to {MAX_SPREAD_SECONDS:g}, not {_shown(spread)}"
         )
     if match is None:
         match = ""
     if match != "":
         problem = path_pattern_problem(match)
         if problem:
-            raise ValueError(f"match {match!r} {problem}")
+            raise ValueError(f"match {_shown(match)} {problem}")
     # Each value was checked above; the casts only tell the type checker what the checks proved.
-    request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), float(spread), cast(str, match))
+    request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), seconds, cast(str, match))
     # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
     size = len(request.to_json().encode()) + _MESSAGE_OVERHEAD
     if size > MAX_MESSAGE_BYTES:
         raise ValueError(f"the paths make a {size} byte message; the limit is {MAX_MESSAGE_BYTES} bytes")
     return request
+
+
+def _seconds(value: object) -> float | None:
+    """A finite number as a float; None for anything else (a bool, a string, an int too large for a float,
+    which ``float()`` refuses with OverflowError rather than ValueError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+_SHOWN_LENGTH = 60
+
+
+def _shown(value: object) -> str:
+    """A value for an error message, cut short: a rejected value may be megabytes long, or an int whose
+    digits Python refuses to write out at all."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} too large to show"
+    return text if len(text) <= _SHOWN_LENGTH else f"{text[: _SHOWN_LENGTH - 3]}..."
 
 
 def is_same_origin_path(path: object) -> bool:
@@ -362,7 +392,20 @@ def glob_matches(pattern: str, path: str) -> bool:
 
 
 def parse_message(raw: bytes | str) -> Reload:
-    """Validate a message from the channel; raise BadMessage for anything distreload did not publish."""
+    """Validate a message from the channel (or the state's ``last`` field); raise BadMessage for anything
+    distreload did not publish, and never anything else: whatever is on the channel, a worker that reads
+    it must keep its subscription."""
+    try:
+        return _parse_message(raw)
+    except BadMessage:
+        raise
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        # Deeply nested JSON (RecursionError), a number no float holds (OverflowError), a string that
+        # cannot be encoded: none of it was published by distreload.
+        raise BadMessage(f"unreadable ({exc.__class__.__name__})") from None
+
+
+def _parse_message(raw: bytes | str) -> Reload:
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     if not raw:
@@ -443,6 +486,13 @@ SEED_KEYS = 1
 def publish_arguments(namespace: str, request: ReloadRequest) -> list[str]:
     """The publish script's keys, then its ARGV (``EVAL script PUBLISH_KEYS *arguments``)."""
     return [state_key(namespace), new_epoch(), request.to_json(), channel_name(namespace)]
+
+
+def publish_call(namespace: str, request: ReloadRequest) -> tuple[Any, ...]:
+    """EVAL's arguments for a publish (the script, how many keys, the keys, ARGV): what every way of
+    publishing evaluates, worker links, redis-py's cluster and Sentinel clients and the command line's own
+    RESP client alike."""
+    return (_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(namespace, request))
 
 
 def seed_arguments(namespace: str, known: ClusterVersion, *, sharded: bool) -> list[str]:

@@ -1,8 +1,9 @@
 """Publishing a reload from application code, a thread, or the command line.
 
 ``send_reload_signal()`` is fastapi-reloader's name and, like fastapi-reloader's, never blocks a running
-event loop: called on a loop's thread (an ``async def`` handler) it hands the publish to a thread and
-returns at once; anywhere else it waits for Redis and returns the result or raises :class:`PublishError`.
+event loop: called on a loop's thread (an ``async def`` handler) it queues the publish for a task of that
+loop and returns at once; anywhere else it waits for Redis and returns the result or raises
+:class:`PublishError`.
 
 Import-light on purpose: the command line publishes through :func:`publish_blocking`, which speaks Redis's
 protocol itself for a plain one-node Redis and imports redis-py only for a cluster or Sentinels.
@@ -10,15 +11,21 @@ protocol itself for a plain one-node Redis and imports redis-py only for a clust
 
 from __future__ import annotations
 
+import collections
 import logging
-import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .config import Target
 from .protocol import PublishError, PublishResult, ReloadRequest, reload_request
 
+# The command line's way to publish, kept importable from here; it lives beside the clients it uses, so
+# that the broker can use it without importing this module (which imports the broker).
+from .redis_clients import publish_blocking as publish_blocking
+
 if TYPE_CHECKING:
+    import asyncio
+
     from .broker import Broker
 
 logger = logging.getLogger(__name__)
@@ -57,10 +64,11 @@ def send_reload_signal(
     ``"images"`` (images re-fetched, ``paths`` names which). ``spread``: each page waits a random time up to
     that many seconds first. ``match``: only pages whose path matches this glob (``/screens/lobby/*``).
 
-    Called on a thread running an event loop, it never blocks that loop: the publish happens on another
-    thread, a failure is logged, and it returns None (``await send_reload_signal_async()`` gives the
-    result there). Anywhere else it returns the :class:`PublishResult` or raises :class:`PublishError`.
-    A bad argument raises ValueError at once, wherever it is called.
+    Called on a thread running an event loop, it never blocks that loop: the publish is queued for a task
+    of that loop, which publishes in call order over the connection the app's broker already holds; a
+    failure is logged, and it returns None (``await send_reload_signal_async()`` gives the result there).
+    Anywhere else it returns the :class:`PublishResult` or raises :class:`PublishError`. A bad argument
+    raises ValueError at once, wherever it is called.
     """
     request = reload_request(kind, paths, spread, match)
     broker = _broker_for(redis_url, namespace)
@@ -69,27 +77,70 @@ def send_reload_signal(
     import asyncio  # here, not at the top: the command line publishes without an event loop
 
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return broker.publish_blocking(request)
-    thread = threading.Thread(
-        target=_publish_in_background, args=(broker, request), name="distreload publish", daemon=True
-    )
-    thread.start()
+    _background_publisher(loop, broker).put(request)
     return None
 
 
-def _publish_in_background(broker: Broker, request: ReloadRequest) -> None:
-    try:
-        result = broker.publish_blocking(request)
-    except PublishError as exc:
-        logger.error("distreload: send_reload_signal(): %s", exc)
-    except Exception:
-        logger.exception("distreload: send_reload_signal() failed")
-    else:
-        logger.debug(
-            "distreload: published %s %s to %d receivers", request.kind, result.version, result.receivers
-        )
+class _BackgroundPublisher:
+    """What ``send_reload_signal()`` was asked on one loop for one broker, published one after another in
+    call order by one task of that loop. The task ends when the queue is empty and the next call starts
+    another, so nothing is left running on a loop that stops."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.queue: collections.deque[ReloadRequest] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+
+    def put(self, request: ReloadRequest) -> None:
+        import asyncio
+
+        self.queue.append(request)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="distreload publish")
+
+    async def _run(self) -> None:
+        import asyncio
+
+        while self.queue:
+            request = self.queue.popleft()
+            try:
+                result = await self.broker.publish(request)
+            except asyncio.CancelledError:
+                # The loop is stopping (asyncio.run() returning cancels what is left): say what is lost.
+                logger.warning(
+                    "distreload: send_reload_signal(): the event loop stopped before %d reload(s) went out",
+                    len(self.queue) + 1,
+                )
+                self.queue.clear()
+                raise
+            except PublishError as exc:
+                logger.error("distreload: send_reload_signal(): %s", exc)
+            except Exception:
+                logger.exception("distreload: send_reload_signal() failed")
+            else:
+                logger.debug(
+                    "distreload: published %s %s to %d receivers",
+                    request.kind,
+                    result.version,
+                    result.receivers,
+                )
+
+
+_background_publishers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Broker, _BackgroundPublisher]
+] = weakref.WeakKeyDictionary()
+
+
+def _background_publisher(loop: asyncio.AbstractEventLoop, broker: Broker) -> _BackgroundPublisher:
+    """The queue of ``loop`` for ``broker`` (only its own thread touches it: no lock)."""
+    publishers = _background_publishers.setdefault(loop, {})
+    publisher = publishers.get(broker)
+    if publisher is None:
+        publisher = publishers[broker] = _BackgroundPublisher(broker)
+    return publisher
 
 
 async def send_reload_signal_async(
@@ -105,27 +156,3 @@ async def send_reload_signal_async(
     returns its result or raises :class:`PublishError`."""
     request = reload_request(kind, paths, spread, match)
     return await _broker_for(redis_url, namespace).publish(request)
-
-
-def publish_blocking(target: Target, request: ReloadRequest) -> PublishResult:
-    """Publish to the Redis of ``target`` from a thread with no running loop of its own; raise
-    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use.
-
-    A single server, or the cluster node that holds the namespace's slot, is spoken to directly (no
-    redis-py to import: the command line's start-up is most of its cost). A cluster node that redirects,
-    and the Sentinels, are left to redis-py.
-    """
-    from .config import is_sentinel_url
-
-    if is_sentinel_url(target.redis_url):
-        from .redis_clients import publish_via_sentinel
-
-        return publish_via_sentinel(target, request)
-    from .resp import ClusterRedirect, publish_over_resp
-
-    try:
-        return publish_over_resp(target, request)
-    except ClusterRedirect:
-        from .redis_clients import publish_to_cluster
-
-        return publish_to_cluster(target, request)

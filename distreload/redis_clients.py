@@ -8,24 +8,25 @@ after a failover or a slot migration, before a publish (Sentinel), and how to te
 
 distreload owns its reconnect loop, so redis-py's own retries are off: they differ between versions and
 would hide an outage (or publish twice when a reply is lost).
+
+One server and Sentinels work with every redis-py pyproject allows (5.0.1 on); a Redis Cluster needs
+redis-py 8.0, whose asyncio cluster client subscribes (``distreload[cluster]``), and says so in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from .config import SentinelSettings, Target, is_sentinel_url, parse_sentinel_url
+from .config import SentinelSettings, Target, is_sentinel_url, parse_redis_url, parse_sentinel_url
 from .protocol import (
-    _PUBLISH_SCRIPT,
-    PUBLISH_KEYS,
     PublishError,
     PublishResult,
     ReloadRequest,
     describe_publish_failure,
-    publish_arguments,
+    publish_call,
     publish_result,
 )
 
@@ -64,16 +65,58 @@ def redis_options(*, asynchronous: bool) -> dict[str, Any]:
         "socket_timeout": 5.0,
         "retry": retry,
         "health_check_interval": 0,
-        # No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user
-        # is refused anyway, and a look-up of package versions that the command line pays for.
-        "driver_info": None,
+        **_no_client_setinfo(),
     }
+
+
+def _no_client_setinfo() -> dict[str, Any]:
+    """No CLIENT SETINFO after connecting: two round trips per connection that a least-privilege user is
+    refused anyway, and a look-up of package versions that the command line pays for. A redis-py with
+    ``redis.driver_info`` (7.2 on) says so with ``driver_info=None`` and warns about the older
+    ``lib_name``/``lib_version``, which it replaces; before it, only those two exist."""
+    try:
+        import redis.driver_info  # noqa: F401
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
+
+
+CLUSTER_SINCE = (8, 0)  # redis-py's asyncio cluster client has pub/sub (SSUBSCRIBE) from 8.0 on
+CLUSTER_NEEDS = "Redis Cluster needs redis-py 8.0 or newer: pip install 'distreload[cluster]'"
+
+
+def redis_py_version() -> tuple[int, ...]:
+    """The installed redis-py's version, as numbers (``8.2.0`` -> (8, 2, 0))."""
+    import redis
+
+    return _version_numbers(redis.__version__)
+
+
+def _version_numbers(text: str) -> tuple[int, ...]:
+    numbers = []
+    for part in text.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def require_cluster_support() -> None:
+    """Refuse, with what to install, a Redis Cluster when the installed redis-py cannot subscribe there."""
+    if redis_py_version() < CLUSTER_SINCE:
+        import redis
+
+        raise Misconfigured(f"{CLUSTER_NEEDS} (redis-py {redis.__version__} is installed)")
 
 
 def async_client(url: str) -> redis.asyncio.Redis:
     """A client for one Redis server (no topology detection)."""
     import redis.asyncio
 
+    # redis-py reads the URL the way parse_redis_url does (the table in tests/test_config.py), save
+    # what it would guess at: refuse that here too, for a caller that did not go through resolve_target.
+    parse_redis_url(url)
     return redis.asyncio.Redis.from_url(url, **redis_options(asynchronous=True))
 
 
@@ -81,6 +124,9 @@ def sync_client(url: str) -> redis.Redis:
     """A client for one Redis server (no topology detection)."""
     import redis
 
+    # redis-py reads the URL the way parse_redis_url does (the table in tests/test_config.py), save
+    # what it would guess at: refuse that here too, for a caller that did not go through resolve_target.
+    parse_redis_url(url)
     return redis.Redis.from_url(url, **redis_options(asynchronous=False))
 
 
@@ -148,13 +194,22 @@ def server_or_old(url: str, exc: BaseException) -> Server:
     raise exc
 
 
+def identify(url: str, hello: Any) -> Server:
+    """The topology probe, for the workers' links and the command line alike: what answered ``HELLO``
+    (its reply, or the exception it raised), refused with what to change when distreload cannot use it as
+    the URL names it (Misconfigured); any other failure is raised as it came."""
+    server = server_or_old(url, hello) if isinstance(hello, BaseException) else server_from_hello(hello)
+    check_usable(url, server)
+    return server
+
+
 def check_usable(url: str, server: Server) -> None:
     """Refuse, with what to change, a URL that names something distreload cannot use as named."""
     if server.mode == SENTINEL:
-        parts = urlsplit(url)
+        address = parse_redis_url(url)
+        where = f"{address.host}:{address.port}"
         raise Misconfigured(
-            f"{parts.hostname}:{parts.port} is a Redis Sentinel, not a data node: use "
-            f"redis+sentinel://{parts.hostname}:{parts.port}/<master-name>/<db>"
+            f"{where} is a Redis Sentinel, not a data node: use redis+sentinel://{where}/<master-name>/<db>"
         )
     if server.mode == CLUSTER and _database(url):
         raise Misconfigured(
@@ -163,9 +218,7 @@ def check_usable(url: str, server: Server) -> None:
 
 
 def _database(url: str) -> int:
-    parts = urlsplit(url)
-    path = parts.path.strip("/")
-    return int(path) if path.isdigit() else 0
+    return parse_redis_url(url).db
 
 
 def cluster_options(*, asynchronous: bool) -> dict[str, Any]:
@@ -304,10 +357,10 @@ def open_sync(target: Target) -> SyncClient:
     client: Any = sync_client(url)
     try:
         try:
-            server = server_from_hello(client.execute_command("HELLO"))
+            hello = client.execute_command("HELLO")
         except Exception as exc:
-            server = server_or_old(url, exc)
-        check_usable(url, server)
+            hello = exc
+        server = identify(url, hello)
     except BaseException:
         client.close()
         raise
@@ -318,6 +371,7 @@ def open_sync(target: Target) -> SyncClient:
 
 
 def _sync_cluster(url: str) -> redis.cluster.RedisCluster:
+    require_cluster_support()
     from redis.cluster import RedisCluster
 
     try:
@@ -331,7 +385,7 @@ def publish_to_cluster(target: Target, request: ReloadRequest) -> PublishResult:
     try:
         client = _sync_cluster(target.redis_url)
         try:
-            reply = client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(target.namespace, request))
+            reply = client.eval(*publish_call(target.namespace, request))
         finally:
             client.close()
     except Exception as exc:
@@ -345,7 +399,7 @@ def publish_via_sentinel(target: Target, request: ReloadRequest) -> PublishResul
     sentinel = make_sentinel(settings, asynchronous=False)
     client = sentinel.master_for(settings.master_name)
     try:
-        reply = client.eval(_PUBLISH_SCRIPT, PUBLISH_KEYS, *publish_arguments(target.namespace, request))
+        reply = client.eval(*publish_call(target.namespace, request))
         used = client.connection_pool.master_address
         host, port = sentinel.discover_master(settings.master_name)
         if used is not None and (host, port) != tuple(used):
@@ -359,3 +413,24 @@ def publish_via_sentinel(target: Target, request: ReloadRequest) -> PublishResul
         for sentinel_client in sentinel.sentinels:
             sentinel_client.close()
     return publish_result(reply)
+
+
+# --- Publishing from a thread with no running loop: the command line, send_reload_signal() off a loop ---
+
+
+def publish_blocking(target: Target, request: ReloadRequest) -> PublishResult:
+    """Publish to the Redis of ``target`` from a thread with no running loop of its own; raise
+    PublishError when it did not go out. What the command line and ``send_reload_signal()`` use.
+
+    A single server, or the cluster node that holds the namespace's slot, is spoken to directly (no
+    redis-py to import: the command line's start-up is most of its cost). A cluster node that redirects,
+    and the Sentinels, are left to redis-py.
+    """
+    if is_sentinel_url(target.redis_url):
+        return publish_via_sentinel(target, request)
+    from .resp import ClusterRedirect, publish_over_resp
+
+    try:
+        return publish_over_resp(target, request)
+    except ClusterRedirect:
+        return publish_to_cluster(target, request)

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import socket
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from .config import Target
+from .config import RedisAddress, Target, parse_redis_url
 from .protocol import (
-    _PUBLISH_SCRIPT,
-    PUBLISH_KEYS,
     PublishError,
     PublishResult,
     ReloadRequest,
     describe_publish_failure,
-    publish_arguments,
+    publish_call,
     publish_result,
 )
 
@@ -37,21 +34,18 @@ class ClusterRedirect(Exception):
 
 class _Connection:
     def __init__(self, url: str, timeout: float) -> None:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        self.username: str | None = unquote(parts.username) if parts.username else _first(query, "username")
-        self.password: str | None = unquote(parts.password) if parts.password else _first(query, "password")
-        if parts.scheme == "unix":
-            self.database = int((query.get("db") or ["0"])[0])
+        address = parse_redis_url(url)
+        self.username = address.username
+        self.password = address.password
+        self.database = address.db
+        if address.socket_path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
-            sock.connect(parts.path)
+            sock.connect(address.socket_path)
         else:
-            path = parts.path.strip("/")
-            self.database = int(path or (query.get("db") or ["0"])[0])
-            sock = socket.create_connection((parts.hostname or "localhost", parts.port or 6379), timeout)
-            if parts.scheme == "rediss":
-                sock = _wrap_tls(sock, parts.hostname, query)
+            sock = socket.create_connection((address.host or "localhost", address.port), timeout)
+            if address.tls:
+                sock = _wrap_tls(sock, address)
         self.socket = sock
         self.reader = sock.makefile("rb")
 
@@ -100,17 +94,17 @@ def _encode(arguments: tuple[str | bytes, ...]) -> bytes:
     return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
 
 
-def _wrap_tls(sock: socket.socket, hostname: str | None, query: dict[str, list[str]]) -> socket.socket:
+def _wrap_tls(sock: socket.socket, address: RedisAddress) -> socket.socket:
     import ssl
 
     # The same TLS options redis-py reads from the URL, so one URL serves workers and CLI.
-    context = ssl.create_default_context(cafile=_first(query, "ssl_ca_certs"))
-    certfile = _first(query, "ssl_certfile")
+    context = ssl.create_default_context(cafile=address.option("ssl_ca_certs"))
+    certfile = address.option("ssl_certfile")
     if certfile:
-        context.load_cert_chain(certfile, _first(query, "ssl_keyfile"))
-    if _first(query, "ssl_check_hostname") in ("false", "False", "0"):
+        context.load_cert_chain(certfile, address.option("ssl_keyfile"))
+    if address.option("ssl_check_hostname") in ("false", "False", "0"):
         context.check_hostname = False
-    requirement = _first(query, "ssl_cert_reqs")
+    requirement = address.option("ssl_cert_reqs")
     if requirement in ("none", "CERT_NONE"):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -122,11 +116,11 @@ def _wrap_tls(sock: socket.socket, hostname: str | None, query: dict[str, list[s
     timeout = sock.gettimeout()
     sock.settimeout(min(timeout or TLS_HANDSHAKE_TIMEOUT, TLS_HANDSHAKE_TIMEOUT))
     try:
-        wrapped = context.wrap_socket(sock, server_hostname=hostname)
+        wrapped = context.wrap_socket(sock, server_hostname=address.host)
     except (OSError, ssl.SSLError) as exc:
         sock.close()
         raise TLSHandshakeFailed(
-            f"TLS handshake with {hostname} failed ({exc.__class__.__name__}: {exc}); nothing was sent "
+            f"TLS handshake with {address.host} failed ({exc.__class__.__name__}: {exc}); nothing was sent "
             f"(a Redis without TLS takes redis://, not rediss://)"
         ) from None
     wrapped.settimeout(timeout)
@@ -138,11 +132,6 @@ TLS_HANDSHAKE_TIMEOUT = 2.0
 
 class TLSHandshakeFailed(ConnectionError):
     """The TLS handshake did not complete, so no command reached the server."""
-
-
-def _first(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[0] if values else None
 
 
 _CLUSTER_ERRORS = ("MOVED ", "ASK ", "CROSSSLOT ", "CLUSTERDOWN ")
@@ -164,9 +153,7 @@ def publish_over_resp(target: Target, request: ReloadRequest, *, timeout: float 
                 )
             if connection.database:
                 commands.append(("SELECT", str(connection.database)))
-            commands.append(
-                ("EVAL", _PUBLISH_SCRIPT, str(PUBLISH_KEYS), *publish_arguments(target.namespace, request))
-            )
+            commands.append(("EVAL", *map(str, publish_call(target.namespace, request))))
             *_, reply = answers = connection.pipeline(commands)
             for answer in answers:
                 if isinstance(answer, ReplyError):

@@ -117,6 +117,33 @@ async def test_memory_broker_loses_no_version_to_many_threads_before_or_after_it
     assert [r.version.number for r in seen.told()] == list(range(4001, 8001))
 
 
+def test_a_listener_that_publishes_in_turn_is_told_of_both_without_a_deadlock() -> None:
+    # An on_reload callback that calls send_reload_signal() (a follow-up CSS swap) runs inside the
+    # broker's delivery: the in-memory broker once delivered while holding its lock, and froze the loop.
+    broker = memory_broker()
+    told: list[tuple[int, str]] = []
+
+    class PublishesOnce(Recorder):
+        def deliver(self, reload: Reload) -> None:
+            told.append((reload.version.number, reload.kind))
+            if reload.kind == "reload":
+                broker.publish_blocking(ReloadRequest("css"))
+
+    listener = PublishesOnce()  # held weakly by the broker
+
+    async def run() -> None:
+        await broker.hold(listener)
+        await broker.publish(RELOAD)
+        await asyncio.sleep(0.01)
+
+    # On a thread of its own, so that a deadlock fails this test instead of freezing the run.
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the loop froze: a listener's publish waited for the broker's lock"
+    assert told == [(1, "reload"), (2, "css")]
+
+
 async def test_receivers_count_only_a_broker_that_an_app_is_listening_on() -> None:
     broker = memory_broker()
     assert (await broker.publish(RELOAD)).receivers == 0
@@ -424,6 +451,7 @@ class ScriptedBroker(RedisBroker):
         self.drop_after_subscribe = False
         self.failed_over = False
         self.moved_to: str | None = None
+        self.sentinel_error: Exception | None = None
         self.node = "redis-a:6379"
 
     async def _open_link(self) -> AsyncLink:
@@ -455,6 +483,8 @@ class ScriptedBroker(RedisBroker):
                 return broker.failed_over
 
             async def master_moved(self, node: str) -> str | None:
+                if broker.sentinel_error is not None:
+                    raise broker.sentinel_error
                 return broker.moved_to
 
         return Link(link.client, link.display_url)
@@ -541,6 +571,25 @@ async def test_the_subscription_leaves_a_master_the_sentinels_no_longer_name(
         backend.sync.delete(state_key(backend.target.namespace))
 
 
+async def test_sentinels_that_refuse_the_check_are_warned_about_once_and_the_subscription_stays(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rotated Sentinel password: every check of the master is refused. Once said only at debug level,
+    # so failovers silently stopped being followed.
+    broker = ScriptedBroker(backend, master_check_interval=0.02, ping_interval=0.2)
+    broker.sentinel_error = redis.exceptions.AuthenticationError("invalid username-password pair")
+    seen = Recorder()
+    with caplog.at_level(logging.WARNING, logger="distreload.broker"):
+        await broker.hold(seen)
+        await asyncio.sleep(1.0)
+        assert broker.connected and len(broker.subscribes) == 1
+        await broker.release(seen)
+    said = [r for r in caplog.records if "Sentinels did not say" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert said[0].levelno == logging.WARNING
+    assert "AuthenticationError: invalid username-password pair" in said[0].getMessage()
+
+
 async def test_a_refused_presence_write_is_said_once_and_reloads_still_arrive(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -595,3 +644,15 @@ async def test_stopping_ends_a_listener_that_swallowed_one_cancellation(backend:
     started = asyncio.get_running_loop().time()
     await broker.release(seen)
     assert swallowed.is_set() and asyncio.get_running_loop().time() - started < 3
+
+
+def test_the_broker_does_not_import_the_publisher() -> None:
+    # The publisher finds brokers; a broker publishing through the publisher made an import circle.
+    import ast
+    import inspect
+
+    import distreload.broker
+
+    tree = ast.parse(inspect.getsource(distreload.broker))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "publisher" not in imported, imported

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import redis.connection
 
 from distreload.config import (
     ConfigError,
+    RedisAddress,
     Target,
     mask_password,
+    parse_redis_url,
     parse_sentinel_url,
     resolve_enabled,
     resolve_target,
@@ -70,6 +75,121 @@ def test_bad_url_is_one_line_naming_the_setting(
     monkeypatch.setenv("DISTRELOAD_REDIS_URL", url)
     with pytest.raises(ConfigError, match="^DISTRELOAD_REDIS_URL: "):
         resolve_target()
+
+
+# --- One Redis URL, one meaning: distreload's reading against redis-py's -----------------------------------
+
+READ_ALIKE = [
+    "redis://localhost",
+    "redis://localhost:6380",
+    "redis://127.0.0.1:6379/0",
+    "redis://h/3",
+    "redis://h/3/",
+    "redis://h/",
+    "redis://h/?db=4",
+    "redis://h/4?db=4",
+    "redis://h/%35",
+    "redis://h?db=",
+    "redis://user:p%40ss@h/2",
+    "redis://:secret@h",
+    "redis://user@h",
+    "redis://h?username=qu&password=qp",
+    "redis://u:p@h?password=qp",
+    "redis://h/1?db=1&db=9",
+    "rediss://h:6380/1?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem",
+    "rediss://u:p@h/?ssl_check_hostname=false",
+    "redis://[::1]:6379/2",
+    "redis://MyHost.Example/1",
+    "redis://h?socket_timeout=3&health_check_interval=7",
+    "unix:///tmp/redis.sock",
+    "unix:///tmp/redis.sock?db=3",
+    "unix://u:p@/tmp/redis%20a.sock?db=3",
+]
+
+
+def redis_py_reading(url: str) -> dict[str, Any]:
+    """What redis-py's own parser makes of a URL, in RedisAddress's terms (its defaults filled in)."""
+    kwargs = dict(redis.connection.parse_url(url))
+    connection_class = kwargs.pop("connection_class", None)
+    scheme = {"SSLConnection": "rediss", "UnixDomainSocketConnection": "unix"}.get(
+        getattr(connection_class, "__name__", ""), "redis"
+    )
+    unix = scheme == "unix"
+    return {
+        "scheme": scheme,
+        "host": None if unix else kwargs.pop("host", "localhost"),
+        "port": 0 if unix else kwargs.pop("port", 6379),
+        "socket_path": kwargs.pop("path", None),
+        "db": kwargs.pop("db", 0),
+        "username": kwargs.pop("username", None),
+        "password": kwargs.pop("password", None),
+        "options": sorted(kwargs),
+    }
+
+
+def distreload_reading(address: RedisAddress) -> dict[str, Any]:
+    return {
+        "scheme": address.scheme,
+        "host": address.host,
+        "port": address.port,
+        "socket_path": address.socket_path,
+        "db": address.db,
+        "username": address.username,
+        "password": address.password,
+        "options": sorted(name for name, _ in address.options),
+    }
+
+
+@pytest.mark.parametrize("url", READ_ALIKE)
+def test_a_redis_url_reads_as_redis_py_reads_it(url: str) -> None:
+    assert distreload_reading(parse_redis_url(url)) == redis_py_reading(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "redis_py_guess", "fragment"),
+    [
+        ("redis://h/1?db=5", {"db": 5}, "names database 1 in its path and 5 in ?db=: keep one"),
+        ("redis://h/abc", {"db": None}, "has database 'abc' in its path, which is not a database number"),
+        ("redis://h/1/2", {"db": 12}, "has database '1/2' in its path"),
+        ("redis://h/-1", {"db": -1}, "has database '-1' in its path"),
+        ("redis://h/%D9%A3", {"db": 3}, "in its path, which is not a database number"),  # an Arabic 3
+        ("redis://h?db=x", None, "has ?db='x', which is not a database number"),
+    ],
+)
+def test_a_url_redis_py_would_guess_at_is_refused_in_one_line_by_every_reader(
+    url: str, redis_py_guess: dict[str, Any] | None, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What redis-py makes of it: a guess (no db, so db 0, for /abc, where the command line failed; db 5 for
+    # /1?db=5, where the command line used db 1), or an error of its own.
+    if redis_py_guess is None:
+        with pytest.raises(ValueError):
+            redis.connection.parse_url(url)
+    else:
+        assert {name: redis.connection.parse_url(url).get(name) for name in redis_py_guess} == redis_py_guess
+    from distreload import DistReload
+    from distreload.broker import get_broker
+    from distreload.redis_clients import async_client, sync_client
+
+    from .asgi import raw_app
+
+    said = set()
+    for read in (
+        lambda: resolve_target(url),
+        lambda: get_broker(url, "ns"),
+        lambda: DistReload(raw_app(), redis_url=url, enabled=True),
+        lambda: sync_client(url),
+        lambda: async_client(url),
+    ):
+        with pytest.raises(ConfigError) as raised:
+            read()
+        said.add(str(raised.value))
+    monkeypatch.setenv("DISTRELOAD_REDIS_URL", url)
+    with pytest.raises(ConfigError) as from_environment:
+        resolve_target()
+    assert len(said) == 1, said
+    (line,) = said
+    assert line == f"redis_url: {url!r} {line.split(' ', 2)[2]}" and fragment in line and "\n" not in line
+    assert str(from_environment.value) == line.replace("redis_url:", "DISTRELOAD_REDIS_URL:", 1)
 
 
 def test_bad_url_message_never_shows_the_password() -> None:

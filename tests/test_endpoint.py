@@ -270,6 +270,29 @@ async def test_publish_needs_the_right_bearer_token(app: DistReload) -> None:
     assert app.broker.last == Reload(app.broker.version, "images", ("/logo.png",), 3.0, "/tv/*")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"spread": ' + b"9" * 400 + b"}",
+        b'{"paths": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+        b'{"kind": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+        b'{"spread": 1e999}',
+        b'{"kind": "css", "paths": {"/a.css": 1}}',
+        b'{"kind": "\xff"}',
+        b"\xff\xfe",
+    ],
+    ids=["400-digit spread", "nested paths", "nested kind", "1e999", "paths object", "bytes", "utf16"],
+)
+async def test_a_crafted_publish_body_is_refused_with_400_not_500(app: DistReload, body: bytes) -> None:
+    before = app.broker.version.number
+    bad = await complete(
+        request(
+            app, "POST", "/---distreload---/publish", headers={"Authorization": "Bearer s3cret"}, body=body
+        )
+    )
+    assert bad.status == 400 and app.broker.version.number == before
+
+
 async def test_publish_does_not_exist_without_a_token() -> None:
     app = DistReload(not_found, enabled=True, broker=MemoryBroker(Target("memory://", "test")), build_id="b")
     answer = await complete(

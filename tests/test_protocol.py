@@ -90,12 +90,42 @@ def test_a_well_formed_message_parses_with_every_kind_and_option() -> None:
         message(match="/" + "a" * 300),
         message(match="/a\\b"),
         b"{" + b" " * (70 * 1024) + b"}",
+        # Crafted to break the parser rather than to pass as a reload: each once escaped it as another
+        # exception than BadMessage, and the worker that read it lost its subscription.
+        message(spread=10**400),
+        message(spread=1e308 * 10),
+        message(paths=[1]),
+        message(paths=[["/a.css"]]),
+        message(kind=["reload"]),
+        message(kind={"reload": 1}),
+        message(match=["/a"]),
+        message(spread=[1]),
+        b'{"epoch": "0123456789abcdef", "version": 3, "spread": ' + b"9" * 400 + b"}",
+        b'{"epoch": "0123456789abcdef", "version": 3, "spread": 1e999}',
+        b'{"epoch": "0123456789abcdef", "version": 3, "x": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+        b"[" * 30000,
+        b'{"epoch": "0123456789abcdef", "version": 3, "kind": "\xff\xfe"}',
+        b'{"epoch": "0123456789abcdef", "version": 3, "kind": "' + b"r" * 60000 + b'"}',
+        b'{"epoch": "0123456789abcdef", "version": 3, "kind": "\\ud800"}',
     ],
-    ids=repr,
+    ids=lambda raw: repr(raw[:80]),
 )
 def test_anything_else_is_a_bad_message(raw: bytes) -> None:
     with pytest.raises(BadMessage):
         parse_message(raw)
+
+
+def test_a_crafted_string_from_a_decoding_client_is_a_bad_message() -> None:
+    # A client that decodes replies hands over str: a lone surrogate cannot even be encoded back.
+    with pytest.raises(BadMessage):
+        parse_message('{"epoch": "0123456789abcdef", "version": 3, "kind": "\ud800"}')
+    with pytest.raises(BadMessage):
+        parse_message("\ud800")
+
+
+def test_a_crafted_last_message_in_the_state_reads_as_none() -> None:
+    for last in (message(spread=10**400), b"[" * 30000, b"\xff\xfe"):
+        assert state_from_reply([EPOCH.encode(), 3, last]) == State(ClusterVersion(EPOCH, 3))
 
 
 def test_cluster_version_text_round_trip_and_malformed_ids() -> None:
@@ -140,6 +170,14 @@ def test_publish_requests_are_validated_before_anything_is_sent() -> None:
         ("reload", [], 3601, None),
         ("reload", [], 0, "kiosk"),
         ("css", ["/" + "a" * 2047] * 40, 0, None),
+        ("reload", [], 10**400, None),
+        ("reload", [], float("inf"), None),
+        ("reload", [], "1", None),
+        ("reload", [], True, None),
+        ("reload", 5, 0, None),
+        ("reload", None, 0, None),
+        (["reload"], [], 0, None),
+        ("reload", [], 0, 5),
     ):
         with pytest.raises(ValueError):
             reload_request(kind, paths, spread, match)

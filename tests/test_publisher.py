@@ -18,9 +18,10 @@ from distreload import DistReload, PublishError, send_reload_signal, send_reload
 from distreload import publisher as publisher_module
 from distreload.broker import MemoryBroker, RedisBroker
 from distreload.config import Target
-from distreload.protocol import ClusterVersion, state_key
+from distreload.protocol import ClusterVersion, Reload, state_key
 
 from .asgi import raw_app
+from .conftest import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -87,6 +88,53 @@ async def test_on_a_running_loop_it_returns_at_once_and_logs_a_failure(
     del app
 
 
+async def test_on_a_running_loop_calls_go_out_in_order_over_the_apps_connection(
+    own_redis: RedisProcess, namespace: str
+) -> None:
+    # Once each call started a thread and a Redis connection of its own, and two calls raced.
+    broker = RedisBroker(Target(own_redis.url, namespace))
+    seen: list[Reload] = []
+
+    class Recorder:
+        def deliver(self, reload: Reload) -> None:
+            seen.append(reload)
+
+        def __len__(self) -> int:
+            return 0
+
+    listener = Recorder()
+    await broker.hold(listener)
+    publisher_module.use_as_default(broker)
+    admin = redis.Redis.from_url(own_redis.url)
+    connections_before = int(admin.info("stats")["total_connections_received"])
+    threads_before = set(threading.enumerate())
+    calls = 20
+    for number in range(calls):
+        assert send_reload_signal("css", [f"/{number}.css"]) is None
+    assert set(threading.enumerate()) == threads_before  # no thread per call
+    deadline = time.monotonic() + 10
+    while len(seen) < calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [reload.paths for reload in seen] == [(f"/{number}.css",) for number in range(calls)]
+    assert [reload.version.number for reload in seen] == list(range(1, calls + 1))
+    # The app's broker holds a pool; at most one more connection may join it, not one per call.
+    opened = int(admin.info("stats")["total_connections_received"]) - connections_before
+    assert opened <= 1, f"{opened} connections opened for {calls} publishes"
+    await broker.release(listener)
+    admin.close()
+
+
+def test_a_publish_the_loop_stops_before_is_said_to_be_lost(
+    silent_redis: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script() -> None:
+        assert send_reload_signal(redis_url=silent_redis, namespace="lost") is None
+
+    with caplog.at_level(logging.WARNING, logger="distreload.publisher"):
+        asyncio.run(script())  # returns at once, cancelling the publish still waiting on Redis
+    assert "the event loop stopped before 1 reload(s) went out" in caplog.text
+
+
 def test_off_any_loop_it_returns_the_result_or_raises(shared_redis_url: str, namespace: str) -> None:
     result = send_reload_signal(redis_url=shared_redis_url, namespace=namespace)
     assert result is not None and result.version.number == 1
@@ -101,6 +149,10 @@ def test_bad_arguments_raise_at_once_even_on_a_loop() -> None:
     async def handler() -> None:
         with pytest.raises(ValueError, match="spread"):
             send_reload_signal(spread=-1)
+        # An int no float can hold: once an OverflowError, not the documented ValueError.
+        for number in (10**400, float("inf"), float("nan")):
+            with pytest.raises(ValueError, match="spread"):
+                send_reload_signal(spread=number)
 
     asyncio.run(handler())
 

@@ -3,6 +3,9 @@ links and subscriptions themselves against real servers (a single one, a 3-maste
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 import redis
 import redis.exceptions
@@ -10,14 +13,19 @@ import redis.exceptions
 from distreload.config import parse_sentinel_url
 from distreload.redis_clients import (
     CLUSTER,
+    CLUSTER_NEEDS,
     SENTINEL,
     STANDALONE,
     Misconfigured,
     Server,
     check_usable,
     cluster_error,
+    identify,
     is_refusal,
+    make_sentinel,
     no_master_error,
+    redis_options,
+    require_cluster_support,
     sentinel_arguments,
     server_from_hello,
 )
@@ -74,7 +82,7 @@ def test_sentinel_options_keep_each_sides_credentials_apart() -> None:
         assert (
             side["ssl"] is True and side["ssl_ca_certs"] == "/ca.pem" and side["ssl_check_hostname"] is False
         )
-        assert side["retry"].get_retries() == 0
+        assert side["retry"]._retries == 0  # what every redis-py from 5.0 on keeps the count in
     assert "db" not in to_sentinels
 
 
@@ -108,3 +116,45 @@ def test_no_master_found_becomes_one_line_with_a_hint() -> None:
     assert "AuthenticationError" in str(short) and "sentinel_password" in str(short)
     other = ValueError("x")
     assert no_master_error(settings, other) is other
+
+
+def test_every_client_distreload_makes_is_made_without_a_warning_on_the_installed_redis_py() -> None:
+    # Options redis-py renamed or deprecated (lib_name -> driver_info in 8.0, the asyncio Retry in 8.2)
+    # warn at construction: name the warning here, once, rather than in every test that starts a worker.
+    import redis.asyncio
+
+    settings = parse_sentinel_url("redis+sentinel://s1:26379/mymaster/0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        redis.Redis(**redis_options(asynchronous=False)).close()
+        redis.asyncio.Redis(**redis_options(asynchronous=True))
+        make_sentinel(settings, asynchronous=False)
+        make_sentinel(settings, asynchronous=True)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+
+
+def test_a_cluster_with_a_redis_py_too_old_for_it_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis, "__version__", "7.4.0")
+    with pytest.raises(Misconfigured, match=re.escape(CLUSTER_NEEDS)) as refused:
+        require_cluster_support()
+    assert "\n" not in str(refused.value) and "redis-py 7.4.0 is installed" in str(refused.value)
+    assert is_refusal(refused.value)  # a worker retries it slowly, and says so once
+    monkeypatch.setattr(redis, "__version__", "8.0.1")
+    require_cluster_support()
+
+
+def test_the_one_topology_probe_reads_hello_or_what_it_raised() -> None:
+    url = "redis://h:6379/0"
+    assert identify(url, {b"mode": b"cluster", b"version": b"7.2.4"}) == Server(CLUSTER, (7, 2, 4))
+    assert identify(url, [b"mode", b"standalone", b"version", b"6.2.0"]).mode == STANDALONE
+    old = redis.exceptions.ResponseError("unknown command 'HELLO'")
+    assert identify(url, old) == Server(STANDALONE, (5,))
+    with pytest.raises(Misconfigured, match="is a Redis Sentinel"):
+        identify("redis://h:26379", {"mode": "sentinel", "version": "7.2.0"})
+    with pytest.raises(Misconfigured, match="only database 0"):
+        identify("redis://h/2", redis.exceptions.ResponseError("SELECT is not allowed in cluster mode"))
+    lost = redis.exceptions.ConnectionError("refused")
+    with pytest.raises(redis.exceptions.ConnectionError):
+        identify(url, lost)
