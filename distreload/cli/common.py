@@ -130,7 +130,6 @@ def redis_target(args: argparse.Namespace) -> Target:
         if args.namespace is not None:
             validate_namespace(args.namespace, "--namespace")
         target = resolve_target(url, args.namespace)
-        _check_database(url, setting)
     except ConfigError as exc:
         raise UsageError(one_line_text(exc)) from None
     except ValueError as exc:  # whatever else a URL parser finds it cannot read: in the user's terms
@@ -140,24 +139,6 @@ def redis_target(args: argparse.Namespace) -> Target:
     if target.is_memory:
         raise UsageError("memory:// lives inside one app process; give the Redis the app uses")
     return target
-
-
-def _check_database(url: str, setting: str) -> None:
-    """A redis:// or rediss:// URL's database (its path, or ?db=) must be a number: every reader of the URL
-    would otherwise fail in its own words (``invalid literal for int()``), long after the arguments."""
-    from urllib.parse import parse_qs, urlsplit
-
-    from ..config import mask_password
-
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        return
-    for database in (parts.path.strip("/"), *parse_qs(parts.query).get("db", [])):
-        if database and not database.isdigit():
-            raise ConfigError(
-                f"{setting}: {mask_password(url)!r} names database {database!r}; a database is a number "
-                "(redis://host:6379/0)"
-            )
 
 
 # --- Output ----------------------------------------------------------------------------------------------
