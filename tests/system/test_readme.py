@@ -207,7 +207,8 @@ POSIX_ONLY = {
     "os.geteuid",
 }
 POSIX_ONLY_MODULES = {"fcntl", "termios", "pwd", "grp", "resource", "posix"}
-GUARDS = ("sys.platform", "hasattr(", 'scheme == "unix"')
+# `socket_path` is set only by a unix:// URL (config.parse_redis_url).
+GUARDS = ("sys.platform", "hasattr(", 'scheme == "unix"', "socket_path is not None")
 
 
 def test_no_posix_only_call_on_a_path_that_runs_on_windows() -> None:
