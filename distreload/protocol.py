@@ -14,7 +14,10 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:
+    from .pages import WaitSummary
 
 ReloadKind = Literal["reload", "css", "morph", "images"]
 RELOAD_KINDS: tuple[ReloadKind, ...] = ("reload", "css", "morph", "images")
@@ -212,10 +215,12 @@ class Reload:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    """What a publish created, and how many worker processes (subscribers) received it."""
+    """What a publish created, and how many worker processes (subscribers) received it; with a wait, what
+    became of the pages open at publish time."""
 
     version: ClusterVersion
     receivers: int
+    pages: WaitSummary | None = None
 
 
 class BadMessage(ValueError):
