@@ -257,7 +257,7 @@ class ReloadEndpoint:
                     summary = await publish_and_wait(self.broker, reload, float(wait))
                 except PagesUnavailable as exc:
                     raise PublishError(str(exc)) from None
-                answer = {"version": summary.version, "receivers": summary.receivers}
+                answer = {"version": str(summary.version), "receivers": summary.receivers}
                 answer["pages"] = summary.pages.to_dict() if summary.pages is not None else None
                 await _send_simple(send, 200, json.dumps(answer).encode(), json_headers)
                 return

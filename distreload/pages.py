@@ -467,6 +467,7 @@ class WaitSummary:
     closed_count: int = 0
     excluded: int = 0
     workers: int = 0
+    workers_expected: int = 0  # the live workers at publish time
     timed_out: bool = False
     elapsed: float = 0.0
 
@@ -491,7 +492,7 @@ class WaitSummary:
         """ "applied" (every page), "failed" (a page failed) or "timed out" (a page did not answer)."""
         if self.failed_count:
             return "failed"
-        if self.pending_count:
+        if self.pending_count or self.workers < self.workers_expected:
             return "timed out"
         return "applied"
 
@@ -513,6 +514,7 @@ class WaitSummary:
             "closed_count": self.closed_count,
             "excluded": self.excluded,
             "workers": self.workers,
+            "workers_expected": self.workers_expected,
             "elapsed": round(self.elapsed, 3),
         }
 
@@ -547,6 +549,7 @@ class WaitSummary:
             closed_count=count("closed_count"),
             excluded=count("excluded"),
             workers=count("workers"),
+            workers_expected=count("workers_expected"),
             elapsed=float(data["elapsed"]) if isinstance(data.get("elapsed"), int | float) else 0.0,
         )
 
@@ -580,6 +583,9 @@ class WaitSummary:
         unlisted = self.failed_count + self.pending_count + self.paused_count + self.closed_count - listed
         if unlisted > 0:
             lines.append(f"  ... and {unlisted} more")
+        if self.workers < self.workers_expected:
+            silent = self.workers_expected - self.workers
+            lines.append(f"  {silent} live worker{'s' * (silent != 1)} wrote no report (stopped, or older)")
         if self.excluded:
             lines.append(f"  {self.excluded} page{'s' * (self.excluded != 1)} excluded by the match")
         return lines
@@ -660,6 +666,7 @@ def wait_for_pages(
                 ) from None
             now = time.monotonic()
             summary.elapsed = now - started
+            summary.workers_expected = workers
             if on_progress is not None:
                 on_progress(summary)
             if summary.done and summary.workers >= workers:

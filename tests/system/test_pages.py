@@ -127,7 +127,7 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         assert (pages["outcome"], pages["applied"], pages["expected"]) == ("failed", 4, 5)
         [failed] = pages["failed"]
         assert failed["path"] == "/screen/lobby/five" and "500" in failed["reason"]
-        assert failed["worker"] == lobby_five.status()["worker"]
+        assert failed["worker"] == lobby_five.status_now()["worker"]
         control(host_b, "fail", "five", 0)
         lobby_five.page.wait_for_function(
             "window.__distreload && !window.__distreload.overlay", timeout=20_000
