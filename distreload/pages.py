@@ -346,6 +346,9 @@ class PageSink:
     async def write_table(self, key: str, table: str, ttl: int) -> None:
         raise NotImplementedError
 
+    async def remove_table(self, key: str) -> None:
+        raise NotImplementedError
+
 
 class MemorySink(PageSink):
     """The in-process twin, for an app with no Redis: the waiter reads the same dictionaries."""
@@ -361,6 +364,9 @@ class MemorySink(PageSink):
 
     async def write_table(self, key: str, table: str, ttl: int) -> None:
         MemorySink.tables[key] = (table, time.monotonic() + ttl)
+
+    async def remove_table(self, key: str) -> None:
+        MemorySink.tables.pop(key, None)
 
 
 class RedisSink(PageSink):
@@ -385,6 +391,11 @@ class RedisSink(PageSink):
         if client is not None:
             await client.set(key, table, ex=ttl)
 
+    async def remove_table(self, key: str) -> None:
+        client = self.client_of()
+        if client is not None:
+            await asyncio.wait_for(client.delete(key), 0.5)
+
 
 class PageFlusher:
     """Writes a registry's changed rounds and page table, at most every FLUSH_SECONDS: one reload costs
@@ -404,11 +415,14 @@ class PageFlusher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="distreload pages")
 
     async def stop(self) -> None:
+        """Stop writing, and take this worker's page table out: its pages are gone with it."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+        with contextlib.suppress(Exception):
+            await self.sink.remove_table(pages_prefix(self.namespace) + self.registry.worker)
 
     async def _run(self) -> None:
         next_table = 0.0
