@@ -40,6 +40,7 @@ MAX_ROUNDS = 4  # the latest reloads a worker keeps outcomes for
 MAX_LISTED = 100  # pages named per worker and outcome in a summary; the rest are counted
 FLUSH_SECONDS = 0.25  # the most often a worker writes a round's summary or its page table to Redis
 PAGES_REFRESH_SECONDS = 5.0  # the page table is rewritten this often anyway, and expires after three times
+TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --pages, the fleet page)
 ROUND_TTL_SECONDS = 600
 STATES = ("live", "waiting", "paused", "excluded", "overlay", "reloading")
 HOWS = ("loaded", "reloaded", "morphed", "css", "images")
@@ -306,7 +307,9 @@ class PageRegistry:
                 continue
             current.expected += 1
             current.pending[page.page] = page.path
-            if page.state == "paused":
+            # Paused already, or showing this version already (its report came through another worker
+            # first): settled from the start.
+            if page.state == "paused" or (page.state == "live" and _reached(page.version, reload.version)):
                 current.settle(page, now)
         self.rounds[key] = current
         while len(self.rounds) > MAX_ROUNDS:
@@ -425,23 +428,29 @@ class PageFlusher:
             await self.sink.remove_table(pages_prefix(self.namespace) + self.registry.worker)
 
     async def _run(self) -> None:
-        next_table = 0.0
+        table_written = -float("inf")
         while True:
+            # A changed table waits for its turn (TABLE_SECONDS): look again soon rather than at a doorbell.
+            idle = FLUSH_SECONDS if self.registry.changed else PAGES_REFRESH_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._doorbell.wait(), PAGES_REFRESH_SECONDS)
+                await asyncio.wait_for(self._doorbell.wait(), idle)
             self._doorbell.clear()
+            now = time.monotonic()
+            since = now - table_written
+            write_table = since >= PAGES_REFRESH_SECONDS or (self.registry.changed and since >= TABLE_SECONDS)
             try:
-                await self.flush(table_due=time.monotonic() >= next_table)
+                await self.flush(write_table=write_table)
             except Exception as exc:  # Redis away: the next change or refresh writes it all again
                 logger.debug("distreload: could not write the page reports (%s)", exc)
                 self.registry.changed = True
                 for current in self.registry.rounds.values():
                     current.dirty = True
             else:
-                next_table = time.monotonic() + PAGES_REFRESH_SECONDS
+                if write_table:
+                    table_written = now
             await asyncio.sleep(FLUSH_SECONDS)
 
-    async def flush(self, *, table_due: bool = True) -> None:
+    async def flush(self, *, write_table: bool = True) -> None:
         registry = self.registry
         for version, summary in registry.dirty_rounds():
             self.writes += 1
@@ -450,7 +459,7 @@ class PageFlusher:
                 registry.worker,
                 json.dumps(summary, separators=(",", ":")),
             )
-        if registry.changed or table_due:
+        if write_table:
             registry.changed = False
             self.writes += 1
             await self.sink.write_table(

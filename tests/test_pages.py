@@ -233,7 +233,7 @@ def test_a_flush_writes_one_summary_per_changed_round_however_many_pages_reporte
     for i in range(2000):
         registry.report(report(f"page-{i:05}", "/a", V2))
     asyncio.run(flusher.flush())
-    asyncio.run(flusher.flush(table_due=False))  # nothing changed since: nothing written
+    asyncio.run(flusher.flush(write_table=False))  # the table's turn has not come: the round only
     assert len(sink.rounds) == 1 and sink.tables == 2
     key, raw = sink.rounds[0]
     assert key == round_key("ns", str(V2))
