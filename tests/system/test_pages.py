@@ -6,10 +6,12 @@ through ``--url --token``, ``status --pages`` and the fleet page."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +205,71 @@ class WaitInBackground:
         self.thread.join(90)
         assert self.outcome is not None
         return self.outcome
+
+
+def test_the_fleet_page_shows_hosts_workers_and_pages_and_publishes(
+    browser: Any,
+    screens: Callable[[ServerProcess, str], Tab],
+    start_server: ServerFactory,
+    shared_redis_url: str,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    host_a, host_b = start_hosts(start_server, shared_redis_url, namespace)
+    for server, path in (
+        (host_a, "/screen/lobby/one"),
+        (host_a, "/screen/lobby/two"),
+        (host_b, "/screen/bar/three"),
+    ):
+        screens(server, path)
+    paused = screens(host_b, "/screen/lobby/four")
+    paused.page.evaluate("distreload.pause()")
+    wait_for_state(shared_redis_url, namespace, "/screen/lobby/four", "paused")
+
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    try:
+        fleet = context.new_page()
+        # Without the token: only the form asking for it, no data.
+        fleet.goto(host_a.base_url + "/---distreload---/fleet")
+        fleet.wait_for_selector("#login:not([hidden])", timeout=10_000)
+        assert fleet.is_hidden("#fleet")
+        fleet.fill("#token", "wrong")
+        fleet.click("#login button")
+        fleet.wait_for_timeout(500)
+        assert fleet.is_hidden("#fleet")
+        # With it (in the fragment, which no server sees): the workers of both hosts and every page, live.
+        fleet.goto(host_a.base_url + "/---distreload---/fleet#token=" + TOKEN)
+        fleet.wait_for_function("document.getElementById('count-pages').textContent === '4'", timeout=15_000)
+        assert fleet.text_content("#count-workers") == "2"
+        assert "token" not in fleet.url
+        rows = fleet.locator("#pages tr").all_inner_texts()
+        assert any("/screen/lobby/four" in row and "paused" in row for row in rows), rows
+        assert len(rows) == 4
+
+        # A page opened now shows up without a reload of the fleet page.
+        screens(host_b, "/screen/bar/five")
+        fleet.wait_for_function("document.getElementById('count-pages').textContent === '5'", timeout=15_000)
+
+        # Publish from the page, waiting for the pages: it says what became of them.
+        fleet.fill("#wait", "20")
+        fleet.click("#send")
+        fleet.wait_for_function(
+            "document.getElementById('message').textContent.includes('applied')", timeout=30_000
+        )
+        message = fleet.text_content("#message") or ""
+        assert "applied 4 of 4" in message and "paused 1" in message, message
+        fleet.wait_for_function(
+            "document.getElementById('last').textContent.includes('applied 4 of 4')", timeout=15_000
+        )
+        # The page tables follow within a second or two (each worker writes its own at most once a second).
+        fleet.wait_for_function(
+            "Array.from(document.querySelectorAll('#pages tr')).filter("
+            "(row) => /live × 1.*reloaded × 1/.test(row.innerText.replace(/\\s+/g, ' '))).length === 4",
+            timeout=15_000,
+        )
+        assert fleet.is_hidden("#login")
+        shot = Path(os.environ.get("DISTRELOAD_FLEET_SCREENSHOT", tmp_path / "fleet.png"))
+        fleet.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+    finally:
+        context.close()
