@@ -214,6 +214,7 @@ def run(pages: int, workers: int) -> dict[str, Any]:
             "wait_returned_after_last_page_s": round(outcome["returned"] - last_applied, 3),
             "window_s": round(window, 2),
             "redis_writes": writes,
+            "redis_writes_per_worker": round(writes / workers, 2),
             "redis_writes_per_worker_per_s": round(writes / workers / window, 2),
             "idle_redis_writes_per_worker_per_s": round(idle_writes / workers / 3.0, 2),
         }
