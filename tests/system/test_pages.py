@@ -16,8 +16,14 @@ from typing import Any
 
 import pytest
 
+from distreload.protocol import state_key
+
 from ..conftest import ServerFactory, ServerProcess, distreload_cli, wait_for_port
+from ..sse import SSEReader
 from ..test_client import Tab, open_tab, wait_for_subscribers
+from . import redis_servers
+from .redis_apps import Fleet, start_fleet
+from .redis_servers import RedisCluster3, SentinelSet
 
 pytestmark = pytest.mark.redis
 
@@ -273,3 +279,60 @@ def test_the_fleet_page_shows_hosts_workers_and_pages_and_publishes(
         assert shot.stat().st_size > 10_000
     finally:
         context.close()
+
+
+# --- on a Redis Cluster and through Sentinels (pages simulated: reports as client.js sends them) ----------
+
+
+def report_page(server: ServerProcess, stream: str, version: str, how: str = "loaded") -> None:
+    body = {"page": "simulated-page-1", "path": "/tv/1", "version": version, "how": how, "state": "live"}
+    request = urllib.request.Request(
+        server.base_url + "/---distreload---/page",
+        method="POST",
+        data=json.dumps({**body, "stream": stream}).encode(),
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204
+
+
+def wait_for_one_simulated_page(fleet: Fleet, cli_url: str, namespace: str) -> None:
+    """A page on the fleet's one worker applies a reload; ``publish --wait`` (given ``cli_url``) sees it."""
+    [server], [reader] = fleet.servers, fleet.readers
+    hello = reader.wait_for("hello")[0].json()
+    report_page(server, hello["stream"], hello["version"])
+    deadline = time.monotonic() + 20
+    while page_count(cli_url, namespace) != {"/tv/1": 1}:
+        assert time.monotonic() < deadline, "the page table never reached Redis"
+        time.sleep(0.2)
+    waiting = WaitInBackground(cli_url, namespace, "30")
+    reload = reader.wait_for("reload", timeout=20)[0].json()
+    report_page(server, hello["stream"], reload["version"], "reloaded")
+    status, pages = waiting.result()
+    assert status == 0, pages
+    assert (pages["applied"], pages["expected"], pages["workers"], pages["version"]) == (
+        1,
+        1,
+        1,
+        reload["version"],
+    )
+
+
+@pytest.mark.slow
+def test_publish_wait_on_a_redis_cluster(
+    tmp_path: Path, namespace: str, start_server: ServerFactory, open_sse: Callable[..., SSEReader]
+) -> None:
+    with redis_servers.running(RedisCluster3(tmp_path / "cluster")) as cluster:
+        owner = cluster.owner(cluster.slot_of(state_key(namespace)))
+        other = next(node for node in cluster.masters if node is not owner)
+        # The worker is given one node, the command another: both find the slot's owner.
+        fleet = start_fleet(start_server, open_sse, [other.url], namespace, workers=1)
+        wait_for_one_simulated_page(fleet, cluster.masters[-1].url, namespace)
+
+
+@pytest.mark.slow
+def test_publish_wait_through_sentinels(
+    tmp_path: Path, namespace: str, start_server: ServerFactory, open_sse: Callable[..., SSEReader]
+) -> None:
+    with redis_servers.running(SentinelSet(tmp_path / "sentinel")) as sentinels:
+        fleet = start_fleet(start_server, open_sse, [sentinels.url()], namespace, workers=1)
+        wait_for_one_simulated_page(fleet, sentinels.url(), namespace)
