@@ -7,7 +7,8 @@ benchmark starts on a free port (so that Redis's own command counters see distre
 pages are simulated: each is a tab's report (``POST <prefix>/page``, what client.js sends), written over a
 few keep-alive connections per worker, pipelined. Then one reload is published and waited for exactly as
 ``distreload publish --wait`` does (``wait_for_pages``, polling Redis); as soon as every worker has the new
-version, every page reports that it applied it. Measured:
+version, every page reports that it applied it (``--pace S``: spread over S seconds, as ``--spread``
+would). Measured:
 
 - Redis writes per worker per second while the reload is reported (SET, HSET, EXPIRE, DEL from
   ``INFO commandstats``, the presence records included), from the publish until the wait returned;
@@ -97,7 +98,8 @@ def write_counts(client: Any) -> int:
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in WRITE_COMMANDS)
 
 
-def run(pages: int, workers: int) -> dict[str, Any]:
+def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
+    """``pace``: the pages apply over that many seconds (as with ``--spread``) rather than all at once."""
     import redis
 
     from distreload.config import Target
@@ -196,13 +198,22 @@ def run(pages: int, workers: int) -> dict[str, Any]:
             while worker_version(port) != new_version:
                 time.sleep(0.01)
         applied_batches = reports(new_version, "reloaded")
-        last_applied = asyncio.run(all_reports(applied_batches))
+        if pace:
+            slices = 20
+            last_applied = 0.0
+            for part in range(slices):
+                sliced = [batch[part::slices] for batch in applied_batches]
+                last_applied = asyncio.run(all_reports(sliced))
+                time.sleep(pace / slices)
+        else:
+            last_applied = asyncio.run(all_reports(applied_batches))
         waiter.join(90)
         summary = outcome["summary"]
         window = outcome["returned"] - published_at
         writes = write_counts(client) - writes_before  # the publish script's own HSET included
         return {
             "pages": per_worker * workers,
+            "pace_s": pace,
             "workers": workers,
             "opened_in_s": round(opened_in, 2),
             "applied": summary.applied,
@@ -235,9 +246,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=16_000)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--pace", type=float, default=0.0, help="the pages apply over SECONDS (a spread)")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    figures = run(args.pages, args.workers)
+    figures = run(args.pages, args.workers, args.pace)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out is not None:
