@@ -124,10 +124,28 @@ def test_status_pages_adds_up_every_worker_s_pages_by_path(
 
     from distreload.pages import pages_prefix
 
-    first = {"worker": "web-1:7", "pages": 3, "paths": {"/tv/1": {
-        "versions": {"ab-2": 2, "ab-1": 1}, "states": {"live": 2, "paused": 1}, "how": {"reloaded": 3}}}}
-    second = {"worker": "web-2:9", "pages": 1, "paths": {"/tv/1": {
-        "versions": {"ab-2": 1}, "states": {"overlay: the server answered 500": 1}, "how": {"loaded": 1}}}}
+    first = {
+        "worker": "web-1:7",
+        "pages": 3,
+        "paths": {
+            "/tv/1": {
+                "versions": {"ab-2": 2, "ab-1": 1},
+                "states": {"live": 2, "paused": 1},
+                "how": {"reloaded": 3},
+            }
+        },
+    }
+    second = {
+        "worker": "web-2:9",
+        "pages": 1,
+        "paths": {
+            "/tv/1": {
+                "versions": {"ab-2": 1},
+                "states": {"overlay: the server answered 500": 1},
+                "how": {"loaded": 1},
+            }
+        },
+    }
     with redis.Redis.from_url(shared_redis_url) as client:
         client.set(pages_prefix(namespace) + "web-1:7", json.dumps(first), ex=30)
         client.set(pages_prefix(namespace) + "web-2:9", json.dumps(second), ex=30)
