@@ -476,3 +476,27 @@ def test_tls_against_a_plain_redis_fails_fast_and_says_nothing_was_sent(
     assert done.stderr.count("\n") == 1, done.stderr
     assert "TLS handshake" in done.stderr and "nothing was sent" in done.stderr, done.stderr
     assert "goes out if Redis runs it later" not in done.stderr
+
+
+def test_the_progress_line_is_rewritten_on_a_terminal_and_absent_elsewhere() -> None:
+    import io
+
+    from distreload.cli.publish import ProgressLine
+    from distreload.pages import WaitSummary
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, piped = Terminal(), io.StringIO()
+    for stream in (terminal, piped):
+        line = ProgressLine(stream)
+        line(WaitSummary("v", expected=3, applied=1, pending_count=2, elapsed=0.4))
+        line(WaitSummary("v", expected=3, applied=2, failed_count=1, elapsed=0.9))
+        line.end()
+    assert terminal.getvalue() == (
+        "\r\x1b[2Kwaiting: applied 1 of 3, 2 pending (0.4 s)"
+        "\r\x1b[2Kwaiting: applied 2 of 3, 1 failed (0.9 s)"
+        "\r\x1b[2K"
+    )
+    assert piped.getvalue() == ""
