@@ -179,6 +179,11 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert json.loads(done.stdout)["pages"]["applied"] == 4
+
+        # With a spread the wait counts from the end of the window: 1 s after a 4 s spread is enough.
+        status, pages = publish_waiting(shared_redis_url, namespace, "1", "--spread", "4")
+        assert status == 0, pages
+        assert (pages["applied"], pages["expected"]) == (4, 4)
     finally:
         shared.close()
 
