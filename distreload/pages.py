@@ -40,6 +40,7 @@ MAX_ROUNDS = 4  # the latest reloads a worker keeps outcomes for
 MAX_LISTED = 100  # pages named per worker and outcome in a summary; the rest are counted
 FLUSH_SECONDS = 0.5  # the most often a worker writes a round's summary or its page table to Redis
 PAGES_REFRESH_SECONDS = 5.0  # the page table is rewritten this often anyway, and expires after three times
+REFUSED_RETRY_SECONDS = 60.0  # how long a worker whose writes Redis refused waits before trying again
 TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --pages, the fleet page)
 ROUND_TTL_SECONDS = 600
 STATES = ("live", "waiting", "paused", "excluded", "overlay", "reloading")
@@ -410,6 +411,7 @@ class PageFlusher:
         self.namespace = namespace
         self._doorbell = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failing = False  # said once per outage
         self.writes = 0
         registry.wake = self._doorbell.set
 
@@ -441,11 +443,19 @@ class PageFlusher:
             try:
                 await self.flush(write_table=write_table)
             except Exception as exc:  # Redis away: the next change or refresh writes it all again
-                logger.debug("distreload: could not write the page reports (%s)", exc)
+                from .redis_clients import is_refusal
+
+                refused = is_refusal(exc)
+                if refused or not self._failing:
+                    logger.debug("distreload: could not write the page reports (%s)", exc)
+                self._failing = True
                 self.registry.changed = True
                 for current in self.registry.rounds.values():
                     current.dirty = True
+                if refused:  # an ACL without the rights (see the README): pages reload all the same
+                    await asyncio.sleep(REFUSED_RETRY_SECONDS)
             else:
+                self._failing = False
                 if write_table:
                     table_written = now
             await asyncio.sleep(FLUSH_SECONDS)
