@@ -38,10 +38,11 @@ MAX_REASON = 200
 MAX_PATH = 512
 MAX_ROUNDS = 4  # the latest reloads a worker keeps outcomes for
 MAX_LISTED = 100  # pages named per worker and outcome in a summary; the rest are counted
-FLUSH_SECONDS = 0.5  # the most often a worker writes a round's summary or its page table to Redis
+FLUSH_SECONDS = 0.5  # the most often a worker writes a round's summary to Redis
 PAGES_REFRESH_SECONDS = 5.0  # the page table is rewritten this often anyway, and expires after three times
 REFUSED_RETRY_SECONDS = 60.0  # how long a worker whose writes Redis refused waits before trying again
 TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --pages, the fleet page)
+RELOADING_SECONDS = 60.0  # a page that said "reloading" and was not heard of since is gone after this
 ROUND_TTL_SECONDS = 600
 STATES = ("live", "waiting", "paused", "excluded", "overlay", "reloading")
 HOWS = ("loaded", "reloaded", "morphed", "css", "images")
@@ -284,6 +285,18 @@ class PageRegistry:
         self.changed = True
         self.wake()
 
+    def forget_stale_reloads(self, now: float) -> None:
+        """Drop the pages that said "reloading" RELOADING_SECONDS ago and were not heard of since: the new
+        document reported to another worker, or never loaded. A round still waiting for one keeps it
+        (``--wait`` names it unanswered)."""
+        stale = [
+            p.page for p in self.pages.values() if p.state == "reloading" and now - p.since > RELOADING_SECONDS
+        ]
+        for page_id in stale:
+            del self.pages[page_id]
+        if stale:
+            self.changed = True
+
     def stream_opened(self, stream: str) -> None:
         self.open_streams.add(stream)
 
@@ -437,6 +450,7 @@ class PageFlusher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._doorbell.wait(), idle)
             self._doorbell.clear()
+            self.registry.forget_stale_reloads(time.time())
             now = time.monotonic()
             since = now - table_written
             write_table = since >= PAGES_REFRESH_SECONDS or (self.registry.changed and since >= TABLE_SECONDS)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
 from distreload.pages import (
     MAX_REPORT_BYTES,
+    RELOADING_SECONDS,
     BadReport,
     MemorySink,
     PageFlusher,
@@ -156,6 +158,17 @@ def test_the_pages_of_a_closed_stream_leave_unless_they_reload() -> None:
     # The tab comes back through another stream (another tab now leads): open after all.
     registry.report(report("gone-0001", "/a", V2, stream="cccccccc"))
     assert current.closed == {} and len(current.applied_ms) == 1
+
+
+def test_a_page_that_went_to_reload_and_never_came_back_is_forgotten_but_still_awaited() -> None:
+    registry = registry_with(report("reloads-1", "/a"), report("live-0001", "/b"))
+    registry.reload_arrived(Reload(V2))
+    registry.report(report("reloads-1", "/a", V1, state="reloading"))
+    registry.forget_stale_reloads(time.time() + RELOADING_SECONDS / 2)
+    assert set(registry.pages) == {"reloads-1", "live-0001"}
+    registry.forget_stale_reloads(time.time() + RELOADING_SECONDS + 1)
+    assert set(registry.pages) == {"live-0001"}
+    assert "reloads-1" in registry.rounds[str(V2)].pending
 
 
 def test_the_page_table_groups_pages_by_path() -> None:
