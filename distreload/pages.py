@@ -290,7 +290,9 @@ class PageRegistry:
         document reported to another worker, or never loaded. A round still waiting for one keeps it
         (``--wait`` names it unanswered)."""
         stale = [
-            p.page for p in self.pages.values() if p.state == "reloading" and now - p.since > RELOADING_SECONDS
+            page.page
+            for page in self.pages.values()
+            if page.state == "reloading" and now - page.since > RELOADING_SECONDS
         ]
         for page_id in stale:
             del self.pages[page_id]
