@@ -94,6 +94,7 @@ def paths_of(listed: list[dict[str, str]]) -> list[str]:
     return sorted(page["path"] for page in listed)
 
 
+@pytest.mark.browser
 def test_publish_wait_counts_every_page_over_two_hosts(
     browser: Any,
     screens: Callable[[ServerProcess, str], Tab],
@@ -218,6 +219,7 @@ class WaitInBackground:
         return self.outcome
 
 
+@pytest.mark.browser
 def test_the_fleet_page_shows_hosts_workers_and_pages_and_publishes(
     browser: Any,
     screens: Callable[[ServerProcess, str], Tab],
