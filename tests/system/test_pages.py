@@ -119,6 +119,17 @@ def test_publish_wait_counts_every_page_over_two_hosts(
             "/screen/lobby/five": 1,
         }
         wait_for_pages(shared_redis_url, namespace, everyone)
+        # An idle page reports nothing (its local look once a second finds nothing changed).
+        reports: list[str] = []
+
+        def note_report(request: Any) -> None:
+            if request.url.endswith("/---distreload---/page"):
+                reports.append(request.url)
+
+        for tab in (lobby_one, lobby_two, lobby_three):
+            tab.page.on("request", note_report)
+        lobby_one.page.wait_for_timeout(2500)
+        assert reports == []
 
         # Every page applies: exit 0, and the times to applied are given.
         status, pages = publish_waiting(shared_redis_url, namespace, "20")
@@ -143,8 +154,10 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         )
 
         # A paused tab and one the match leaves out do not hold the wait: listed, not counted.
+        reported = len(reports)
         lobby_two.page.evaluate("distreload.pause()")
         wait_for_state(shared_redis_url, namespace, "/screen/lobby/two", "paused")
+        assert len(reports) > reported  # the pause was reported (the listener does see reports)
         status, pages = publish_waiting(shared_redis_url, namespace, "20", "--match", "/screen/lobby/*")
         assert status == 0, pages
         assert (pages["applied"], pages["expected"], pages["excluded"]) == (3, 3, 1)
