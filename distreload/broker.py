@@ -338,6 +338,13 @@ class RedisBroker(Broker):
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def redis_client(self) -> Any:
+        """The subscription's Redis client while it is connected (what a worker writes its page reports
+        through), else None."""
+        link = self._link
+        return link.client if link is not None and self._connected else None
+
     def _running(self) -> bool:
         return self._task is not None and not self._task.done()
 

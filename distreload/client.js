@@ -19,7 +19,8 @@
 // The parts, each usable on its own (the client's tests drive them in a browser without a server, through
 // distreload.parts): Connection (one EventSource with its own backoff), StreamShare (one stream per browser),
 // ReloadPlan (accept, merge, spread, match, pause), PageCheck (fetch, backoff, overlay), Morph and
-// morphDocument, the stylesheet and image swaps, Ui and Indicator, TabMemory. runPage only wires them.
+// morphDocument, the stylesheet and image swaps, Ui and Indicator, TabMemory, PageReport (what the tab
+// shows, told to the worker). runPage only wires them.
 (function (global) {
   "use strict";
 
@@ -244,7 +245,8 @@
       self.attempt = 0;
       self.connected = true;
       self.resumeFrom = newer(self.resumeFrom, data.version);
-      self.state = { type: "hello", version: data.version, build: data.build, worker: data.worker };
+      self.state = { type: "hello", version: data.version, build: data.build, worker: data.worker,
+        stream: typeof data.stream === "string" ? data.stream : "" };
       self.report(self.state);
     });
     source.addEventListener("reload", function (event) {
@@ -1533,6 +1535,101 @@
     if (this.channel) { this.channel.close(); this.channel = null; }
   };
 
+  // --- page reports: what this tab shows, told to the worker ----------------------------------------------
+  //
+  // Each tab is one page, whether it holds the stream or shares it. It reports (POST <base>/page) its path,
+  // the version it shows, how it got there and its state, and only when one of them changed: an idle page
+  // sends nothing. The report names the stream the tab listens through (its hello gives the id): the worker
+  // drops the pages of a stream that closes. A tab that goes says so at once with sendBeacon; one that
+  // reloads for a reload says "reloading" instead, and the page it becomes reports under the same id (kept
+  // in sessionStorage), "reloaded".
+  function PageReport(window, base, storage, pathname) {
+    this.window = window;
+    this.base = base;
+    this.storage = storage;
+    this.pathname = pathname;
+    this.key = "distreload:page:" + base;
+    var kept = {};
+    try { kept = safeJson(storage && storage.getItem(this.key)) || {}; } catch (e) { /* no storage */ }
+    this.id = /^[0-9a-f]{16}$/.test(kept.id || "") ? kept.id : randomId(window);
+    this.how = kept.reloading ? "reloaded" : "loaded";
+    this.shown = kept.reloading || "";
+    this.stream = "";
+    this.excluded = "";
+    this.last = "";
+    this.gone = false;
+    this.remember({ id: this.id });
+  }
+
+  function randomId(window) {
+    var bytes = new Uint8Array(8), id = "";
+    if (window.crypto && window.crypto.getRandomValues) window.crypto.getRandomValues(bytes);
+    else for (var i = 0; i < 8; i++) bytes[i] = Math.floor(Math.random() * 256);
+    for (var j = 0; j < 8; j++) id += (bytes[j] < 16 ? "0" : "") + bytes[j].toString(16);
+    return id;
+  }
+
+  PageReport.prototype.remember = function (memory) {
+    try { if (this.storage) this.storage.setItem(this.key, JSON.stringify(memory)); } catch (e) { /* private mode */ }
+  };
+
+  // The stream's hello: the id of the stream this tab now listens through.
+  PageReport.prototype.hello = function (stream) {
+    if (stream) this.stream = stream;
+  };
+
+  PageReport.prototype.applied = function (how, version) {
+    this.how = how;
+    this.shown = newer(this.shown, version);
+    this.excluded = "";
+  };
+
+  // A reload this page is not matched by: it still shows what it showed, and says why.
+  PageReport.prototype.exclude = function (version) {
+    this.excluded = version;
+    this.shown = newer(this.shown, version);
+  };
+
+  // ``state``: {state, reason} or null while something is under way (nothing worth saying yet).
+  PageReport.prototype.send = function (state) {
+    if (this.gone || !state || !this.stream) return;
+    var report = JSON.stringify({ page: this.id, path: this.pathname().slice(0, 2048) || "/", version: this.shown,
+      how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream });
+    if (report === this.last) return;
+    this.last = report;
+    this.post(report, false);
+  };
+
+  PageReport.prototype.post = function (body, leaving) {
+    var url = this.base + "/page", navigator = this.window.navigator;
+    if (leaving && navigator.sendBeacon && navigator.sendBeacon(url, body)) return;
+    try {
+      this.window.fetch(url, { method: "POST", body: body, keepalive: true, credentials: "same-origin",
+        headers: { "content-type": "text/plain" } }).catch(function () { /* the next change reports again */ });
+    } catch (e) { /* no fetch: nothing is reported */ }
+  };
+
+  // This tab reloads for ``version``: the page it becomes reports "reloaded" under the same id.
+  PageReport.prototype.reloading = function (version) {
+    this.remember({ id: this.id, reloading: version });
+    this.last = "";
+    this.send({ state: "reloading" });
+    this.gone = true;
+  };
+
+  PageReport.prototype.leave = function () {
+    if (this.gone) return;
+    this.gone = true;
+    this.last = "";
+    this.post(JSON.stringify({ page: this.id, leave: true }), true);
+  };
+
+  // Back from the back-forward cache: a page again.
+  PageReport.prototype.back = function () {
+    this.gone = false;
+    this.last = "";
+  };
+
   // --- the indicator: stream lost, or paused ------------------------------------------------------------
 
   // What the indicator shows follows the status; a stream back within LOST_GRACE never showed it.
@@ -1606,6 +1703,9 @@
     });
     var indicator = new Indicator(ui, options, status, resume);
     var stream = new StreamShare(window, base, options, status, handle, function () { return heard; });
+    var pathname = function () { return window.location.pathname; };
+    var report = new PageReport(window, base, storage, pathname);
+    if (!report.shown) report.shown = status.version;
     status.paused = Boolean(plan.remembered.paused) || /[?&]distreload=off(&|$)/.test(window.location.search);
 
     // Messages from the stream (this tab's own, or the one shared).
@@ -1624,10 +1724,28 @@
         status.worker = message.worker;
         indicator.back();
         plan.hello(message);
+        report.hello(message.stream);
       } else if (message.type === "reload") {
         heard = newer(heard, message.version);
         plan.reload(message);
+        if (message.match && !matchesGlob(message.match, pathname())) report.exclude(message.version);
       }
+      tellWorker();
+    }
+
+    // What this page shows, for the worker (see PageReport).
+    function pageState() {
+      if (status.paused) return { state: "paused" };
+      if (status.overlay) {
+        var title = ui.parts && ui.parts.title ? ui.parts.title.textContent : "";
+        return { state: "overlay", reason: title.replace(/^distreload: /, "") };
+      }
+      if (status.reloading) return plan.timer ? { state: "waiting" } : null;
+      return { state: report.excluded && report.excluded === report.shown ? "excluded" : "live" };
+    }
+
+    function tellWorker() {
+      report.send(pageState());
     }
 
     function carryOut(current) {
@@ -1641,6 +1759,8 @@
           var refreshed = refreshImages(document, current.paths, current.version);
           log("refreshed " + refreshed + " image" + (refreshed === 1 ? "" : "s") + " for " + current.version);
         }
+        report.applied(current.kind, current.version);
+        tellWorker();
         return;
       }
       check.run();
@@ -1666,12 +1786,15 @@
       plan.done(current);
       status.morphs += 1;
       log("morphed the page for " + current.version + " (" + result.changes + " change" + (result.changes === 1 ? "" : "s") + ")");
+      report.applied("morphed", current.version);
       if (isBehind(fetchedFor, current.version)) { check.run(); return; }  // a newer morph came in while fetching
       plan.finish();
+      tellWorker();
     }
 
     function reloadNow(current) {
       plan.done(current);
+      report.reloading(current.version);
       log("reloading: " + current.reason);
       window.location.reload();
     }
@@ -1683,6 +1806,7 @@
 
     function pause() {
       plan.pause();
+      tellWorker();
       return "paused";
     }
 
@@ -1694,15 +1818,22 @@
         window.history.replaceState(window.history.state, "", url.href);
       }
       plan.resume();
+      tellWorker();
       return "resumed";
     }
 
     window.addEventListener("online", wake);
     document.addEventListener("visibilitychange", function () { if (document.visibilityState === "visible") wake(); });
     // A page leaving (or entering the back-forward cache, or frozen) hands the stream on; back, it joins again.
-    window.addEventListener("pagehide", function () { stream.leave(); });
+    window.addEventListener("pagehide", function () { stream.leave(); report.leave(); });
     document.addEventListener("freeze", function () { stream.leave(); });
-    window.addEventListener("pageshow", function (event) { if (event.persisted && !stream.active()) stream.start(); });
+    window.addEventListener("pageshow", function (event) {
+      if (event.persisted) report.back();
+      if (event.persisted && !stream.active()) stream.start();
+    });
+    // The overlay, a spread that ran out and a check that failed change the state without a message: a
+    // look once a second (local only; a report goes out only when something changed).
+    window.setInterval(tellWorker, 1000);
     document.addEventListener("resume", function () { if (!stream.active()) stream.start(); });
 
     api.pause = pause;
@@ -1737,6 +1868,7 @@
     ReloadPlan: ReloadPlan,
     PageCheck: PageCheck,
     StreamShare: StreamShare,
+    PageReport: PageReport,
     Indicator: Indicator,
     Ui: Ui
   };

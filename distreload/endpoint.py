@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
@@ -15,6 +17,9 @@ from starlette.types import Receive, Scope, Send
 from .broker import Broker
 from .hub import StreamHub, reload_event, sse_event
 from .protocol import ClusterVersion, PublishError, reload_request
+
+if TYPE_CHECKING:
+    from .fleet import FleetRoutes
 
 CLIENT_SCRIPT = resources.files(__package__).joinpath("client.js").read_bytes()
 CLIENT_SCRIPT_ETAG = hashlib.sha256(CLIENT_SCRIPT).hexdigest()[:16]
@@ -27,6 +32,7 @@ SSE_HEADERS = [
 ]
 RETRY_MILLISECONDS = 1000
 MAX_PUBLISH_BODY = 64 * 1024
+MAX_WAIT_SECONDS = 3600
 
 
 async def _send_simple(
@@ -62,6 +68,8 @@ class ReloadEndpoint:
         self.build_id = build_id
         self.token = token
         self._ensure_started = ensure_started
+        # The page reports, the fleet page and --wait (see fleet.py); None serves none of them.
+        self.fleet: FleetRoutes | None = None
 
     def version_headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -89,6 +97,8 @@ class ReloadEndpoint:
             if method != "POST":
                 return self._not_allowed(send, "POST")
             return self._publish(scope, receive, send)
+        if self.fleet is not None and subpath in self.fleet.subpaths:
+            return self.fleet(scope, receive, send, subpath)
         return _send_simple(
             send,
             404,
@@ -157,16 +167,26 @@ class ReloadEndpoint:
         # behind them. A client that comes from a worker further on is not told again what it has.
         ahead = seen if seen is not None and current.is_behind(seen) else None
         stream = self.hub.open(send, client_ahead=ahead)
+        # The pages that report through this stream (its id comes with the hello) leave when it closes.
+        stream_id = secrets.token_hex(8)
+        if self.fleet is not None:
+            self.fleet.pages.stream_opened(stream_id)
         try:
-            first = self._first_events(seen, current)
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-        except BaseException:
-            self.hub.discard(stream)
-            raise
-        # Written by this request's task until the client goes away or the stream ends.
-        await stream.serve(receive)
+            try:
+                first = self._first_events(seen, current, stream_id)
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            except BaseException:
+                self.hub.discard(stream)
+                raise
+            # Written by this request's task until the client goes away or the stream ends.
+            await stream.serve(receive)
+        finally:
+            if self.fleet is not None:
+                self.fleet.pages.stream_closed(stream_id)
 
-    def _first_events(self, seen: ClusterVersion | None, current: ClusterVersion) -> bytes:
+    def _first_events(
+        self, seen: ClusterVersion | None, current: ClusterVersion, stream_id: str = ""
+    ) -> bytes:
         """The retry hint, hello, and the reload a reconnecting client missed, if any."""
         hello = json.dumps(
             {
@@ -174,6 +194,7 @@ class ReloadEndpoint:
                 "build": self.build_id,
                 "worker": str(self.broker.identity),
                 "heartbeat": self.hub.heartbeat_interval,
+                "stream": stream_id,
             }
         )
         first = f"retry: {RETRY_MILLISECONDS}\n\n".encode() + sse_event("hello", hello, str(current))
@@ -210,17 +231,37 @@ class ReloadEndpoint:
             request = json.loads(body or b"{}")
             if not isinstance(request, dict):
                 raise ValueError("expected a JSON object")
-            unknown = set(request) - {"kind", "paths", "spread", "match"}
+            unknown = set(request) - {"kind", "paths", "spread", "match", "wait"}
             if unknown:
-                raise ValueError(f"unknown field {sorted(unknown)[0]!r} (known: kind, paths, spread, match)")
+                raise ValueError(
+                    f"unknown field {sorted(unknown)[0]!r} (known: kind, paths, spread, match, wait)"
+                )
+            wait = request.get("wait")
+            if wait is not None and (
+                isinstance(wait, bool)
+                or not isinstance(wait, int | float)
+                or not 0 < wait <= MAX_WAIT_SECONDS
+            ):
+                raise ValueError(f"wait must be a number of seconds above 0, at most {MAX_WAIT_SECONDS}")
             paths = request.get("paths", [])
             if not isinstance(paths, list):
                 raise ValueError("paths must be a list of URL paths")
-            result = await self.broker.publish(
-                reload_request(
-                    request.get("kind", "reload"), paths, request.get("spread", 0.0), request.get("match")
-                )
+            reload = reload_request(
+                request.get("kind", "reload"), paths, request.get("spread", 0.0), request.get("match")
             )
+            if wait is not None:
+                from .pages import PagesUnavailable
+                from .publisher import publish_and_wait
+
+                try:
+                    summary = await publish_and_wait(self.broker, reload, float(wait))
+                except PagesUnavailable as exc:
+                    raise PublishError(str(exc)) from None
+                answer = {"version": str(summary.version), "receivers": summary.receivers}
+                answer["pages"] = summary.pages.to_dict() if summary.pages is not None else None
+                await _send_simple(send, 200, json.dumps(answer).encode(), json_headers)
+                return
+            result = await self.broker.publish(reload)
         except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to read
             await _send_simple(send, 400, json.dumps({"error": str(exc)}).encode(), json_headers)
             return

@@ -22,8 +22,10 @@ from . import config
 from .broker import Broker, get_broker
 from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint
 from .errors import details_requested, serve_reporting_errors
+from .fleet import FleetRoutes
 from .hub import StreamHub
 from .injector import injecting
+from .pages import MemorySink, PageFlusher, PageRegistry, PageSink, RedisSink, registry_name
 from .process import build_id as process_build_id
 from .process import has_sibling_workers
 from .protocol import Reload
@@ -87,6 +89,8 @@ class DistReload:
         # shutting down does nothing.
         self.hub: StreamHub | None = None
         self.endpoint: ReloadEndpoint | None = None
+        self.pages: PageRegistry | None = None
+        self._page_flusher: PageFlusher | None = None
         if not self.enabled:
             given = isinstance(enabled, bool) or bool(enabled and enabled.strip())  # "" is not given
             _say_off(explicitly=given or config.enabled_in_environment() is not None)
@@ -94,10 +98,7 @@ class DistReload:
         with refusing_to_start_on_a_bad_environment():
             self._broker = broker or get_broker(redis_url, namespace)
         if routes:
-            self.hub = StreamHub(
-                heartbeat_interval=heartbeat_interval,
-                on_reload=self._run_on_reload if on_reload is not None else None,
-            )
+            self.hub = StreamHub(heartbeat_interval=heartbeat_interval, on_reload=self._reload_arrived)
             self.endpoint = ReloadEndpoint(
                 self._broker,
                 self.hub,
@@ -105,6 +106,8 @@ class DistReload:
                 token=config.resolve_token(token),
                 ensure_started=self.ensure_started,
             )
+            self.pages = PageRegistry(registry_name(str(self._broker.identity)), self._broker.identity.host)
+            self.endpoint.fleet = FleetRoutes(self.pages, self._broker, self.endpoint.token)
 
     @property
     def broker(self) -> Broker | None:
@@ -187,6 +190,8 @@ class DistReload:
                 self.hub.closing = False
                 await self._broker.hold(self.hub)
                 exit_watch().attach(self.hub)
+            if self.pages is not None:
+                self._start_page_flusher(self.pages)
             self._started = True
             if self.hub is not None and not self._broker.announced:
                 self._broker.announced = True  # one line per worker, however many apps share the broker
@@ -217,6 +222,8 @@ class DistReload:
         if not self._started:
             return
         self._started = False
+        if self._page_flusher is not None:
+            await self._page_flusher.stop()
         if self.hub is not None:
             exit_watch().detach(self.hub)
             await self._broker.release(self.hub)
@@ -272,6 +279,20 @@ class DistReload:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _start_page_flusher(self, pages: PageRegistry) -> None:
+        broker = self._broker
+        sink: PageSink = MemorySink()
+        if broker.talks_to_redis:
+            sink = RedisSink(lambda: getattr(broker, "redis_client", None))
+        self._page_flusher = PageFlusher(pages, sink, broker.target.namespace)
+        self._page_flusher.start()
+
+    def _reload_arrived(self, reload: Reload) -> None:
+        if self.pages is not None:
+            self.pages.reload_arrived(reload)
+        if self._on_reload is not None:
+            self._run_on_reload(reload)
 
     def _run_on_reload(self, reload: Reload) -> None:
         assert self._on_reload is not None

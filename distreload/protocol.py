@@ -14,7 +14,10 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+if TYPE_CHECKING:
+    from .pages import WaitSummary
 
 ReloadKind = Literal["reload", "css", "morph", "images"]
 RELOAD_KINDS: tuple[ReloadKind, ...] = ("reload", "css", "morph", "images")
@@ -217,10 +220,12 @@ class PublishResult:
     the namespace's state. Each worker process with a running app holds exactly one; a running
     ``distreload listen`` holds one too and is counted alike (Redis cannot tell them apart). A worker that
     drops the message (its state does not back it) was still counted: the count says the message reached
-    the process, not that a page reloaded."""
+    the process, not that a page reloaded. With a wait, ``pages`` says what became of the pages open at
+    publish time."""
 
     version: ClusterVersion
     receivers: int
+    pages: WaitSummary | None = None
 
 
 class BadMessage(ValueError):

@@ -151,8 +151,39 @@ async def send_reload_signal_async(
     match: str | None = None,
     redis_url: str | None = None,
     namespace: str | None = None,
+    wait: float | None = None,
 ) -> PublishResult:
     """The async twin of :func:`send_reload_signal`: waits for the publish without blocking the loop, and
-    returns its result or raises :class:`PublishError`."""
+    returns its result or raises :class:`PublishError`.
+
+    ``wait``: also wait up to that many seconds (after the spread) until every page open now applied the
+    reload or failed; the result's ``pages`` then says which (``pages.outcome``: "applied", "failed" or
+    "timed out")."""
     request = reload_request(kind, paths, spread, match)
-    return await _broker_for(redis_url, namespace).publish(request)
+    broker = _broker_for(redis_url, namespace)
+    if wait is None:
+        return await broker.publish(request)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait <= 3600:
+        raise ValueError(f"wait must be a number of seconds above 0, at most 3600, not {wait!r}")
+    from .pages import PagesUnavailable
+
+    try:
+        return await publish_and_wait(broker, request, float(wait))
+    except PagesUnavailable as exc:
+        raise PublishError(str(exc)) from None
+
+
+async def publish_and_wait(broker: Broker, request: ReloadRequest, wait: float) -> PublishResult:
+    """Publish, then wait up to ``wait`` seconds after the spread for the pages open at publish time (the
+    live workers' pages) to apply the reload or fail; raise PagesUnavailable when Redis cannot be read."""
+    import asyncio
+    import dataclasses
+
+    from .pages import live_workers, wait_for_pages_async
+
+    workers = await asyncio.to_thread(live_workers, broker.target)
+    result = await broker.publish(request)
+    pages = await wait_for_pages_async(
+        broker.target, str(result.version), seconds=wait + request.spread, workers=workers
+    )
+    return dataclasses.replace(result, pages=pages)

@@ -252,7 +252,13 @@ class RecordingServer:
     """A local HTTP server that answers every POST with one fixed status (and Location), recording what
     reached it: the app, or the host a redirect points to."""
 
-    def __init__(self, status: int = 200, location: str | None = None, tls: tuple[Path, Path] | None = None):
+    def __init__(
+        self,
+        status: int = 200,
+        location: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        answer: dict[str, Any] | None = None,
+    ):
         import http.server
         import ssl
 
@@ -266,7 +272,8 @@ class RecordingServer:
                 self.send_response(status)
                 if location is not None:
                     self.send_header("location", location)
-                body = b'{"version": "0123456789abcdef-1", "receivers": 1}' if status == 200 else b""
+                published = {"version": "0123456789abcdef-1", "receivers": 1, **(answer or {})}
+                body = json.dumps(published).encode() if status == 200 else b""
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -375,6 +382,78 @@ def test_a_working_endpoint_still_publishes(servers: Callable[..., RecordingServ
     assert "published reload 0123456789abcdef-1 through" in done.stdout
 
 
+# --- --wait -----------------------------------------------------------------------------------------------
+
+WAITED = {
+    "version": "0123456789abcdef-1",
+    "expected": 3,
+    "applied": 2,
+    "p50_ms": 400,
+    "p99_ms": 900,
+    "failed": [{"path": "/tv/2", "worker": "kiosk-2:41", "reason": "the server answered 500"}],
+    "failed_count": 1,
+    "unanswered": [],
+    "unanswered_count": 0,
+    "paused": [{"path": "/tv/9", "worker": "kiosk-1:7"}],
+    "paused_count": 1,
+    "excluded": 2,
+    "workers": 2,
+    "workers_expected": 2,
+}
+
+
+@pytest.mark.parametrize(
+    ("pages", "status"),
+    [
+        ({**WAITED, "failed": [], "failed_count": 0, "applied": 3}, 0),
+        (WAITED, 3),
+        (
+            {
+                **WAITED,
+                "failed": [],
+                "failed_count": 0,
+                "unanswered": [{"path": "/tv/2", "worker": "kiosk-2:41", "state": "live"}],
+                "unanswered_count": 1,
+            },
+            4,
+        ),
+    ],
+)
+def test_publish_wait_through_an_app_says_what_the_pages_did_in_its_exit_status(
+    servers: Callable[..., RecordingServer], pages: dict[str, Any], status: int
+) -> None:
+    app = servers(200, answer={"pages": pages})
+    url = f"http://127.0.0.1:{app.port}"
+    done = run_cli("publish", "--url", url, "--wait", "5", env={"DISTRELOAD_TOKEN": TOKEN})
+    assert done.returncode == status, done.stderr
+    lines = done.stdout.splitlines()
+    times = "(time to applied: p50 400 ms, p99 900 ms)"
+    assert lines[1] == f"applied {pages['applied']} of 3 pages {times}"
+    assert "  paused: /tv/9 on kiosk-1:7 (left out of the count)" in lines
+    if status == 3:
+        assert "  failed: /tv/2 on kiosk-2:41: the server answered 500" in lines
+    if status == 4:
+        assert "  unanswered: /tv/2 on kiosk-2:41: no answer" in lines and lines[-1] == "timed out after 5 s"
+    as_json = run_cli("publish", "--url", url, "--wait", "5", "--json", env={"DISTRELOAD_TOKEN": TOKEN})
+    assert as_json.returncode == status
+    assert json.loads(as_json.stdout)["pages"]["applied"] == pages["applied"]
+
+
+def test_publish_wait_through_an_app_that_does_not_wait_is_an_error(
+    servers: Callable[..., RecordingServer],
+) -> None:
+    app = servers(200)  # an answer with no "pages": a distreload from before --wait
+    url = f"http://127.0.0.1:{app.port}"
+    done = run_cli("publish", "--url", url, "--wait", "5", env={"DISTRELOAD_TOKEN": TOKEN})
+    assert done.returncode == 1 and "did not wait" in done.stderr
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "soon"])
+def test_a_wait_that_is_no_positive_number_is_a_usage_error(seconds: str) -> None:
+    done = run_cli("publish", "--redis-url", "redis://127.0.0.1:1/0", "--wait", seconds)
+    assert done.returncode == 2 and "--wait" in done.stderr
+
+
 # --- Redis URLs the user gets wrong ----------------------------------------------------------------------
 
 
@@ -397,3 +476,27 @@ def test_tls_against_a_plain_redis_fails_fast_and_says_nothing_was_sent(
     assert done.stderr.count("\n") == 1, done.stderr
     assert "TLS handshake" in done.stderr and "nothing was sent" in done.stderr, done.stderr
     assert "goes out if Redis runs it later" not in done.stderr
+
+
+def test_the_progress_line_is_rewritten_on_a_terminal_and_absent_elsewhere() -> None:
+    import io
+
+    from distreload.cli.publish import ProgressLine
+    from distreload.pages import WaitSummary
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, piped = Terminal(), io.StringIO()
+    for stream in (terminal, piped):
+        line = ProgressLine(stream)
+        line(WaitSummary("v", expected=3, applied=1, pending_count=2, elapsed=0.4))
+        line(WaitSummary("v", expected=3, applied=2, failed_count=1, elapsed=0.9))
+        line.end()
+    assert terminal.getvalue() == (
+        "\r\x1b[2Kwaiting: applied 1 of 3, 2 pending (0.4 s)"
+        "\r\x1b[2Kwaiting: applied 2 of 3, 1 failed (0.9 s)"
+        "\r\x1b[2K"
+    )
+    assert piped.getvalue() == ""

@@ -117,6 +117,53 @@ def test_a_bad_presence_record_is_skipped_with_one_line_and_the_rest_is_shown(
 
 
 @pytest.mark.redis
+def test_status_pages_adds_up_every_worker_s_pages_by_path(
+    shared_redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    from distreload.pages import pages_prefix
+
+    first = {
+        "worker": "web-1:7",
+        "pages": 3,
+        "paths": {
+            "/tv/1": {
+                "versions": {"ab-2": 2, "ab-1": 1},
+                "states": {"live": 2, "paused": 1},
+                "how": {"reloaded": 3},
+            }
+        },
+    }
+    second = {
+        "worker": "web-2:9",
+        "pages": 1,
+        "paths": {
+            "/tv/1": {
+                "versions": {"ab-2": 1},
+                "states": {"overlay: the server answered 500": 1},
+                "how": {"loaded": 1},
+            }
+        },
+    }
+    with redis.Redis.from_url(shared_redis_url) as client:
+        client.set(pages_prefix(namespace) + "web-1:7", json.dumps(first), ex=30)
+        client.set(pages_prefix(namespace) + "web-2:9", json.dumps(second), ex=30)
+        client.set(pages_prefix(namespace) + "junk:1", b"not json", ex=30)
+    target = ["--redis-url", shared_redis_url, "--namespace", namespace]
+    assert main(["status", "--pages", *target]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["PATH", "PAGES", "VERSIONS", "STATES"]
+    assert lines[1].split("  ")[0] == "/tv/1"
+    assert "ab-1 1, ab-2 3" in lines[1]
+    assert "live 2, overlay: the server answered 500 1, paused 1" in lines[1]
+    assert lines[-1] == f"4 pages on 1 path, reported by 2 workers (namespace {namespace!r})"
+    assert main(["status", "--pages", "--json", *target]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pages"] == 4 and data["paths"]["/tv/1"]["how"] == {"loaded": 1, "reloaded": 3}
+
+
+@pytest.mark.redis
 def test_text_from_redis_is_printed_with_its_control_characters_escaped(
     shared_redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .. import __version__
 from ..config import DEFAULT_PREFIX, ENV_TOKEN, ConfigError
@@ -23,11 +23,13 @@ from .common import (
     add_redis_options,
     non_negative_float,
     positive_float,
+    printable,
     reason,
     redis_target,
 )
 
 if TYPE_CHECKING:
+    from ..pages import WaitSummary
     from ..protocol import PublishResult, ReloadRequest
 
 NAME = "publish"
@@ -42,13 +44,19 @@ examples:
   distreload publish --spread 30 --match '/screens/lobby/*'   a fleet of screens, 30 s apart
   DISTRELOAD_TOKEN=... distreload publish --url https://staging.example.com --json
   distreload publish --url https://staging.example.com --token-file ~/.config/staging-token
+  distreload publish --wait 30                  then wait until every open page applied it (CI)
   vault read -field=token secret/staging | distreload publish --url https://staging.example.com --token-file -
 
 --url needs the app to run with a token (DISTRELOAD_TOKEN or token=): it serves
 POST <prefix>/publish only then, and answers 401 to a missing or wrong token. Give the
 token through DISTRELOAD_TOKEN or --token-file: --token puts it in the command line, which
 every user of the machine can read (ps). Redirects are never followed, so the token only
-goes to the origin --url names."""
+goes to the origin --url names.
+
+exit status with --wait: 0 every page open at publish time applied the reload; 3 a page
+failed (the overlay: its server answered an error, or did not answer); 4 a page did not
+answer within SECONDS; 1 and 2 as for any error. Paused pages, pages the --match leaves
+out and pages closed meanwhile are listed but do not count."""
 
 
 def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
@@ -64,13 +72,29 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
     )
     add_publish_target_options(parser)
     add_reload_options(parser)
+    parser.add_argument(
+        "--wait",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="then wait up to SECONDS (after the --spread window) until every page open now has applied "
+        "the reload or failed, and say which; exit status 0 only when all applied, "
+        f"{EXIT_PAGES_FAILED} when a page failed, {EXIT_PAGES_TIMED_OUT} when one did not answer in time",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(run=run)
     return parser
 
 
+# Exit statuses of --wait, besides 0 (every page applied), 1 (an error) and 2 (a usage error).
+EXIT_PAGES_FAILED = 3
+EXIT_PAGES_TIMED_OUT = 4
+
+
 def run(args: argparse.Namespace) -> int:
     request = reload_request_of(args)
+    if args.wait is not None:
+        return run_waiting(args, request)
     published = publisher(args)(request)
     if args.json:
         where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
@@ -90,6 +114,90 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(published.describe(request.kind))
     return 0
+
+
+def run_waiting(args: argparse.Namespace, request: ReloadRequest) -> int:
+    """Publish, wait for the pages, print the summary; the exit status says how it went."""
+    from ..pages import WaitSummary
+
+    seconds = args.wait + request.spread
+    if args.url is not None:
+        if args.redis_url is not None:
+            raise UsageError("pass either --url (publish through the app) or --redis-url, not both")
+        endpoint = publish_endpoint(args.url, args.prefix)
+        published = publish_over_http(
+            endpoint, read_token(args), request, args.http_timeout + seconds, wait=args.wait
+        )
+        if not isinstance(published.pages, dict):
+            raise CommandError(
+                f"{endpoint} published {published.version} but did not wait (a distreload before --wait?)"
+            )
+        summary = WaitSummary.from_dict(published.pages)
+    else:
+        published, summary = publish_and_wait_blocking(args, request, seconds)
+    if args.json:
+        where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
+        print(
+            json.dumps(
+                {
+                    "version": published.version,
+                    "receivers": published.receivers,
+                    "kind": request.kind,
+                    **where,
+                    "pages": summary.to_dict(),
+                }
+            )
+        )
+    else:
+        print(published.describe(request.kind))
+        for line in summary.describe():
+            print(printable(line))
+        if summary.outcome == "timed out":
+            spread = f" (after the {request.spread:g} s spread)" if request.spread else ""
+            print(f"timed out after {args.wait:g} s{spread}")
+    return {"applied": 0, "failed": EXIT_PAGES_FAILED}.get(summary.outcome, EXIT_PAGES_TIMED_OUT)
+
+
+def publish_and_wait_blocking(
+    args: argparse.Namespace, request: ReloadRequest, seconds: float
+) -> tuple[Published, WaitSummary]:
+    from ..pages import PagesUnavailable, live_workers, wait_for_pages
+    from ..protocol import PublishError
+    from ..publisher import publish_blocking
+
+    target = redis_target(args)
+    progress = ProgressLine(sys.stderr)
+    try:
+        workers = live_workers(target)
+        result = publish_blocking(target, request)
+        summary = wait_for_pages(
+            target, str(result.version), seconds=seconds, workers=workers, on_progress=progress
+        )
+    except (PublishError, PagesUnavailable) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        progress.end()
+    return Published(str(result.version), result.receivers, namespace=target.namespace), summary
+
+
+class ProgressLine:
+    """One line on a terminal, rewritten as pages apply; nothing when stderr is not a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.shown = False
+        self.on_terminal = stream.isatty()
+
+    def __call__(self, summary: WaitSummary) -> None:
+        if self.on_terminal:
+            self.stream.write("\r\x1b[2Kwaiting: " + summary.progress())
+            self.stream.flush()
+            self.shown = True
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
 
 
 # --- Options ---------------------------------------------------------------------------------------------
@@ -224,6 +332,7 @@ class Published:
     receivers: int
     namespace: str | None = None  # publishing to Redis
     endpoint: str | None = None  # publishing through an app
+    pages: dict[str, Any] | None = None  # what became of the pages (the app's answer to a wait)
 
     def describe(self, kind: str) -> str:
         plural = "" if self.receivers == 1 else "es"
@@ -314,7 +423,9 @@ def publish_endpoint(url: str, prefix: str) -> str:
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
-def publish_over_http(endpoint: str, token: str, request: ReloadRequest, timeout: float) -> Published:
+def publish_over_http(
+    endpoint: str, token: str, request: ReloadRequest, timeout: float, *, wait: float | None = None
+) -> Published:
     import urllib.error
     import urllib.request
 
@@ -326,6 +437,8 @@ def publish_over_http(endpoint: str, token: str, request: ReloadRequest, timeout
             return None
 
     body = request.to_json().encode()
+    if wait is not None:
+        body = json.dumps({**json.loads(body), "wait": wait}).encode()
     http_request = urllib.request.Request(
         endpoint,
         data=body,
@@ -356,7 +469,13 @@ def publish_over_http(endpoint: str, token: str, request: ReloadRequest, timeout
     if not isinstance(answer, dict) or not isinstance(answer.get("version"), str):
         raise CommandError(f"{endpoint} answered, but not like a distreload endpoint (no version)")
     receivers = answer.get("receivers")
-    return Published(answer["version"], receivers if isinstance(receivers, int) else 0, endpoint=endpoint)
+    pages = answer.get("pages")
+    return Published(
+        answer["version"],
+        receivers if isinstance(receivers, int) else 0,
+        endpoint=endpoint,
+        pages=pages if isinstance(pages, dict) else None,
+    )
 
 
 def describe_http_error(endpoint: str, status: int, body: bytes) -> str:

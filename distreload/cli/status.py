@@ -31,17 +31,62 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
         "with a 15 s expiry, so a killed worker disappears by itself.",
         "examples:\n"
         "  distreload status --redis-url redis://127.0.0.1:6379/0 --namespace shop\n"
-        "  distreload status --json | jq '.workers[].pid'\n\n"
+        "  distreload status --json | jq '.workers[].pid'\n"
+        "  distreload status --pages                  open pages by path, version and state\n\n"
         "A worker reports its VERSION again as soon as a reload reaches it. A presence record that no\n"
         "worker wrote is left out, with one line on stderr saying which.",
     )
     add_redis_options(parser)
+    parser.add_argument(
+        "--pages",
+        action="store_true",
+        help="show the open pages instead, grouped by path: how many show each version, and in which "
+        "state (live, waiting out a spread, paused, excluded by a match, overlay: why)",
+    )
     parser.add_argument("--json", action="store_true", help="print the table as one JSON object")
     parser.set_defaults(run=run)
     return parser
 
 
+def run_pages(args: argparse.Namespace) -> int:
+    from ..pages import PagesUnavailable, group_by_path, read_page_tables
+
+    target = redis_target(args)
+    try:
+        tables = read_page_tables(target)
+    except PagesUnavailable as exc:
+        raise CommandError(with_tls_hint(target, str(exc))) from None
+    paths = group_by_path(tables)
+    total = sum(sum(entry["versions"].values()) for entry in paths.values())
+    if args.json:
+        workers = len(tables)
+        print(json.dumps({"namespace": target.namespace, "pages": total, "workers": workers, "paths": paths}))
+        return 0
+    if not paths:
+        print(f"no open pages in namespace {target.namespace!r} at {target.display_url()}")
+        return 0
+
+    def counts(group: dict[str, int]) -> str:
+        return ", ".join(f"{printable(name)} {count}" for name, count in sorted(group.items()))
+
+    rows = [("PATH", "PAGES", "VERSIONS", "STATES")]
+    for path, entry in paths.items():
+        count = sum(entry["versions"].values())
+        rows.append((printable(path), str(count), counts(entry["versions"]), counts(entry["states"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    workers = len(tables)
+    print(
+        f"\n{total} page{'s' * (total != 1)} on {len(paths)} path{'s' * (len(paths) != 1)}, "
+        f"reported by {workers} worker{'s' * (workers != 1)} (namespace {target.namespace!r})"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pages:
+        return run_pages(args)
     from ..presence import PresenceUnavailable, read_presence
 
     target = redis_target(args)

@@ -801,6 +801,67 @@
     equal(parts.errorText("{not json", "application/vnd.distreload.error+json"), "{not json", "broken report");
   });
 
+  // --- page reports ------------------------------------------------------------------------------------------
+
+  // A window whose fetch and sendBeacon record what would be sent.
+  function reportingWindow() {
+    var sent = [];
+    return {
+      sent: sent,
+      crypto: window.crypto,
+      navigator: { sendBeacon: function (url, body) { sent.push({ via: "beacon", url: url, body: JSON.parse(body) }); return true; } },
+      fetch: function (url, init) {
+        sent.push({ via: "fetch", url: url, body: JSON.parse(init.body), keepalive: init.keepalive });
+        return Promise.resolve({ ok: true });
+      }
+    };
+  }
+
+  test("a page reports only when what it shows changes, and names its stream", function () {
+    var fake = reportingWindow(), storage = fakeStorage();
+    var report = new parts.PageReport(fake, "/---distreload---", storage, function () { return "/tv/1"; });
+    report.shown = "aaaaaaaa-1";
+    report.send({ state: "live" });
+    equal(fake.sent.length, 0, "reports before the stream's hello");
+    report.hello("0011223344556677");
+    report.send({ state: "live" });
+    report.send({ state: "live" });
+    report.send(null);  // something under way: nothing to say yet
+    equal(fake.sent.length, 1, "reports of an unchanged page");
+    var first = fake.sent[0];
+    equal(first.url, "/---distreload---/page", "url");
+    check(first.keepalive, "not keepalive");
+    equal(JSON.stringify(first.body), JSON.stringify({ page: report.id, path: "/tv/1", version: "aaaaaaaa-1", how: "loaded",
+      state: "live", reason: "", stream: "0011223344556677" }), "report");
+    report.applied("css", "aaaaaaaa-2");
+    report.send({ state: "live" });
+    report.send({ state: "overlay", reason: "the server answered 500" });
+    equal(fake.sent.length, 3, "reports after two changes");
+    equal(fake.sent[1].body.how + " " + fake.sent[1].body.version, "css aaaaaaaa-2", "applied");
+    equal(fake.sent[2].body.reason, "the server answered 500", "reason");
+  });
+
+  test("a page that goes says so with a beacon; one that reloads for a reload stays the same page", function () {
+    var fake = reportingWindow(), storage = fakeStorage();
+    var path = function () { return "/tv/1"; };
+    var report = new parts.PageReport(fake, "/b", storage, path);
+    report.hello("0011223344556677");
+    report.shown = "aaaaaaaa-1";
+    report.reloading("aaaaaaaa-2");
+    report.leave();  // the pagehide of the reload: no leave
+    equal(fake.sent.map(function (s) { return s.via + " " + s.body.state; }).join(), "fetch reloading", "sent");
+    var next = new parts.PageReport(fake, "/b", storage, path);
+    equal(next.id, report.id, "the reloaded page's id");
+    equal(next.how + " " + next.shown, "reloaded aaaaaaaa-2", "how the new page got there");
+    next.leave();
+    next.leave();
+    equal(fake.sent.length, 2, "one leave");
+    equal(fake.sent[1].via + " " + JSON.stringify(fake.sent[1].body), "beacon " + JSON.stringify({ page: report.id, leave: true }),
+      "the leave");
+    var other = new parts.PageReport(fake, "/b", fakeStorage(), path);
+    check(other.id !== report.id && /^[0-9a-f]{16}$/.test(other.id), "another tab's id: " + other.id);
+  });
+
   // --- run --------------------------------------------------------------------------------------------------
 
   (async function () {

@@ -46,6 +46,8 @@ PUBLISH_MORPH = "distreload publish --morph"
 PUBLISH_FLEET = "distreload publish --spread 30 --match '/screens/lobby/*'"
 LISTEN = "distreload listen --count 1 --timeout 60"
 STATUS = "distreload status"
+PUBLISH_WAIT = "distreload publish --wait 30"
+STATUS_PAGES = "distreload status --pages"
 WATCH = "distreload watch templates static --static-dir static --static-url /static"
 DEMO_OPTIONS = "distreload demo --hosts 3 --workers 2 --port 9000"
 UVICORN_RELOAD = "DISTRELOAD_ENABLED=1 uvicorn examples.app:app --reload"
@@ -79,6 +81,8 @@ RUNS = {
     KIOSK_PUBLISH: "test_recipe_ci_job",
     LISTEN: "test_cli_reference_listen",
     STATUS: "test_ten_line_example_on_two_workers",
+    PUBLISH_WAIT: "test_cli_reference_publish_wait",
+    STATUS_PAGES: "test_cli_reference_publish_wait",
     WATCH: "test_cli_reference_watch",
     DEMO_OPTIONS: "test_cli_reference_demo",
     UVICORN_RELOAD: "test_recipe_uvicorn_reload",
@@ -107,7 +111,7 @@ def test_every_readme_command_is_run_by_a_test() -> None:
     commands = readme_commands()
     assert sorted(set(commands)) == sorted(RUNS)
     assert all(callable(globals().get(name)) for name in RUNS.values())
-    assert set(re.findall(r"^```(\w*)$", README, re.M)) <= {"bash", "python", "nginx", ""}
+    assert set(re.findall(r"^```(\w*)$", README, re.M)) <= {"bash", "python", "nginx", "yaml", ""}
 
 
 # --- install and platforms -------------------------------------------------------------------------------
@@ -506,6 +510,18 @@ def test_cli_reference_publish(shared_redis_url: str, namespace: str, channel: C
     assert (sent.kind, sent.spread, sent.match) == ("reload", 30.0, "/screens/lobby/*")
     as_json = run(PUBLISH_JSON, **env)
     assert json.loads(as_json.stdout)["version"] == str(parse_message(channel()).version)
+
+
+@pytest.mark.redis
+def test_cli_reference_publish_wait(shared_redis_url: str, namespace: str) -> None:
+    """With no page open there is nothing to wait for: applied 0 of 0 at once. (Pages in Chromium over two
+    hosts: tests/system/test_pages.py.)"""
+    env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
+    waited = run(PUBLISH_WAIT, **env)
+    assert waited.returncode == 0, waited.stderr
+    assert "applied 0 of 0 pages" in waited.stdout
+    pages = run(STATUS_PAGES, **env)
+    assert pages.returncode == 0 and pages.stdout.startswith("no open pages in namespace"), pages.stderr
 
 
 @pytest.mark.redis

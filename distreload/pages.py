@@ -1,0 +1,807 @@
+"""The pages a worker serves, what each one shows, and whether each one applied a reload.
+
+Every tab reports to a worker (``POST <prefix>/page``) when what it shows changes: its path, the version
+it shows, how it got there (loaded, reloaded, morphed, css, images) and its state (live, waiting out a
+spread, paused, excluded by a match, or showing the overlay, with the reason). An idle page reports
+nothing. A page leaves the registry when its browser says so (``pagehide`` and ``sendBeacon``) or, where it
+cannot, when the event stream it listens through closes (the stream's heartbeat finds a closed connection
+within one interval).
+
+When a reload reaches the worker, the pages open at that moment are its round: each one is expected to
+apply it (or is excluded by the match, or paused). The round's outcome per page (applied and how long it
+took, failed and why, closed, or still pending) is summarised per worker and written to one Redis hash per
+version, a few times per second at most, whatever the number of pages: ``distreload publish --wait`` reads
+those summaries until every page open at publish time applied the reload or failed, or the time is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Target
+from .protocol import ClusterVersion, Reload, glob_matches, is_same_origin_path
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORT_BYTES = 2048
+MAX_PAGES = 20_000  # per worker and app: past it new pages are refused
+MAX_REASON = 200
+MAX_PATH = 512
+MAX_ROUNDS = 4  # the latest reloads a worker keeps outcomes for
+MAX_LISTED = 100  # pages named per worker and outcome in a summary; the rest are counted
+FLUSH_SECONDS = 0.5  # the most often a worker writes a round's summary to Redis
+PAGES_REFRESH_SECONDS = 5.0  # the page table is rewritten this often anyway, and expires after three times
+REFUSED_RETRY_SECONDS = 60.0  # how long a worker whose writes Redis refused waits before trying again
+TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --pages, the fleet page)
+RELOADING_SECONDS = 60.0  # a page that said "reloading" and was not heard of since is gone after this
+ROUND_TTL_SECONDS = 600
+STATES = ("live", "waiting", "paused", "excluded", "overlay", "reloading")
+HOWS = ("loaded", "reloaded", "morphed", "css", "images")
+_PAGE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+_STREAM_ID = re.compile(r"[0-9a-f]{8,32}")
+
+
+def round_key(namespace: str, version: str) -> str:
+    return f"distreload:{{{namespace}}}:wait:{version}"
+
+
+def pages_prefix(namespace: str) -> str:
+    return f"distreload:{{{namespace}}}:pages:"
+
+
+class BadReport(ValueError):
+    """A page report that the client script would not have sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageReport:
+    """One report from a tab, validated (see :func:`parse_report`)."""
+
+    page: str
+    path: str = "/"
+    version: ClusterVersion | None = None
+    how: str = "loaded"
+    state: str = "live"
+    reason: str = ""
+    stream: str = ""
+    leave: bool = False
+
+
+def parse_report(body: bytes) -> PageReport:
+    """Read a tab's report; raise BadReport for anything the client script would not send."""
+    if len(body) > MAX_REPORT_BYTES:
+        raise BadReport(f"report of {len(body)} bytes is over {MAX_REPORT_BYTES}")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadReport("not JSON") from None
+    if not isinstance(data, dict):
+        raise BadReport("not a JSON object")
+    page = data.get("page")
+    if not isinstance(page, str) or not _PAGE_ID.fullmatch(page):
+        raise BadReport("page must be an id of 8 to 64 letters, digits, '-' or '_'")
+    if data.get("leave") is True:
+        return PageReport(page, leave=True)
+    path = data.get("path")
+    if not is_same_origin_path(path):
+        raise BadReport("path must be a same-origin URL path")
+    assert isinstance(path, str)
+    version_text = data.get("version", "")
+    version = ClusterVersion.parse(version_text) if isinstance(version_text, str) else None
+    if version_text and version is None:
+        raise BadReport("version must be 'epoch-number'")
+    how, state = data.get("how", "loaded"), data.get("state", "live")
+    if how not in HOWS:
+        raise BadReport(f"how must be one of {', '.join(HOWS)}")
+    if state not in STATES:
+        raise BadReport(f"state must be one of {', '.join(STATES)}")
+    reason = data.get("reason", "")
+    if not isinstance(reason, str):
+        raise BadReport("reason must be text")
+    stream = data.get("stream", "")
+    if not isinstance(stream, str) or (stream and not _STREAM_ID.fullmatch(stream)):
+        raise BadReport("stream must be the id the stream's hello gave")
+    return PageReport(page, path[:MAX_PATH], version, how, state, _printable(reason)[:MAX_REASON], stream)
+
+
+def _printable(text: str) -> str:
+    return "".join(character if character.isprintable() else " " for character in text)
+
+
+@dataclass(slots=True)
+class Page:
+    page: str
+    path: str
+    version: ClusterVersion | None
+    how: str
+    state: str
+    reason: str
+    stream: str
+    since: float  # wall-clock time of the last report
+
+
+def _reached(page_version: ClusterVersion | None, wanted: ClusterVersion) -> bool:
+    """Whether a page showing ``page_version`` shows ``wanted`` or a later one."""
+    return page_version is not None and not page_version.is_behind(wanted)
+
+
+@dataclass
+class Round:
+    """The pages open when one reload reached this worker, and what became of each."""
+
+    version: ClusterVersion
+    match: str
+    started: float  # monotonic
+    pending: dict[str, str] = field(default_factory=dict)  # page id -> path
+    waiting: set[str] = field(default_factory=set)  # pending pages that wait out a spread
+    applied_ms: list[int] = field(default_factory=list)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)  # page id -> (path, reason)
+    paused: dict[str, str] = field(default_factory=dict)
+    closed: dict[str, str] = field(default_factory=dict)
+    excluded: int = 0
+    expected: int = 0
+    dirty: bool = True
+
+    def settle(self, page: Page, now: float) -> None:
+        """Take what ``page`` now shows as its outcome, if it is one."""
+        if page.page in self.failed and page.state == "live" and _reached(page.version, self.version):
+            path, _ = self.failed.pop(page.page)
+            self.pending[page.page] = path  # the overlay went away and the page applied: count it below
+        elif page.page in self.closed:
+            # Back through another stream (the one it shared was held by a tab that left): open after all.
+            self.pending[page.page] = self.closed.pop(page.page)
+        if page.page not in self.pending:
+            return
+        if page.state == "live" and _reached(page.version, self.version):
+            self.pending.pop(page.page)
+            self.waiting.discard(page.page)
+            self.applied_ms.append(round((now - self.started) * 1000))
+        elif page.state == "overlay":
+            self.failed[page.page] = (self.pending.pop(page.page), page.reason or "overlay")
+            self.waiting.discard(page.page)
+        elif page.state == "paused":
+            self.paused[page.page] = self.pending.pop(page.page)
+            self.waiting.discard(page.page)
+        elif page.state == "excluded":
+            self.pending.pop(page.page)
+            self.excluded += 1
+        elif page.state == "waiting":
+            self.waiting.add(page.page)
+        else:
+            return
+        self.dirty = True
+
+    def leave(self, page_id: str) -> None:
+        path = self.pending.pop(page_id, None)
+        if path is not None:
+            self.waiting.discard(page_id)
+            self.closed[page_id] = path
+            self.dirty = True
+
+    def summary(self, worker: str, host: str) -> dict[str, Any]:
+        times: dict[int, int] = {}
+        for ms in self.applied_ms:
+            rounded = _two_digits(ms)
+            times[rounded] = times.get(rounded, 0) + 1
+        return {
+            "worker": worker,
+            "host": host,
+            "expected": self.expected,
+            "applied": len(self.applied_ms),
+            "times": sorted(times.items()),
+            "failed": [{"path": p, "reason": r} for p, r in list(self.failed.values())[:MAX_LISTED]],
+            "failed_count": len(self.failed),
+            "pending": [
+                {"path": p, "state": "waiting" if i in self.waiting else "live"}
+                for i, p in list(self.pending.items())[:MAX_LISTED]
+            ],
+            "pending_count": len(self.pending),
+            "paused": [{"path": p} for p in list(self.paused.values())[:MAX_LISTED]],
+            "paused_count": len(self.paused),
+            "closed": [{"path": p} for p in list(self.closed.values())[:MAX_LISTED]],
+            "closed_count": len(self.closed),
+            "excluded": self.excluded,
+        }
+
+
+def _two_digits(ms: int) -> int:
+    """``ms`` to two significant digits: a summary of thousands of times stays a few dozen pairs."""
+    if ms < 100:
+        return ms
+    scale = 10 ** (len(str(ms)) - 2)
+    return int(round(ms / scale) * scale)
+
+
+_names_taken: dict[str, int] = {}
+
+
+def registry_name(worker: str) -> str:
+    """The name a registry writes its summaries under: the worker's, with ``#2``, ``#3``... for a second
+    and further app in one process (each app has its own pages)."""
+    taken = _names_taken[worker] = _names_taken.get(worker, 0) + 1
+    return worker if taken == 1 else f"{worker}#{taken}"
+
+
+class PageRegistry:
+    """The pages of one app in this worker, bounded, and the rounds of the latest reloads."""
+
+    def __init__(self, worker: str = "", host: str = "", *, max_pages: int = MAX_PAGES) -> None:
+        self.worker = worker
+        self.host = host
+        self.max_pages = max_pages
+        self.pages: OrderedDict[str, Page] = OrderedDict()
+        self.rounds: OrderedDict[str, Round] = OrderedDict()
+        self.open_streams: set[str] = set()
+        self.changed = True  # the page table differs from what was last written
+        self.wake: Callable[[], None] = lambda: None  # the flusher's doorbell
+        self._refused_logged = 0.0
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def report(self, report: PageReport) -> bool:
+        """Take a tab's report; False when it is a new page and the registry is full (a flood of made-up
+        pages is refused rather than pushing out the pages already counted)."""
+        now = time.monotonic()
+        if report.leave:
+            self.remove(report.page)
+            return True
+        page = self.pages.get(report.page)
+        if page is None:
+            if len(self.pages) >= self.max_pages:
+                return False
+            page = Page(report.page, report.path, None, "loaded", "live", "", "", time.time())
+            self.pages[report.page] = page
+        else:
+            self.pages.move_to_end(report.page)
+        if page.version is None or report.version is None or not report.version.is_behind(page.version):
+            page.version = report.version or page.version
+        page.path, page.how, page.state, page.reason = report.path, report.how, report.state, report.reason
+        page.since = time.time()
+        if report.stream:
+            page.stream = report.stream
+        for current in self.rounds.values():
+            current.settle(page, now)
+        self.changed = True
+        self.wake()
+        return True
+
+    def remove(self, page_id: str) -> None:
+        if self.pages.pop(page_id, None) is not None:
+            self._left(page_id)
+
+    def _left(self, page_id: str) -> None:
+        for current in self.rounds.values():
+            current.leave(page_id)
+        self.changed = True
+        self.wake()
+
+    def forget_stale_reloads(self, now: float) -> None:
+        """Drop the pages that said "reloading" RELOADING_SECONDS ago and were not heard of since: the new
+        document reported to another worker, or never loaded. A round still waiting for one keeps it
+        (``--wait`` names it unanswered)."""
+        stale = [
+            page.page
+            for page in self.pages.values()
+            if page.state == "reloading" and now - page.since > RELOADING_SECONDS
+        ]
+        for page_id in stale:
+            del self.pages[page_id]
+        if stale:
+            self.changed = True
+
+    def stream_opened(self, stream: str) -> None:
+        self.open_streams.add(stream)
+
+    def stream_closed(self, stream: str) -> None:
+        """The stream's connection ended: the pages that listened through it are gone (a tab that was
+        hidden or reloaded reports again through its next stream)."""
+        self.open_streams.discard(stream)
+        for page in [p for p in self.pages.values() if p.stream == stream]:
+            if page.state != "reloading":
+                self.remove(page.page)
+
+    def reload_arrived(self, reload: Reload) -> None:
+        """A new version reached this worker: the pages open now are its round."""
+        key = str(reload.version)
+        if key in self.rounds:
+            return
+        now = time.monotonic()
+        current = Round(reload.version, reload.match, now)
+        for page in self.pages.values():
+            if reload.match and not glob_matches(reload.match, page.path):
+                current.excluded += 1
+                continue
+            current.expected += 1
+            current.pending[page.page] = page.path
+            # Paused already, or showing this version already (its report came through another worker
+            # first): settled from the start.
+            if page.state == "paused" or (page.state == "live" and _reached(page.version, reload.version)):
+                current.settle(page, now)
+        self.rounds[key] = current
+        while len(self.rounds) > MAX_ROUNDS:
+            self.rounds.popitem(last=False)
+        self.wake()
+
+    def dirty_rounds(self) -> list[tuple[str, dict[str, Any]]]:
+        """The summaries to write now, marked as written."""
+        out = []
+        for key, current in self.rounds.items():
+            if current.dirty:
+                current.dirty = False
+                out.append((key, current.summary(self.worker, self.host)))
+        return out
+
+    def table(self) -> dict[str, Any]:
+        """Pages grouped by path: counts per version, per state and per way of getting there."""
+        paths: dict[str, dict[str, dict[str, int]]] = {}
+        for page in self.pages.values():
+            entry = paths.setdefault(page.path, {"versions": {}, "states": {}, "how": {}})
+            version = str(page.version) if page.version else "?"
+            state = page.state if page.state != "overlay" else f"overlay: {page.reason}"[:80]
+            for group, name in (("versions", version), ("states", state), ("how", page.how)):
+                entry[group][name] = entry[group].get(name, 0) + 1
+        return {"worker": self.worker, "host": self.host, "pages": len(self.pages), "paths": paths}
+
+
+# --- writing: one task per app and worker ----------------------------------------------------------------
+
+
+class PageSink:
+    """Where a worker writes its round summaries and page table: Redis, or this process's memory."""
+
+    async def write_round(self, key: str, worker: str, summary: str) -> None:
+        raise NotImplementedError
+
+    async def write_table(self, key: str, table: str, ttl: int) -> None:
+        raise NotImplementedError
+
+    async def remove_table(self, key: str) -> None:
+        raise NotImplementedError
+
+
+class MemorySink(PageSink):
+    """The in-process twin, for an app with no Redis: the waiter reads the same dictionaries."""
+
+    rounds: dict[str, dict[str, str]] = {}
+    tables: dict[str, tuple[str, float]] = {}
+
+    async def write_round(self, key: str, worker: str, summary: str) -> None:
+        rounds = MemorySink.rounds
+        rounds.setdefault(key, {})[worker] = summary
+        while len(rounds) > MAX_ROUNDS * 4:  # the oldest first: dictionaries keep their order
+            del rounds[next(iter(rounds))]
+
+    async def write_table(self, key: str, table: str, ttl: int) -> None:
+        MemorySink.tables[key] = (table, time.monotonic() + ttl)
+
+    async def remove_table(self, key: str) -> None:
+        MemorySink.tables.pop(key, None)
+
+
+class RedisSink(PageSink):
+    """Writes through the client ``client_of()`` gives (the worker's own connection), or nothing while it
+    has none."""
+
+    def __init__(self, client_of: Callable[[], Any]) -> None:
+        self.client_of = client_of
+        self.expiring: set[str] = set()
+
+    async def write_round(self, key: str, worker: str, summary: str) -> None:
+        client = self.client_of()
+        if client is None:
+            return
+        await client.hset(key, worker, summary)
+        if key not in self.expiring:
+            self.expiring.add(key)
+            await client.expire(key, ROUND_TTL_SECONDS)
+
+    async def write_table(self, key: str, table: str, ttl: int) -> None:
+        client = self.client_of()
+        if client is not None:
+            await client.set(key, table, ex=ttl)
+
+    async def remove_table(self, key: str) -> None:
+        client = self.client_of()
+        if client is not None:
+            await asyncio.wait_for(client.delete(key), 0.5)
+
+
+class PageFlusher:
+    """Writes a registry's changed rounds and page table, at most every FLUSH_SECONDS: one reload costs
+    Redis a few writes per worker per second however many pages report."""
+
+    def __init__(self, registry: PageRegistry, sink: PageSink, namespace: str) -> None:
+        self.registry = registry
+        self.sink = sink
+        self.namespace = namespace
+        self._doorbell = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False  # said once per outage
+        self.writes = 0
+        registry.wake = self._doorbell.set
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="distreload pages")
+
+    async def stop(self) -> None:
+        """Stop writing, and take this worker's page table out: its pages are gone with it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            await self.sink.remove_table(pages_prefix(self.namespace) + self.registry.worker)
+
+    async def _run(self) -> None:
+        table_written = -float("inf")
+        while True:
+            # A changed table waits for its turn (TABLE_SECONDS): look again soon rather than at a doorbell.
+            idle = FLUSH_SECONDS if self.registry.changed else PAGES_REFRESH_SECONDS
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._doorbell.wait(), idle)
+            self._doorbell.clear()
+            self.registry.forget_stale_reloads(time.time())
+            now = time.monotonic()
+            since = now - table_written
+            write_table = since >= PAGES_REFRESH_SECONDS or (self.registry.changed and since >= TABLE_SECONDS)
+            try:
+                await self.flush(write_table=write_table)
+            except Exception as exc:  # Redis away: the next change or refresh writes it all again
+                from .redis_clients import is_refusal
+
+                refused = is_refusal(exc)
+                if refused or not self._failing:
+                    logger.debug("distreload: could not write the page reports (%s)", exc)
+                self._failing = True
+                self.registry.changed = True
+                for current in self.registry.rounds.values():
+                    current.dirty = True
+                if refused:  # an ACL without the rights (see the README): pages reload all the same
+                    await asyncio.sleep(REFUSED_RETRY_SECONDS)
+            else:
+                self._failing = False
+                if write_table:
+                    table_written = now
+            await asyncio.sleep(FLUSH_SECONDS)
+
+    async def flush(self, *, write_table: bool = True) -> None:
+        registry = self.registry
+        for version, summary in registry.dirty_rounds():
+            self.writes += 1
+            await self.sink.write_round(
+                round_key(self.namespace, version),
+                registry.worker,
+                json.dumps(summary, separators=(",", ":")),
+            )
+        if write_table:
+            registry.changed = False
+            self.writes += 1
+            await self.sink.write_table(
+                pages_prefix(self.namespace) + registry.worker,
+                json.dumps(registry.table(), separators=(",", ":")),
+                int(PAGES_REFRESH_SECONDS * 3),
+            )
+
+
+# --- reading: what --wait and status --pages see ---------------------------------------------------------
+
+
+@dataclass
+class WaitSummary:
+    """Every worker's outcome of one reload, added up."""
+
+    version: str
+    expected: int = 0
+    applied: int = 0
+    times_ms: list[tuple[int, int]] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    pending: list[dict[str, str]] = field(default_factory=list)
+    paused: list[dict[str, str]] = field(default_factory=list)
+    closed: list[dict[str, str]] = field(default_factory=list)
+    failed_count: int = 0
+    pending_count: int = 0
+    paused_count: int = 0
+    closed_count: int = 0
+    excluded: int = 0
+    workers: int = 0
+    workers_expected: int = 0  # the live workers at publish time
+    timed_out: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.pending_count == 0
+
+    def percentile(self, fraction: float) -> int | None:
+        total = sum(count for _, count in self.times_ms)
+        if not total:
+            return None
+        rank = max(1, round(fraction * total + 0.4999))
+        seen = 0
+        for ms, count in self.times_ms:
+            seen += count
+            if seen >= rank:
+                return ms
+        return self.times_ms[-1][0]
+
+    @property
+    def outcome(self) -> str:
+        """ "applied" (every page), "failed" (a page failed) or "timed out" (a page did not answer)."""
+        if self.failed_count:
+            return "failed"
+        if self.pending_count or self.workers < self.workers_expected:
+            return "timed out"
+        return "applied"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "outcome": self.outcome,
+            "expected": self.expected,
+            "applied": self.applied,
+            "p50_ms": self.percentile(0.5),
+            "p99_ms": self.percentile(0.99),
+            "failed": self.failed,
+            "unanswered": self.pending,
+            "paused": self.paused,
+            "closed": self.closed,
+            "failed_count": self.failed_count,
+            "unanswered_count": self.pending_count,
+            "paused_count": self.paused_count,
+            "closed_count": self.closed_count,
+            "excluded": self.excluded,
+            "workers": self.workers,
+            "workers_expected": self.workers_expected,
+            "elapsed": round(self.elapsed, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WaitSummary:
+        """A summary as :meth:`to_dict` gave it (the publish endpoint's answer); the times are read back
+        as the two percentiles."""
+
+        def count(name: str) -> int:
+            value = data.get(name, 0)
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        def listed(name: str) -> list[dict[str, str]]:
+            value = data.get(name, [])
+            if not isinstance(value, list):
+                return []
+            return [{str(k): str(v) for k, v in page.items()} for page in value if isinstance(page, dict)]
+
+        times = [data.get("p50_ms"), data.get("p99_ms")]
+        return cls(
+            version=str(data.get("version", "")),
+            expected=count("expected"),
+            applied=count("applied"),
+            times_ms=[(ms, 1) for ms in times if isinstance(ms, int)],
+            failed=listed("failed"),
+            pending=listed("unanswered"),
+            paused=listed("paused"),
+            closed=listed("closed"),
+            failed_count=count("failed_count"),
+            pending_count=count("unanswered_count"),
+            paused_count=count("paused_count"),
+            closed_count=count("closed_count"),
+            excluded=count("excluded"),
+            workers=count("workers"),
+            workers_expected=count("workers_expected"),
+            elapsed=float(data["elapsed"]) if isinstance(data.get("elapsed"), int | float) else 0.0,
+        )
+
+    def progress(self) -> str:
+        text = f"applied {self.applied} of {self.expected}"
+        for count, word in (
+            (self.failed_count, "failed"),
+            (self.pending_count, "pending"),
+            (self.paused_count, "paused"),
+            (self.closed_count, "closed"),
+        ):
+            if count:
+                text += f", {count} {word}"
+        return text + f" ({self.elapsed:.1f} s)"
+
+    def describe(self) -> list[str]:
+        p50, p99 = self.percentile(0.5), self.percentile(0.99)
+        lines = [f"applied {self.applied} of {self.expected} pages"]
+        if p50 is not None:
+            lines[0] += f" (time to applied: p50 {p50} ms, p99 {p99} ms)"
+        for page in self.failed:
+            lines.append(f"  failed: {page['path']} on {page['worker']}: {page['reason']}")
+        for page in self.pending:
+            why = "waiting out the spread" if page.get("state") == "waiting" else "no answer"
+            lines.append(f"  unanswered: {page['path']} on {page['worker']}: {why}")
+        for page in self.paused:
+            lines.append(f"  paused: {page['path']} on {page['worker']} (left out of the count)")
+        for page in self.closed:
+            lines.append(f"  closed before applying: {page['path']} on {page['worker']}")
+        listed = len(self.failed) + len(self.pending) + len(self.paused) + len(self.closed)
+        unlisted = self.failed_count + self.pending_count + self.paused_count + self.closed_count - listed
+        if unlisted > 0:
+            lines.append(f"  ... and {unlisted} more")
+        if self.workers < self.workers_expected:
+            silent = self.workers_expected - self.workers
+            lines.append(f"  {silent} live worker{'s' * (silent != 1)} wrote no report (stopped, or older)")
+        if self.excluded:
+            lines.append(f"  {self.excluded} page{'s' * (self.excluded != 1)} excluded by the match")
+        return lines
+
+
+def add_up(version: str, summaries: Iterable[Any]) -> WaitSummary:
+    """Every worker's summary of ``version`` (as JSON text), added up; unreadable ones are skipped."""
+    total = WaitSummary(version)
+    times: dict[int, int] = {}
+    for raw in summaries:
+        try:
+            summary = json.loads(raw)
+            worker = str(summary["worker"])[:300]
+            total.expected += int(summary["expected"]) - int(summary.get("paused_count", 0))
+            total.applied += int(summary["applied"])
+            for ms, count in summary["times"]:
+                times[int(ms)] = times.get(int(ms), 0) + int(count)
+            for name in ("failed", "pending", "paused", "closed"):
+                listed = getattr(total, name)
+                for page in summary[name]:
+                    listed.append({**{k: str(v)[:MAX_REASON] for k, v in page.items()}, "worker": worker})
+                counted = getattr(total, f"{name}_count") + int(summary[f"{name}_count"])
+                setattr(total, f"{name}_count", counted)
+            total.expected -= int(summary.get("closed_count", 0))
+            total.excluded += int(summary["excluded"])
+            total.workers += 1
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            continue
+    total.times_ms = sorted(times.items())
+    return total
+
+
+class PagesUnavailable(Exception):
+    """Redis could not be reached or read; the message is one line naming it."""
+
+
+def read_round(target: Target, version: str, client: Any = None) -> WaitSummary:
+    """What every worker wrote about ``version`` so far (blocking I/O)."""
+    key = round_key(target.namespace, version)
+    if target.is_memory:
+        return add_up(version, MemorySink.rounds.get(key, {}).values())
+    assert client is not None
+    return add_up(version, client.hgetall(key).values())
+
+
+def wait_for_pages(
+    target: Target,
+    version: str,
+    *,
+    seconds: float,
+    workers: int,
+    on_progress: Callable[[WaitSummary], None] | None = None,
+    poll: float = 0.2,
+) -> WaitSummary:
+    """Read the summaries of ``version`` until every page open at publish time applied it or failed (once
+    ``workers`` workers, the live ones at publish time, have written theirs), or ``seconds`` are up."""
+    from .protocol import one_line
+
+    client = None
+    closer: Callable[[], None] = _nothing
+    if not target.is_memory:
+        from .redis_clients import open_sync
+
+        try:
+            opened = open_sync(target)
+        except Exception as exc:
+            raise PagesUnavailable(f"cannot reach Redis at {target.display_url()}: {one_line(exc)}") from None
+        client, closer = opened.client, opened.close
+    started = time.monotonic()
+    deadline = started + seconds
+    try:
+        while True:
+            try:
+                summary = read_round(target, version, client)
+            except Exception as exc:
+                raise PagesUnavailable(
+                    f"cannot read the page reports from Redis at {target.display_url()}: {one_line(exc)}"
+                ) from None
+            now = time.monotonic()
+            summary.elapsed = now - started
+            summary.workers_expected = workers
+            if on_progress is not None:
+                on_progress(summary)
+            if summary.done and summary.workers >= workers:
+                return summary
+            if now >= deadline:
+                summary.timed_out = True
+                return summary
+            time.sleep(min(poll, max(0.0, deadline - now)))
+    finally:
+        closer()
+
+
+def _nothing() -> None:
+    return None
+
+
+async def wait_for_pages_async(target: Target, version: str, *, seconds: float, workers: int) -> WaitSummary:
+    """:func:`wait_for_pages` on a thread, for the publish endpoint and ``send_reload_signal_async``."""
+    return await asyncio.to_thread(wait_for_pages, target, version, seconds=seconds, workers=workers)
+
+
+def live_workers(target: Target) -> int:
+    """How many workers are live now: the summaries ``--wait`` waits for (memory: this process's one)."""
+    if target.is_memory:
+        return 1
+    from .presence import PresenceUnavailable, read_presence
+
+    try:
+        return len(read_presence(target).workers)
+    except PresenceUnavailable as exc:
+        raise PagesUnavailable(str(exc)) from None
+
+
+def read_page_tables(target: Target) -> list[dict[str, Any]]:
+    """Every live worker's page table (blocking I/O); raise PagesUnavailable."""
+    from .protocol import one_line, state_key
+
+    prefix = pages_prefix(target.namespace)
+    if target.is_memory:
+        now = time.monotonic()
+        tables_kept = MemorySink.tables.items()
+        raws = [table for key, (table, until) in tables_kept if key.startswith(prefix) and until > now]
+    else:
+        from .redis_clients import CLUSTER, open_sync
+
+        try:
+            opened = open_sync(target)
+        except Exception as exc:
+            raise PagesUnavailable(f"cannot reach Redis at {target.display_url()}: {one_line(exc)}") from None
+        client = opened.client
+        try:
+            where = {}
+            if opened.kind == CLUSTER:
+                where["target_nodes"] = client.get_node_from_key(state_key(target.namespace))
+            keys = sorted(client.scan_iter(match=f"{prefix}*", count=500, **where))
+            raws = [value for value in (client.mget(keys) if keys else []) if value is not None]
+        except Exception as exc:
+            raise PagesUnavailable(
+                f"cannot read the page tables from Redis at {target.display_url()}: {one_line(exc)}"
+            ) from None
+        finally:
+            opened.close()
+    tables = []
+    for raw in raws:
+        try:
+            table = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(table, dict) and isinstance(table.get("paths"), dict):
+            tables.append(table)
+    return tables
+
+
+def group_by_path(tables: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+    """The workers' page tables merged: per path, counts per version, state and way of getting there."""
+    merged: dict[str, dict[str, dict[str, int]]] = {}
+    for table in tables:
+        for path, entry in table["paths"].items():
+            if not isinstance(entry, dict):
+                continue
+            into = merged.setdefault(str(path), {"versions": {}, "states": {}, "how": {}})
+            for group in ("versions", "states", "how"):
+                counts = entry.get(group)
+                if not isinstance(counts, dict):
+                    continue
+                for name, count in counts.items():
+                    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                        into[group][str(name)] = into[group].get(str(name), 0) + count
+    return dict(sorted(merged.items()))
