@@ -69,7 +69,16 @@ class Tab:
         return len(self.navigations) - 1
 
     def status(self) -> dict[str, Any]:
-        self.page.wait_for_function(CONNECTED, timeout=20_000)
+        # Polled from here, not with wait_for_function: Playwright's in-page poller evaluates a string with
+        # eval, which a page under a strict CSP refuses (EvalError) whenever the first check is false.
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(Exception):  # a navigation may replace the document under us
+                if self.page.evaluate(CONNECTED):
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"distreload never connected in {self.page.url}")
+            self.page.wait_for_timeout(50)
         for _ in range(20):
             with contextlib.suppress(Exception):  # a navigation may replace the document under us
                 return dict(self.page.evaluate("({...window.__distreload})"))
