@@ -56,6 +56,7 @@ from .protocol import (
     state_key,
 )
 from .redis_clients import is_refusal, publish_blocking
+from .timeouts import within
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -361,7 +362,7 @@ class RedisBroker(Broker):
         # Wait briefly so that a worker that has started is counted by the next publish; a Redis that is
         # down must not hold the app's start-up, so the listener carries on in the background.
         try:
-            await asyncio.wait_for(self._subscribed.wait(), self.startup_wait)
+            await within(self._subscribed.wait(), self.startup_wait)
         except TimeoutError:
             if not self._outage_logged:  # the listener has not said why yet (Redis slow rather than down)
                 self._outage_logged = True
@@ -385,7 +386,7 @@ class RedisBroker(Broker):
         if link is not None:
             if self._connected and self._presence_written:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(link.client.delete(self._presence_key), 0.5)
+                    await within(link.client.delete(self._presence_key), 0.5)
             await link.aclose()
         self._connected = False
         self._connected_since = None
@@ -459,7 +460,7 @@ class RedisBroker(Broker):
     async def _listen_once(self) -> None:
         link = self._link
         if link is None:
-            link = self._link = await asyncio.wait_for(self._open_link(), 2 * self.ping_timeout)
+            link = self._link = await within(self._open_link(), 2 * self.ping_timeout)
         subscription = await link.subscribe(self._channel, self.ping_timeout)
         try:
             # A PING answered through the subscription proves the connection (and the right to PING, which
@@ -477,7 +478,7 @@ class RedisBroker(Broker):
             # Read the state only once Redis confirmed the subscription: a publish between the two is then
             # seen by one of them, never by neither.
             seed = seed_arguments(self.target.namespace, known, sharded=link.sharded)
-            reply = await asyncio.wait_for(link.eval(_SEED_SCRIPT, SEED_KEYS, *seed), self.ping_timeout)
+            reply = await within(link.eval(_SEED_SCRIPT, SEED_KEYS, *seed), self.ping_timeout)
             self._node = subscription.node
             self._catch_up(state_from_reply(reply), first_contact=not self._contacted)
             self._contacted = True
@@ -501,10 +502,10 @@ class RedisBroker(Broker):
     async def _ping(self, subscription: Subscription) -> None:
         """PING through the subscription and wait for the PONG. A message that arrives meanwhile can be
         passed over: the state read that follows covers everything published since the subscribe."""
-        await asyncio.wait_for(subscription.send_ping(), self.ping_timeout)
+        await within(subscription.send_ping(), self.ping_timeout)
         deadline = time.monotonic() + self.ping_timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            event = await asyncio.wait_for(subscription.next_event(remaining), remaining + 0.5)
+            event = await within(subscription.next_event(remaining), remaining + 0.5)
             if event is not None and event[0] == PONG:
                 return
         raise ConnectionError(f"no answer to PING within {self.ping_timeout:g} s")
@@ -531,7 +532,7 @@ class RedisBroker(Broker):
                 # A frozen Redis or a half-open connection answers nothing and raises nothing.
                 raise ConnectionError(f"no answer to PING within {self.ping_timeout:g} s")
             if ping_sent is None and now - last_heard >= self.ping_interval:
-                await asyncio.wait_for(subscription.send_ping(), self.ping_timeout)
+                await within(subscription.send_ping(), self.ping_timeout)
                 ping_sent = now
             if now >= next_presence or self.stream_count() != self._presence_streams:
                 await self._write_presence(link)
@@ -544,7 +545,7 @@ class RedisBroker(Broker):
         """Leave a master the Sentinels no longer name at once: after SENTINEL FAILOVER the old one keeps
         answering (and accepting writes that will be discarded) for ~10 s before it is demoted."""
         try:
-            moved = await asyncio.wait_for(link.master_moved(subscription.node), self.ping_timeout)
+            moved = await within(link.master_moved(subscription.node), self.ping_timeout)
         except Exception as exc:
             # Sentinels unreachable or mid-failover: the subscription itself still works, keep it. But say
             # so: a Sentinel that refuses (a rotated sentinel_password) means failovers go unfollowed.
@@ -571,7 +572,7 @@ class RedisBroker(Broker):
         # Only the Lua script writes both the hash and the channel, so a claim the hash does not back
         # (a version from the future, another epoch) did not come from a distreload publish.
         fields = link.client.hmget(self._state_key, ["epoch", "version"])
-        state = state_from_reply(await asyncio.wait_for(fields, self.ping_timeout))
+        state = state_from_reply(await within(fields, self.ping_timeout))
         if state.version.epoch != reload.version.epoch or state.version.number < reload.version.number:
             self._warn_bad_message(
                 "distreload: ignored a message on %s: version %s is not backed by the state in Redis (%s)",
@@ -594,9 +595,7 @@ class RedisBroker(Broker):
         )
         ttl = max(3, int(self.presence_interval * 3))
         try:
-            await asyncio.wait_for(
-                link.client.set(self._presence_key, record.to_json(), ex=ttl), self.ping_timeout
-            )
+            await within(link.client.set(self._presence_key, record.to_json(), ex=ttl), self.ping_timeout)
         except Exception as exc:
             if not is_refusal(exc):
                 raise

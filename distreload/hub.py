@@ -27,6 +27,7 @@ from typing import Any
 from starlette.types import Message, Receive, Send
 
 from .protocol import ClusterVersion, Reload
+from .timeouts import within
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class Stream:
         if self._ending and not self._queue:
             return  # the last message is already written (or being written)
         try:
-            await asyncio.wait_for(self._send_farewell(), FAREWELL_SECONDS)
+            await within(self._send_farewell(), FAREWELL_SECONDS)
         except (Exception, asyncio.CancelledError):
             logger.debug("distreload: the server cancelled a stream whose client is not reading")
 

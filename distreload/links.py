@@ -27,6 +27,7 @@ from .redis_clients import (
     no_master_error,
     require_cluster_support,
 )
+from .timeouts import within
 
 if TYPE_CHECKING:
     import redis.asyncio.cluster
@@ -100,7 +101,7 @@ class AsyncClusterLink(AsyncLink):
             raise cluster_error(exc) from exc
 
     async def subscribe(self, channel: str, timeout: float) -> Subscription:
-        await asyncio.wait_for(self.refresh(), timeout)
+        await within(self.refresh(), timeout)
         subscription: Subscription
         if self.sharded:
             subscription = ShardedSubscription(self.client.pubsub())
@@ -215,7 +216,7 @@ async def _close_quietly(closable: Any) -> None:
     closes goes on (swallowing it would keep a stopped listener running)."""
     try:
         close = getattr(closable, "aclose", None) or closable.close
-        await asyncio.wait_for(close(), 1.0)
+        await within(close(), 1.0)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
@@ -258,7 +259,7 @@ class PlainSubscription(Subscription):
         self.pubsub = pubsub
 
     async def open(self, channel: str, timeout: float) -> None:
-        await asyncio.wait_for(self.pubsub.subscribe(channel), timeout)
+        await within(self.pubsub.subscribe(channel), timeout)
         await _confirmed(lambda remaining: self.pubsub.get_message(timeout=remaining), "subscribe", timeout)
         self.node = address_of(self.pubsub.connection)
 
@@ -290,7 +291,7 @@ class ShardedSubscription(Subscription):
         self.pubsub = pubsub
 
     async def open(self, channel: str, timeout: float) -> None:
-        await asyncio.wait_for(self.pubsub.ssubscribe(channel), timeout)
+        await within(self.pubsub.ssubscribe(channel), timeout)
         await _confirmed(self._next, "ssubscribe", timeout)
         self.node = next(iter(self.pubsub.node_pubsub_mapping), "?")
 
@@ -326,7 +327,7 @@ async def _confirmed(read: Any, kind: str, timeout: float) -> None:
     """Read until Redis confirms the subscription; a refusal (an ACL rule) arrives here as an error."""
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
-        message = await asyncio.wait_for(read(remaining), remaining + 0.5)
+        message = await within(read(remaining), remaining + 0.5)
         if message is not None and message.get("type") == kind:
             return
     raise ConnectionError(f"Redis did not confirm the subscription within {timeout:g} s")

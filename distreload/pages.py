@@ -29,6 +29,7 @@ from typing import Any
 
 from .config import Target
 from .protocol import ClusterVersion, Reload, glob_matches, is_same_origin_path
+from .timeouts import within
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +414,7 @@ class RedisSink(PageSink):
     async def remove_table(self, key: str) -> None:
         client = self.client_of()
         if client is not None:
-            await asyncio.wait_for(client.delete(key), 0.5)
+            await within(client.delete(key), 0.5)
 
 
 class PageFlusher:
@@ -450,7 +451,7 @@ class PageFlusher:
             # A changed table waits for its turn (TABLE_SECONDS): look again soon rather than at a doorbell.
             idle = FLUSH_SECONDS if self.registry.changed else PAGES_REFRESH_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._doorbell.wait(), idle)
+                await within(self._doorbell.wait(), idle)
             self._doorbell.clear()
             self.registry.forget_stale_reloads(time.time())
             now = time.monotonic()
