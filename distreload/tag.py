@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,7 +16,51 @@ from .protocol import ClusterVersion
 
 NonceSource = Callable[[Scope], str | None]
 
-PRESENT_MARKER = b"data-distreload"  # in every tag distreload writes: a page carrying it has the script
+# Every tag render() writes starts ``<script src="<base>/client.js?v=<script version>" data-distreload="``:
+# a page holding that (from any distreload, at any base or version) has the script. The attribute's name
+# elsewhere in a page's text (a comment, a code sample) does not count.
+_LONGEST_BASE = 512  # a longer endpoint URL is not recognised as a tag already in the page
+_TAG_START = b'<script src="'
+_TAG_SHAPE = re.compile(
+    re.escape(_TAG_START) + rb'[^"<>]{0,%d}/client\.js\?v=[^"<>]{0,64}" data-distreload="' % _LONGEST_BASE
+)
+# The anchor is the "?" of "client.js?v=": the rarest byte of the tag in HTML, so memchr (what bytes.find
+# does for one byte) skips most pages whole at memory speed, where a search for a longer string costs
+# several times as much per byte.
+_ANCHOR = b"?"
+_ANCHOR_FOLLOWED_BY = b"?v="
+_BEFORE_ANCHOR = len(_TAG_START) + _LONGEST_BASE + len(b"/client.js")
+_AFTER_ANCHOR = len(b'?v=" data-distreload="') + 64
+TAG_SPAN = _BEFORE_ANCHOR + _AFTER_ANCHOR  # the most bytes of a page the start of a tag spans
+_CHECKED_ANCHORS = 8  # past this many "?" in one piece, a literal search of the rest is the cheaper way
+
+
+def holds_tag(data: bytes) -> bool:
+    """Whether ``data`` holds the start of a tag as render() writes it (see _TAG_SHAPE)."""
+    at = data.find(_ANCHOR)
+    checked = 0
+    while at != -1:
+        if data.startswith(_ANCHOR_FOLLOWED_BY, at) and _TAG_SHAPE.search(
+            data, max(0, at - _BEFORE_ANCHOR), at + _AFTER_ANCHOR
+        ):
+            return True
+        checked += 1
+        if checked == _CHECKED_ANCHORS:
+            return _holds_tag_after(data, max(0, at + 1 - len(b"/client.js")))
+        at = data.find(_ANCHOR, at + 1)
+    return False
+
+
+def _holds_tag_after(data: bytes, start: int) -> bool:
+    """holds_tag() for a piece dense with "?" (query strings): a literal search instead of one per "?"."""
+    literal = b"/client.js?v="
+    at = data.find(literal, start)
+    while at != -1:
+        anchor = at + len(literal) - len(_ANCHOR_FOLLOWED_BY)
+        if _TAG_SHAPE.search(data, max(0, anchor - _BEFORE_ANCHOR), anchor + _AFTER_ANCHOR):
+            return True
+        at = data.find(literal, at + 1)
+    return False
 
 
 def default_csp_nonce(scope: Scope) -> str | None:
