@@ -2,10 +2,11 @@
 
 The tag goes before a page's last ``</body>``. Nothing is buffered: the injector holds back at most the tail
 of the page from its last ``</body>`` on (or the few bytes that might start one), and every other chunk
-passes through as the very same message. Only the last ``SCAN_WINDOW`` bytes of each chunk are searched for
-``</body>`` (the last one of a page sits at its end); every chunk is looked through for a tag that is
-already there (``tag.holds_tag``: the tag as distreload writes it, not its attribute's name in any text), so
-a page never gets a second one wherever the first sits.
+passes through as the very same message. Only the last ``SCAN_WINDOW`` bytes of a page's last chunk (and of
+what is held) are searched for ``</body>``, and the last ``CHUNK_WINDOW`` bytes of each chunk before it: the
+last ``</body>`` of a page sits at its end, split from it at most by a chunk boundary. Every chunk is
+looked through for a tag that is already there (``tag.holds_tag``: the tag as distreload writes it, not its
+attribute's name in any text), so a page never gets a second one wherever the first sits.
 
 Only ``text/html`` and ``application/xhtml+xml`` are pages (the media type itself, not "html" anywhere in
 the header: ``application/vnd.github.html+json`` is JSON). Left alone, byte for byte: anything else,
@@ -21,12 +22,16 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .tag import TAG_SPAN, holds_tag
+from .tag import ANCHOR, TAG_SPAN, holds_tag
 
 logger = logging.getLogger(__name__)
 
 BODY_MARKER = b"</body"
+_MARKER_STARTS = tuple(BODY_MARKER[:length] for length in range(1, len(BODY_MARKER)))  # "<" to "</bod"
 SCAN_WINDOW = 1024
+# Lowering a chunk's end to look for </body> in any case costs about 10 instructions a byte: as much for a
+# kilobyte as looking through a whole 64 KiB chunk for a tag. Chunks that go by untouched get a shorter look.
+CHUNK_WINDOW = 256
 HOLD_LIMIT = 64 * 1024  # the most of a page's tail held back while waiting to see whether </body> was last
 SCOPE_FLAG = "distreload.injected"  # set on the scope by the outermost injector: inner ones stand aside
 _BYTE_ORDER_MARKS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 and UTF-32 (LE starts FF FE)
@@ -178,6 +183,7 @@ class _Injection:
     _start: Message
     _present: bool
     _seen_tail: bytes
+    _tail_anchored: bool
 
     __slots__ = (
         "_send",
@@ -192,6 +198,7 @@ class _Injection:
         "_holding_marker",
         "_present",
         "_seen_tail",
+        "_tail_anchored",
         "_declared_length",
     )
 
@@ -209,7 +216,22 @@ class _Injection:
                 body: bytes = message.get("body", b"")
                 more_body: bool = message.get("more_body", False)
                 if not self._present:
-                    self._present = self._tag_seen_in(body)
+                    anchor = body.find(ANCHOR)
+                    if anchor == -1 and not self._tail_anchored:
+                        # No "?" in it nor at the end of the page before it: no tag starts in or across it.
+                        tail = self._seen_tail
+                        self._seen_tail = (
+                            body[-TAG_SPAN:] if len(body) >= TAG_SPAN else (tail + body)[-TAG_SPAN:]
+                        )
+                    else:
+                        self._present = self._tag_seen_in(body, anchor)
+                if more_body and not self._held:
+                    # The common chunk: nothing held, and unless its end holds (the start of) a </body>,
+                    # it goes out as the very same message. One lowered copy of the window, one search.
+                    window = (body[-CHUNK_WINDOW:] if len(body) > CHUNK_WINDOW else body).lower()
+                    if window.find(BODY_MARKER) == -1 and not window.endswith(_MARKER_STARTS):
+                        await self._send(message)
+                        return
                 out = self._place(body, final=not more_body)
                 if out is body and more_body:
                     await self._send(message)
@@ -247,12 +269,7 @@ class _Injection:
             return
         if message.get("more_body", False):
             await self._flush_start()
-            self._present = self._tag_seen_in(body)
-            out = self._place(body, final=False)
-            if out is body:
-                await self._send(message)
-            elif out:
-                await self._send({"type": "http.response.body", "body": out, "more_body": True})
+            await self.send(message)  # the first chunk of a streamed page, like every other
             return
         # The common case, a page in one message: place the tag and send, nothing held.
         self._state = _PASSING
@@ -278,24 +295,22 @@ class _Injection:
         """Send the held response start with headers fixed for the tag (a streamed page)."""
         self._state = _STREAMING
         self._tag = self._tag_for(self._scope)
-        self._held, self._holding_marker, self._seen_tail = b"", False, b""
+        self._held, self._holding_marker, self._seen_tail, self._tail_anchored = b"", False, b"", False
         self._present = False
         # Only a length that promised room for the tag needs padding should a tag turn up later.
         self._declared_length = _grow_length(self._headers, self._length_at, len(self._tag))
         await self._send({**self._start, "headers": self._headers})
 
-    def _tag_seen_in(self, chunk: bytes) -> bool:
-        """Whether a tag already sits in ``chunk``, or across its boundary with the chunks before it."""
+    def _tag_seen_in(self, chunk: bytes, anchor: int) -> bool:
+        """Whether a tag already sits in ``chunk`` (whose first "?" is at ``anchor``), or across its
+        boundary with the chunks before it."""
         tail = self._seen_tail
-        if tail and holds_tag(tail + chunk[:TAG_SPAN]):
+        if tail and (self._tail_anchored or -1 < anchor < TAG_SPAN) and holds_tag(tail + chunk[:TAG_SPAN]):
             return True
-        if len(chunk) >= TAG_SPAN:
-            if holds_tag(chunk):
-                return True
-            self._seen_tail = chunk[-TAG_SPAN:]
-        else:  # tail + chunk was all looked through above (or is the first piece of the page)
-            self._seen_tail = (tail + chunk)[-TAG_SPAN:]
-            return not tail and holds_tag(chunk)
+        if anchor != -1 and holds_tag(chunk):
+            return True
+        tail = chunk[-TAG_SPAN:] if len(chunk) >= TAG_SPAN else (tail + chunk)[-TAG_SPAN:]
+        self._seen_tail, self._tail_anchored = tail, ANCHOR in tail
         return False
 
     def _place(self, chunk: bytes, *, final: bool) -> bytes:

@@ -25,9 +25,10 @@ _TAG_SHAPE = re.compile(
     re.escape(_TAG_START) + rb'[^"<>]{0,%d}/client\.js\?v=[^"<>]{0,64}" data-distreload="' % _LONGEST_BASE
 )
 # The anchor is the "?" of "client.js?v=": the rarest byte of the tag in HTML, so memchr (what bytes.find
-# does for one byte) skips most pages whole at memory speed, where a search for a longer string costs
-# several times as much per byte.
-_ANCHOR = b"?"
+# does for one byte given as an int: given as bytes, `in` first fails to read it as an int, at the cost of
+# an exception) skips most pages whole at memory speed, where a search for a longer string costs several
+# times as much per byte.
+ANCHOR = ord("?")
 _ANCHOR_FOLLOWED_BY = b"?v="
 _BEFORE_ANCHOR = len(_TAG_START) + _LONGEST_BASE + len(b"/client.js")
 _AFTER_ANCHOR = len(b'?v=" data-distreload="') + 64
@@ -37,7 +38,7 @@ _CHECKED_ANCHORS = 8  # past this many "?" in one piece, a literal search of the
 
 def holds_tag(data: bytes) -> bool:
     """Whether ``data`` holds the start of a tag as render() writes it (see _TAG_SHAPE)."""
-    at = data.find(_ANCHOR)
+    at = data.find(ANCHOR)
     checked = 0
     while at != -1:
         if data.startswith(_ANCHOR_FOLLOWED_BY, at) and _TAG_SHAPE.search(
@@ -47,7 +48,7 @@ def holds_tag(data: bytes) -> bool:
         checked += 1
         if checked == _CHECKED_ANCHORS:
             return _holds_tag_after(data, max(0, at + 1 - len(b"/client.js")))
-        at = data.find(_ANCHOR, at + 1)
+        at = data.find(ANCHOR, at + 1)
     return False
 
 

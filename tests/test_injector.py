@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from distreload.injector import HOLD_LIMIT, SCAN_WINDOW, HtmlInjector
+from distreload.injector import CHUNK_WINDOW, HOLD_LIMIT, SCAN_WINDOW, HtmlInjector
 from distreload.protocol import ClusterVersion
 from distreload.tag import ScriptTag
 
@@ -87,6 +87,18 @@ async def test_a_body_close_far_from_the_end_leaves_the_tag_at_the_end() -> None
     page = b"<html><body>x</body>" + b"<!-- trailing -->" * 1000 + b"</html>"
     app = wrap(raw_app(chunks=[page]))
     assert body_of(await call(app)) == page + TAG
+
+
+@pytest.mark.parametrize("after", [CHUNK_WINDOW - len(b"</body>"), CHUNK_WINDOW + 100])
+async def test_a_body_close_near_the_end_of_a_chunk_before_the_last_gets_the_tag(after: int) -> None:
+    """A chunk before the last is searched for </body> in its last CHUNK_WINDOW bytes: a page cut right
+    after its </body> (a file read in blocks) gets the tag there; one further back gets it at the end."""
+    middle = b"<html><body>" + b"x" * 5000 + b"</body>" + b"y" * after
+    sent = await call(wrap(raw_app(chunks=[middle, b"</html>"])))
+    if after + len(b"</body>") <= CHUNK_WINDOW:
+        assert body_of(sent) == middle.replace(b"</body>", TAG + b"</body>") + b"</html>"
+    else:
+        assert body_of(sent) == middle + b"</html>" + TAG
 
 
 async def test_chunks_with_nothing_to_change_are_forwarded_as_they_are() -> None:
@@ -383,7 +395,7 @@ html_text = st.lists(
             b"</html>",
         ]
     ),
-    max_size=40,
+    max_size=CHUNK_WINDOW // 7,  # pages no longer than a chunk's window: every </body> is seen
 ).map(b"".join)
 
 
