@@ -37,6 +37,16 @@ SCOPE_FLAG = "distreload.injected"  # set on the scope by the outermost injector
 _BYTE_ORDER_MARKS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 and UTF-32 (LE starts FF FE)
 
 _PAGE_MEDIA_TYPES = (b"text/html", b"application/xhtml+xml")
+_HEADERS_LOOKED_AT = frozenset(
+    (
+        b"content-length",
+        b"content-encoding",
+        b"content-disposition",
+        b"content-range",
+        b"etag",
+        b"last-modified",
+    )
+)
 _VERDICTS_KEPT = 64  # distinct Content-Type values remembered: a few in practice; never an unbounded table
 
 TagSource = Callable[[Scope], bytes]
@@ -131,7 +141,8 @@ def _headers_to_keep(message: Message) -> tuple[list[tuple[bytes, bytes]], int] 
     headers = message.get("headers", ())
     for name, value in headers:  # most answers are no page: tell from the type alone, first
         if name.lower() == b"content-type":
-            if not _is_page_type(value):
+            page = _page_content_types.get(value)  # the function's own first step, saving a call
+            if not (_is_page_type(value) if page is None else page):
                 return None
             break
     else:
@@ -140,7 +151,9 @@ def _headers_to_keep(message: Message) -> tuple[list[tuple[bytes, bytes]], int] 
     kept: list[tuple[bytes, bytes]] = []
     for header in headers:
         name = header[0].lower()
-        if name == b"content-length":
+        if name not in _HEADERS_LOOKED_AT:  # one set lookup for most headers, not a chain of compares
+            pass
+        elif name == b"content-length":
             length_at = len(kept)
         elif name == b"content-encoding":
             if header[1].strip().lower() not in (b"", b"identity"):
@@ -254,35 +267,34 @@ class _Injection:
                     return
             self._state = _PASSING
         elif state == _HOLDING_START:
-            await self._first_body(message)
+            if message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if not message.get("more_body", False) and not body.startswith(_BYTE_ORDER_MARKS):
+                    # The common case, a page in one message: place the tag and send, nothing held.
+                    # Here rather than in a method of its own: one coroutine frame fewer on every page.
+                    self._state = _PASSING
+                    if holds_tag(body):
+                        tag = b""
+                    else:
+                        tag = self._tag_for(self._scope)
+                        index = _last_marker(body, 0)
+                        body = body + tag if index == -1 else b"".join((body[:index], tag, body[index:]))
+                    _grow_length(self._headers, self._length_at, len(tag))
+                    # A copy: an app may send the same start message for every response.
+                    await self._send({**self._start, "headers": self._headers})
+                    await self._send({"type": "http.response.body", "body": body, "more_body": False})
+                    return
+            await self._first_message(message)
             return
         await self._send(message)
 
-    async def _first_body(self, message: Message) -> None:
-        if message["type"] != "http.response.body":
-            await self._flush_start()
-            await self._send(message)
-            return
-        body: bytes = message.get("body", b"")
-        if body.startswith(_BYTE_ORDER_MARKS):
+    async def _first_message(self, message: Message) -> None:
+        """The first message after a page's start, unless it is the whole page's body."""
+        if message["type"] == "http.response.body" and message.get("body", b"").startswith(_BYTE_ORDER_MARKS):
             await self._leave_alone(message)
             return
-        if message.get("more_body", False):
-            await self._flush_start()
-            await self.send(message)  # the first chunk of a streamed page, like every other
-            return
-        # The common case, a page in one message: place the tag and send, nothing held.
-        self._state = _PASSING
-        if holds_tag(body):
-            tag = b""
-        else:
-            tag = self._tag_for(self._scope)
-            index = _last_marker(body, after=0)
-            body = body + tag if index == -1 else b"".join((body[:index], tag, body[index:]))
-        _grow_length(self._headers, self._length_at, len(tag))
-        # A copy: an app may send the same start message for every response.
-        await self._send({**self._start, "headers": self._headers})
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        await self._flush_start()
+        await self.send(message)  # the first chunk of a streamed page like every other; or no body at all
 
     async def _leave_alone(self, message: Message) -> None:
         """A page whose bytes say it is UTF-16 or UTF-32: send it as the app made it."""
@@ -317,14 +329,14 @@ class _Injection:
         held = self._held
         if held:
             data = held + chunk
-            index = _last_marker(data, after=1 if self._holding_marker else 0)
+            index = _last_marker(data, 1 if self._holding_marker else 0)
             if index == -1 and not self._holding_marker:
                 # A marker split across the two chunks starts in the few held bytes, maybe far from the
                 # window.
-                index = _last_marker(data[: len(held) + len(BODY_MARKER)], after=0)
+                index = _last_marker(data[: len(held) + len(BODY_MARKER)], 0)
         else:
             data = chunk
-            index = _last_marker(data, after=0)
+            index = _last_marker(data, 0)
         if index != -1:
             out, self._held, self._holding_marker = data[:index], data[index:], True
         elif self._holding_marker:
@@ -349,12 +361,20 @@ class _Injection:
         return b" " * len(self._tag) if self._declared_length else b""
 
 
-def _last_marker(data: bytes, *, after: int) -> int:
+def _last_marker(data: bytes, after: int) -> int:
     """Index of the last ``</body`` (any case) starting at ``after`` or later within the scan window."""
-    low = max(after, len(data) - SCAN_WINDOW)
-    # One lowered copy of the window and one search: cheaper than searching for each spelling in place.
-    found = (data[low:] if low else data).lower().rfind(BODY_MARKER)
-    return -1 if found == -1 else low + found
+    low = len(data) - SCAN_WINDOW
+    if low < after:
+        low = after
+    # Searched backwards in place, the common spelling is found a few bytes from the end (a page ends
+    # "</body></html>"); only what follows it is lowered to rule out a later one in another case. A page
+    # without it pays for lowering the window.
+    found = data.rfind(BODY_MARKER, low)
+    if found == -1:
+        found = (data[low:] if low > 0 else data).lower().rfind(BODY_MARKER)
+        return -1 if found == -1 else low + found
+    later = data[found + 1 :].lower().rfind(BODY_MARKER)
+    return found if later == -1 else found + 1 + later
 
 
 def _partial_marker_length(data: bytes) -> int:

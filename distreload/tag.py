@@ -141,30 +141,39 @@ class ScriptTag:
         self.client_options = check_client_options(client_options)
         self.csp_nonce = csp_nonce or default_csp_nonce
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
-        self._cache: tuple[ClusterVersion, str, str, bytes] | None = None
+        self._cache: tuple[ClusterVersion, str, str, bytes, bytes] | None = None
 
     def endpoint_base(self, scope: Scope, prefix: str) -> str:
         if self.endpoint_url:
             return self.endpoint_url
         root_path: str = scope.get("root_path", "")
-        return root_path.rstrip("/") + prefix
+        # Most apps are mounted at the root: the prefix itself, the very object render() compared last time.
+        return root_path.rstrip("/") + prefix if root_path else prefix
 
     def render(self, scope: Scope, *, base: str, version: ClusterVersion, build_id: str) -> bytes:
         cached = self._cache
         if cached is None or cached[0] is not version or cached[1] != base or cached[2] != build_id:
-            attributes = {
-                "src": f"{base}/client.js?v={self.script_version}",
-                "data-distreload": base,
-                "data-distreload-version": str(version),
-                "data-distreload-build": build_id,
-            }
-            if self.client_options:
-                attributes["data-distreload-options"] = json.dumps(self.client_options, separators=(",", ":"))
-            rendered = " ".join(
-                f'{name}="{html.escape(value, quote=True)}"' for name, value in attributes.items()
-            )
-            cached = self._cache = (version, base, build_id, f"<script {rendered}".encode())
+            cached = self._render(base, version, build_id)
         nonce = self.csp_nonce(scope)
         if nonce:
             return cached[3] + f' nonce="{html.escape(nonce, quote=True)}" async></script>'.encode()
-        return cached[3] + b" async></script>"
+        return cached[4]
+
+    def _render(
+        self, base: str, version: ClusterVersion, build_id: str
+    ) -> tuple[ClusterVersion, str, str, bytes, bytes]:
+        attributes = {
+            "src": f"{base}/client.js?v={self.script_version}",
+            "data-distreload": base,
+            "data-distreload-version": str(version),
+            "data-distreload-build": build_id,
+        }
+        if self.client_options:
+            attributes["data-distreload-options"] = json.dumps(self.client_options, separators=(",", ":"))
+        rendered = " ".join(
+            f'{name}="{html.escape(value, quote=True)}"' for name, value in attributes.items()
+        )
+        opening = f"<script {rendered}".encode()
+        # The whole tag of a page without a nonce is kept too: most pages have none.
+        self._cache = (version, base, build_id, opening, opening + b" async></script>")
+        return self._cache
