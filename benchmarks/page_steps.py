@@ -4,7 +4,8 @@
 ``apps.py`` (as FastAPI's HTMLResponse sends it): reading the headers, looking for a tag already there,
 finding ``</body>``, joining the bytes, growing Content-Length (with the copy of the start message), and the
 whole page through the injector's ``send`` with a ``send`` that does nothing. Each step runs in a loop of
-FEW and of MANY calls; the difference over the extra calls is one call's cost (start-up cancelled out).
+FEW and of MANY calls; the difference over the extra calls is one call's cost (start-up cancelled out),
+less that of a loop calling a function that does nothing.
 
 ``--source DIR`` counts another checkout's distreload (e.g. an older commit unpacked with ``git archive``):
 the steps are taken from whichever of its functions it has.
@@ -61,18 +62,23 @@ async def whole():
     await send(start)
     await send({{"type": "http.response.body", "body": body, "more_body": False}})
 steps = {{
+    "nothing": lambda: None,
     "headers": lambda: injector._headers_to_keep(start),
     "tag search": tag_search,
     "</body> search": lambda: injector._last_marker(body, after=0),
     "join": join,
     "Content-Length": grow,
 }}
-async def run_whole(count):
+async def nothing():
+    pass
+async def run_whole(count, call):
     for _ in range(count):
-        await whole()
+        await call()
 step, count = {step!r}, {count}
 if step == "whole page":
-    asyncio.run(run_whole(count))
+    asyncio.run(run_whole(count, whole))
+elif step == "nothing async":
+    asyncio.run(run_whole(count, nothing))
 else:
     call = steps[step]
     for _ in range(count):
