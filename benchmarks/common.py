@@ -23,6 +23,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("DISTRELOAD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# "plain": uvicorn as `pip install uvicorn` gives it (h11, asyncio) rather than with its standard extras
+# (httptools, uvloop), which it picks on its own when they are installed.
+UVICORN_FLAVOUR = os.environ.get("DISTRELOAD_BENCH_UVICORN", "standard")
 
 # Every variant of the app under test; fastapi-reloader only when it is installed.
 BARE = "bare"
@@ -206,6 +209,8 @@ def uvicorn_server(
     ]
     if workers > 1:
         command += ["--workers", str(workers)]
+    if UVICORN_FLAVOUR == "plain":
+        command += ["--http", "h11", "--loop", "asyncio"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),

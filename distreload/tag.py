@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,7 +16,52 @@ from .protocol import ClusterVersion
 
 NonceSource = Callable[[Scope], str | None]
 
-PRESENT_MARKER = b"data-distreload"  # in every tag distreload writes: a page carrying it has the script
+# Every tag render() writes starts ``<script src="<base>/client.js?v=<script version>" data-distreload="``:
+# a page holding that (from any distreload, at any base or version) has the script. The attribute's name
+# elsewhere in a page's text (a comment, a code sample) does not count.
+_LONGEST_BASE = 512  # a longer endpoint URL is not recognised as a tag already in the page
+_TAG_START = b'<script src="'
+_TAG_SHAPE = re.compile(
+    re.escape(_TAG_START) + rb'[^"<>]{0,%d}/client\.js\?v=[^"<>]{0,64}" data-distreload="' % _LONGEST_BASE
+)
+# The anchor is the "?" of "client.js?v=": the rarest byte of the tag in HTML, so memchr (what bytes.find
+# does for one byte given as an int: given as bytes, `in` first fails to read it as an int, at the cost of
+# an exception) skips most pages whole at memory speed, where a search for a longer string costs several
+# times as much per byte.
+ANCHOR = ord("?")
+_ANCHOR_FOLLOWED_BY = b"?v="
+_BEFORE_ANCHOR = len(_TAG_START) + _LONGEST_BASE + len(b"/client.js")
+_AFTER_ANCHOR = len(b'?v=" data-distreload="') + 64
+TAG_SPAN = _BEFORE_ANCHOR + _AFTER_ANCHOR  # the most bytes of a page the start of a tag spans
+_CHECKED_ANCHORS = 8  # past this many "?" in one piece, a literal search of the rest is the cheaper way
+
+
+def holds_tag(data: bytes) -> bool:
+    """Whether ``data`` holds the start of a tag as render() writes it (see _TAG_SHAPE)."""
+    at = data.find(ANCHOR)
+    checked = 0
+    while at != -1:
+        if data.startswith(_ANCHOR_FOLLOWED_BY, at) and _TAG_SHAPE.search(
+            data, max(0, at - _BEFORE_ANCHOR), at + _AFTER_ANCHOR
+        ):
+            return True
+        checked += 1
+        if checked == _CHECKED_ANCHORS:
+            return _holds_tag_after(data, max(0, at + 1 - len(b"/client.js")))
+        at = data.find(ANCHOR, at + 1)
+    return False
+
+
+def _holds_tag_after(data: bytes, start: int) -> bool:
+    """holds_tag() for a piece dense with "?" (query strings): a literal search instead of one per "?"."""
+    literal = b"/client.js?v="
+    at = data.find(literal, start)
+    while at != -1:
+        anchor = at + len(literal) - len(_ANCHOR_FOLLOWED_BY)
+        if _TAG_SHAPE.search(data, max(0, anchor - _BEFORE_ANCHOR), anchor + _AFTER_ANCHOR):
+            return True
+        at = data.find(literal, at + 1)
+    return False
 
 
 def default_csp_nonce(scope: Scope) -> str | None:
@@ -95,30 +141,39 @@ class ScriptTag:
         self.client_options = check_client_options(client_options)
         self.csp_nonce = csp_nonce or default_csp_nonce
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
-        self._cache: tuple[ClusterVersion, str, str, bytes] | None = None
+        self._cache: tuple[ClusterVersion, str, str, bytes, bytes] | None = None
 
     def endpoint_base(self, scope: Scope, prefix: str) -> str:
         if self.endpoint_url:
             return self.endpoint_url
         root_path: str = scope.get("root_path", "")
-        return root_path.rstrip("/") + prefix
+        # Most apps are mounted at the root: the prefix itself, the very object render() compared last time.
+        return root_path.rstrip("/") + prefix if root_path else prefix
 
     def render(self, scope: Scope, *, base: str, version: ClusterVersion, build_id: str) -> bytes:
         cached = self._cache
         if cached is None or cached[0] is not version or cached[1] != base or cached[2] != build_id:
-            attributes = {
-                "src": f"{base}/client.js?v={self.script_version}",
-                "data-distreload": base,
-                "data-distreload-version": str(version),
-                "data-distreload-build": build_id,
-            }
-            if self.client_options:
-                attributes["data-distreload-options"] = json.dumps(self.client_options, separators=(",", ":"))
-            rendered = " ".join(
-                f'{name}="{html.escape(value, quote=True)}"' for name, value in attributes.items()
-            )
-            cached = self._cache = (version, base, build_id, f"<script {rendered}".encode())
+            cached = self._render(base, version, build_id)
         nonce = self.csp_nonce(scope)
         if nonce:
             return cached[3] + f' nonce="{html.escape(nonce, quote=True)}" async></script>'.encode()
-        return cached[3] + b" async></script>"
+        return cached[4]
+
+    def _render(
+        self, base: str, version: ClusterVersion, build_id: str
+    ) -> tuple[ClusterVersion, str, str, bytes, bytes]:
+        attributes = {
+            "src": f"{base}/client.js?v={self.script_version}",
+            "data-distreload": base,
+            "data-distreload-version": str(version),
+            "data-distreload-build": build_id,
+        }
+        if self.client_options:
+            attributes["data-distreload-options"] = json.dumps(self.client_options, separators=(",", ":"))
+        rendered = " ".join(
+            f'{name}="{html.escape(value, quote=True)}"' for name, value in attributes.items()
+        )
+        opening = f"<script {rendered}".encode()
+        # The whole tag of a page without a nonce is kept too: most pages have none.
+        self._cache = (version, base, build_id, opening, opening + b" async></script>")
+        return self._cache

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from distreload.injector import HOLD_LIMIT, SCAN_WINDOW, HtmlInjector
+from distreload.injector import CHUNK_WINDOW, HOLD_LIMIT, SCAN_WINDOW, HtmlInjector
+from distreload.protocol import ClusterVersion
+from distreload.tag import ScriptTag
 
 from .asgi import body_of, call, header, headers_of, raw_app
 
@@ -87,6 +89,18 @@ async def test_a_body_close_far_from_the_end_leaves_the_tag_at_the_end() -> None
     assert body_of(await call(app)) == page + TAG
 
 
+@pytest.mark.parametrize("after", [CHUNK_WINDOW - len(b"</body>"), CHUNK_WINDOW + 100])
+async def test_a_body_close_near_the_end_of_a_chunk_before_the_last_gets_the_tag(after: int) -> None:
+    """A chunk before the last is searched for </body> in its last CHUNK_WINDOW bytes: a page cut right
+    after its </body> (a file read in blocks) gets the tag there; one further back gets it at the end."""
+    middle = b"<html><body>" + b"x" * 5000 + b"</body>" + b"y" * after
+    sent = await call(wrap(raw_app(chunks=[middle, b"</html>"])))
+    if after + len(b"</body>") <= CHUNK_WINDOW:
+        assert body_of(sent) == middle.replace(b"</body>", TAG + b"</body>") + b"</html>"
+    else:
+        assert body_of(sent) == middle + b"</html>" + TAG
+
+
 async def test_chunks_with_nothing_to_change_are_forwarded_as_they_are() -> None:
     middle = {"type": "http.response.body", "body": b"<p>" + b"x" * 100_000 + b"</p>", "more_body": True}
     forwarded: list[Message] = []
@@ -116,13 +130,45 @@ async def test_chunks_with_nothing_to_change_are_forwarded_as_they_are() -> None
     assert forwarded[2] is middle  # no copy, no new message
 
 
+def render_tag(tag: ScriptTag, *, base: str) -> bytes:
+    return tag.render(
+        {"type": "http"}, base=base, version=ClusterVersion("0123456789abcdef", 7), build_id="b"
+    )
+
+
+# A tag another distreload wrote (another base, another version): a proxied page, a saved one.
+EXISTING = render_tag(ScriptTag(script_version="0ther"), base="/app/---distreload---")
+
+
 async def test_page_that_already_carries_the_script_gets_no_second_tag() -> None:
-    page = b'<html><body><script src="/x.js" data-distreload="/---distreload---"></script></body></html>'
+    page = b"<html><body>" + EXISTING + b"</body></html>"
     headers = [(b"content-type", b"text/html"), (b"content-length", str(len(page)).encode())]
     app = wrap(raw_app(headers=headers, chunks=[page]))
     sent = await call(app)
     assert body_of(sent) == page
     assert header(sent, b"content-length") == [str(len(page)).encode()]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"<!-- the script is the one with data-distreload -->",
+        b'<pre>&lt;script data-distreload="/---distreload---"&gt;</pre>',
+        b'<p data-distreload="mine">?v=1 ?v=2 client.js?v=3</p>',
+    ],
+)
+async def test_a_page_that_only_mentions_the_attribute_still_gets_the_tag(text: bytes) -> None:
+    page = b"<html><body>" + text + b"</body></html>"
+    for chunks in ([page], [page[:20], page[20:]]):
+        sent = await call(wrap(raw_app(chunks=chunks)))
+        assert body_of(sent) == b"<html><body>" + text + TAG + b"</body></html>"
+
+
+async def test_a_tag_after_many_question_marks_is_still_seen() -> None:
+    links = b"".join(b'<a href="/list?page=%d&amp;q=x?">%d</a>' % (i, i) for i in range(50))
+    page = b"<html><body>" + links + EXISTING + links + b"</body></html>"
+    sent = await call(wrap(raw_app(chunks=[page])))
+    assert body_of(sent) == page
 
 
 async def test_applying_the_middleware_twice_injects_once() -> None:
@@ -140,6 +186,10 @@ async def test_applying_the_middleware_twice_injects_once() -> None:
         ("GET", 204, [(b"content-type", b"text/html")]),
         ("GET", 304, [(b"content-type", b"text/html")]),
         ("GET", 200, [(b"content-type", b"application/json")]),
+        ("GET", 200, [(b"content-type", b"application/vnd.github.html+json")]),
+        ("GET", 200, [(b"content-type", b'application/json; profile="https://example.test/html"')]),
+        ("GET", 200, [(b"content-type", b"text/plain; charset=html")]),
+        ("GET", 200, [(b"content-type", b"text/htmlx")]),
         ("GET", 200, [(b"content-type", b"text/event-stream")]),
         ("GET", 200, [(b"content-type", b"text/html"), (b"content-encoding", b"gzip")]),
         (
@@ -163,6 +213,15 @@ async def test_responses_that_are_not_html_pages_pass_untouched(
     direct = await call(inner, method)
     wrapped = await call(wrap(inner), method)
     assert wrapped == direct
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [b"text/html", b"Text/HTML ; charset=UTF-8", b"application/xhtml+xml", b' text/html;charset="utf-8"'],
+)
+async def test_html_and_xhtml_media_types_get_the_tag(content_type: bytes) -> None:
+    sent = await call(wrap(raw_app(headers=[(b"content-type", content_type)], chunks=[b"<body>x</body>"])))
+    assert body_of(sent) == b"<body>x" + TAG + b"</body>"
 
 
 async def test_repeated_headers_are_all_kept() -> None:
@@ -272,28 +331,32 @@ async def test_a_page_whose_bytes_say_utf16_is_left_alone(mark: bytes) -> None:
         assert await call(wrap(inner)) == await call(inner)
 
 
-@pytest.mark.parametrize("where", ["first", "middle", "split", "last"])
+@pytest.mark.parametrize("where", ["first", "middle", "split", "split at ?", "last", "tiny chunks"])
 async def test_a_tag_already_in_the_page_is_seen_in_any_chunk(where: str) -> None:
-    existing = b'<script src="/---distreload---/client.js" data-distreload="/---distreload---"></script>'
+    existing = EXISTING
     filler = b"<p>" + b"x" * 5000 + b"</p>"
     chunks = [b"<html><head>", filler, filler, b"</body></html>"]
     if where == "first":
         chunks[0] += existing
     elif where == "middle":
         chunks[1] = filler[:100] + existing + filler[100:]
-    elif where == "split":
-        chunks[1] += existing[:20]
-        chunks[2] = existing[20:] + chunks[2]
+    elif where.startswith("split"):
+        cut = existing.index(b"?") + 1 if where == "split at ?" else 20
+        chunks[1] += existing[:cut]
+        chunks[2] = existing[cut:] + chunks[2]
     else:
         chunks[3] = existing + chunks[3]
     page = b"".join(chunks)
+    if where == "tiny chunks":
+        page = b"<html><head>" + filler[:3000] + existing + filler[:3000] + b"</body></html>"
+        chunks = [page[i : i + 7] for i in range(0, len(page), 7)]
     for declared in (False, True):
         headers = [(b"content-type", b"text/html")]
         if declared:
             headers.append((b"content-length", str(len(page)).encode()))
         sent = await call(wrap(raw_app(headers=headers, chunks=chunks)))
         body = body_of(sent)
-        assert body.count(b"data-distreload") == 1
+        assert body.count(b"data-distreload=") == 1
         if declared:  # the length promised room for a tag: white space keeps it true
             assert len(body) == int(header(sent, b"content-length")[0])
             assert body.rstrip() == page.replace(b"</body>", b" " * len(TAG) + b"</body>").rstrip()
@@ -332,7 +395,7 @@ html_text = st.lists(
             b"</html>",
         ]
     ),
-    max_size=40,
+    max_size=CHUNK_WINDOW // 7,  # pages no longer than a chunk's window: every </body> is seen
 ).map(b"".join)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from distreload.config import ConfigError
 from distreload.protocol import ClusterVersion
-from distreload.tag import ScriptTag, check_client_options, default_csp_nonce
+from distreload.tag import ScriptTag, check_client_options, default_csp_nonce, holds_tag
 
 VERSION = ClusterVersion("0123456789abcdef", 4)
 
@@ -88,3 +88,23 @@ def test_client_options_that_the_browser_would_ignore_are_refused_at_start_up(
     with pytest.raises(ConfigError, match="client_options") as raised:
         check_client_options(options)
     assert complaint in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("scope", "options"),
+    [
+        ({}, {}),
+        ({"root_path": "/app/", "state": {"csp_nonce": "n0nce"}}, {"silent": True, "message_prefix": '"?"'}),
+    ],
+)
+def test_a_rendered_tag_is_recognised_in_a_page_and_its_attribute_name_alone_is_not(
+    scope: dict[str, Any], options: dict[str, Any]
+) -> None:
+    tag = render(ScriptTag(script_version="abc", client_options=options), scope).encode()
+    questions = b"".join(b'<a href="?page=%d">?</a>' % i for i in range(40))  # past the per-"?" checks
+    for before in (b"", b"<p>text</p>", questions):
+        assert holds_tag(b"<html><body>" + before + tag + b"</body></html>")
+        assert not holds_tag(b"<html><!-- data-distreload --><body>" + before + b"</body></html>")
+    override = ScriptTag(script_version="abc", endpoint_url="https://dev.example.test/reload/")
+    assert holds_tag(b"<p>?</p>" + render(override).encode())
+    assert not holds_tag(tag[: tag.index(b"data-distreload=")])
