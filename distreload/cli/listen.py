@@ -92,18 +92,20 @@ def print_reload(
 
 
 def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
-    from ..protocol import BadMessage, channel_name, parse_message
+    from ..protocol import BadMessage, observers_channel_name, parse_message
     from ..redis_clients import open_sync
 
     target = redis_target(args)
-    channel = channel_name(target.namespace)
+    # Not the workers' channel: every reload goes to this one too, and a publish counts only the workers'
+    # channel's subscribers, so a listener never inflates "received by N worker processes".
+    channel = observers_channel_name(target.namespace)
     try:
         redis_client = open_sync(target)
     except Exception as exc:
         raise CommandError(
             with_tls_hint(target, f"cannot reach Redis at {target.display_url()}: {one_line(exc)}")
         ) from None
-    # On a Redis Cluster (7+) the workers' channel is a shard channel, on the node that owns its slot.
+    # On a Redis Cluster (7+) both channels are shard channels, on the node that owns the namespace's slot.
     sharded = redis_client.sharded
     pubsub = redis_client.client.pubsub()
     subscribed, message_type = ("ssubscribe", "smessage") if sharded else ("subscribe", "message")
