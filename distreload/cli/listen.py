@@ -35,8 +35,10 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
         commands,
         NAME,
         "print reload events as they pass",
-        "Subscribe to the reload channel (or to a running app's event stream with --url) and print every\n"
-        "reload as it passes: a quick check that publisher, Redis, proxies and workers agree.",
+        "Subscribe to the namespace's observers channel, which every reload also goes to (or to a running\n"
+        "app's event stream with --url), and print every reload as it passes: a quick check that\n"
+        "publisher, Redis, proxies and workers agree. A listener is never counted among the worker\n"
+        "processes a publish reports.",
         "examples:\n"
         "  distreload listen --redis-url redis://127.0.0.1:6379/0\n"
         "  distreload listen --count 1 --timeout 60       wait for the next reload, at most a minute\n"
