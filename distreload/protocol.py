@@ -61,14 +61,18 @@ end
 
 # Both scripts publish the way the workers subscribe, which they record in the state ('mode'): 'sharded' on
 # a Redis Cluster, where a message goes out with SPUBLISH and stays on the shard that holds the state, else
-# a plain PUBLISH. So a publisher need not know the topology it publishes to. The channel is an argument,
-# not a key: it shares the state's slot (the hash tag), and a key that is not stored would make a cluster
-# refuse the script (TRYAGAIN) while that slot migrates.
+# a plain PUBLISH. So a publisher need not know the topology it publishes to. The channels are arguments,
+# not keys: they share the state's slot (the hash tag), and a key that is not stored would make a cluster
+# refuse the script (TRYAGAIN) while that slot migrates. The message goes to the workers' channel and then
+# to the observers' one (``distreload listen``); the count returned is the workers' channel's alone, so a
+# running listener is never counted as a worker process.
 _PUBLISH_HERE = """
-local function publish_here(key, channel, message)
+local function publish_here(key, channel, observers, message)
   redis.call('HSET', key, 'last', message)
   local command = redis.call('HGET', key, 'mode') == 'sharded' and 'SPUBLISH' or 'PUBLISH'
-  return redis.call(command, channel, message)
+  local workers = redis.call(command, channel, message)
+  redis.call(command, observers, message)
+  return workers
 end
 """
 
@@ -86,7 +90,7 @@ if not epoch then
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local message = '{"epoch":"' .. epoch .. '","version":' .. version .. ',' .. string.sub(ARGV[2], 2)
-local receivers = publish_here(KEYS[1], ARGV[3], message)
+local receivers = publish_here(KEYS[1], ARGV[3], ARGV[4], message)
 return {epoch, version, receivers}
 """
 )
@@ -112,7 +116,7 @@ if epoch == ARGV[1] and known > version then
   version = known
   last = '{"epoch":"' .. epoch .. '","version":' .. version ..
     ',"kind":"reload","paths":[],"spread":0.0,"match":""}'
-  publish_here(KEYS[1], ARGV[4], last)
+  publish_here(KEYS[1], ARGV[4], ARGV[5], last)
 end
 return {epoch, version, last}
 """
@@ -120,7 +124,14 @@ return {epoch, version, last}
 
 
 def channel_name(namespace: str) -> str:
+    """The channel the workers subscribe to: a publish's count of receivers is its subscribers."""
     return f"distreload:{{{namespace}}}:reload"
+
+
+def observers_channel_name(namespace: str) -> str:
+    """The channel ``distreload listen`` subscribes to: every message of :func:`channel_name` goes here
+    too, so that a listener sees each reload without being counted as a worker process."""
+    return f"distreload:{{{namespace}}}:reload:observers"
 
 
 def state_key(namespace: str) -> str:
@@ -217,8 +228,8 @@ class Reload:
 class PublishResult:
     """What a publish created, and how many receivers it had: Redis's count of the connections subscribed
     to the namespace's channel (PUBLISH's reply, run inside the publish script), on the node that holds
-    the namespace's state. Each worker process with a running app holds exactly one; a running
-    ``distreload listen`` holds one too and is counted alike (Redis cannot tell them apart). A worker that
+    the namespace's state. Each worker process with a running app holds exactly one; ``distreload listen``
+    subscribes to the observers' channel instead, so it is not counted. A worker that
     drops the message (its state does not back it) was still counted: the count says the message reached
     the process, not that a page reloaded. With a wait, ``pages`` says what became of the pages open at
     publish time."""
@@ -490,7 +501,13 @@ SEED_KEYS = 1
 
 def publish_arguments(namespace: str, request: ReloadRequest) -> list[str]:
     """The publish script's keys, then its ARGV (``EVAL script PUBLISH_KEYS *arguments``)."""
-    return [state_key(namespace), new_epoch(), request.to_json(), channel_name(namespace)]
+    return [
+        state_key(namespace),
+        new_epoch(),
+        request.to_json(),
+        channel_name(namespace),
+        observers_channel_name(namespace),
+    ]
 
 
 def publish_call(namespace: str, request: ReloadRequest) -> tuple[Any, ...]:
@@ -508,6 +525,7 @@ def seed_arguments(namespace: str, known: ClusterVersion, *, sharded: bool) -> l
         str(known.number),
         "sharded" if sharded else "plain",
         channel_name(namespace),
+        observers_channel_name(namespace),
     ]
 
 

@@ -10,9 +10,16 @@ import time
 import pytest
 
 from distreload.cli import main
-from distreload.protocol import channel_name
+from distreload.protocol import observers_channel_name, parse_message
 
-from .cli_tools import TOKEN, app_with_token_fixture, clean_cli_environment_fixture, run_cli, spawn_cli  # noqa: F401 - fixtures
+from .cli_tools import (  # noqa: F401 - fixtures
+    TOKEN,
+    ChannelSpy,
+    app_with_token_fixture,
+    clean_cli_environment_fixture,
+    run_cli,
+    spawn_cli,
+)
 from .conftest import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("clean_cli_environment")
@@ -77,10 +84,10 @@ def test_listen_prints_reloads_and_ignores_foreign_messages(shared_redis_url: st
     try:
         assert listener.stderr is not None
         assert listener.stderr.readline() == (
-            f"listening on {channel_name(namespace)} at {shared_redis_url} (Ctrl-C to stop)\n"
+            f"listening on {observers_channel_name(namespace)} at {shared_redis_url} (Ctrl-C to stop)\n"
         )
         with redis.Redis.from_url(shared_redis_url) as client:
-            client.publish(channel_name(namespace), b"not json")
+            client.publish(observers_channel_name(namespace), b"not json")
         target = ["--redis-url", shared_redis_url, "--namespace", namespace, "--json"]
         first = json.loads(run_cli("publish", *target).stdout)
         second = json.loads(run_cli("publish", *target, "--css", "/a.css").stdout)
@@ -91,9 +98,35 @@ def test_listen_prints_reloads_and_ignores_foreign_messages(shared_redis_url: st
     assert listener.returncode == 0, err
     lines = out.splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith(f" reload {first['version']}  ({channel_name(namespace)})")
-    assert lines[1].endswith(f" css {second['version']} /a.css  ({channel_name(namespace)})")
+    assert lines[0].endswith(f" reload {first['version']}  ({observers_channel_name(namespace)})")
+    assert lines[1].endswith(f" css {second['version']} /a.css  ({observers_channel_name(namespace)})")
     assert "ignored a message that distreload did not publish: not UTF-8 JSON" in err
+
+
+@pytest.mark.redis
+def test_a_running_listen_is_not_counted_as_a_worker_process(shared_redis_url: str, namespace: str) -> None:
+    """Three subscribers on the workers' channel (what three worker processes hold) and a running listen:
+    publish reports three, and the listener still prints the reload."""
+    workers = [ChannelSpy(shared_redis_url, namespace) for _ in range(3)]
+    listener = spawn_cli(
+        "listen", "--redis-url", shared_redis_url, "--namespace", namespace, "--count", "1", "--timeout", "30"
+    )
+    try:
+        assert listener.stderr is not None
+        assert listener.stderr.readline().startswith("listening on ")
+        published = run_cli("publish", "--redis-url", shared_redis_url, "--namespace", namespace, "--json")
+        assert published.returncode == 0, published.stderr
+        out, err = listener.communicate(timeout=20)
+        for worker in workers:
+            assert str(parse_message(worker.next()).version) == json.loads(published.stdout)["version"]
+    finally:
+        listener.kill()
+        listener.wait()
+        for worker in workers:
+            worker.close()
+    assert json.loads(published.stdout)["receivers"] == 3
+    assert listener.returncode == 0, err
+    assert out.split()[1:3] == ["reload", json.loads(published.stdout)["version"]], out
 
 
 @pytest.mark.redis

@@ -27,6 +27,7 @@ from distreload.protocol import (
     State,
     channel_name,
     glob_matches,
+    observers_channel_name,
     parse_message,
     path_pattern_problem,
     presence_prefix,
@@ -240,7 +241,12 @@ def test_malformed_script_replies_read_as_version_zero() -> None:
 def test_every_name_of_a_namespace_shares_one_cluster_slot() -> None:
     from redis.crc import key_slot
 
-    names = [state_key("shop"), channel_name("shop"), presence_prefix("shop") + "host:1"]
+    names = [
+        state_key("shop"),
+        channel_name("shop"),
+        observers_channel_name("shop"),
+        presence_prefix("shop") + "host:1",
+    ]
     assert len({key_slot(name.encode()) for name in names}) == 1
     assert key_slot(state_key("shop").encode()) != key_slot(state_key("blog").encode())
 
@@ -267,13 +273,21 @@ def run_publish(client: redis.Redis, namespace: str, request: ReloadRequest | No
 def test_publish_creates_bumps_and_remembers_the_last_message(client: redis.Redis, namespace: str) -> None:
     pubsub = client.pubsub()
     pubsub.subscribe(channel_name(namespace))
+    # A listener on the observers' channel gets every message but is not among the receivers counted.
+    observers = client.pubsub()
+    observers.subscribe(observers_channel_name(namespace))
     try:
         first = publish_result(run_publish(client, namespace))
         second = publish_result(run_publish(client, namespace, ReloadRequest("morph", (), 1.5, "/a/*")))
-        assert first.receivers == 1 and second.version == ClusterVersion(first.version.epoch, 2)
+        assert first.receivers == 1 and second.receivers == 1
+        assert second.version == ClusterVersion(first.version.epoch, 2)
         received = [
             m["data"] for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"
         ]
+        observed = [
+            m["data"] for m in iter(lambda: observers.get_message(timeout=1), None) if m["type"] == "message"
+        ]
+        assert observed == received
         assert [json.loads(m) for m in received] == [
             {
                 "epoch": first.version.epoch,
@@ -295,6 +309,7 @@ def test_publish_creates_bumps_and_remembers_the_last_message(client: redis.Redi
         assert client.hget(state_key(namespace), "last") == received[-1]
     finally:
         pubsub.close()
+        observers.close()
 
 
 def test_publish_replaces_state_that_distreload_did_not_write(client: redis.Redis, namespace: str) -> None:
@@ -327,15 +342,21 @@ def test_seed_puts_back_a_lost_state_and_records_how_workers_subscribe(
     # moves the state forward, with a reload that workers which moved over first are told of.
     ahead = ClusterVersion(EPOCH, 20)
     pubsub = client.pubsub()
-    pubsub.subscribe(channel_name(namespace))
+    pubsub.subscribe(channel_name(namespace), observers_channel_name(namespace))
     try:
         state = state_from_reply(
             client.eval(_SEED_SCRIPT, SEED_KEYS, *seed_arguments(namespace, ahead, sharded=False))
         )
         assert state.version == ahead and state.last == Reload(ahead)
         received = [
-            m["data"] for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"
+            (m["channel"].decode(), parse_message(m["data"]))
+            for m in iter(lambda: pubsub.get_message(timeout=1), None)
+            if m["type"] == "message"
         ]
-        assert [parse_message(m) for m in received] == [Reload(ahead)]
+        # The workers are told, and so is a running ``distreload listen``.
+        assert received == [
+            (channel_name(namespace), Reload(ahead)),
+            (observers_channel_name(namespace), Reload(ahead)),
+        ]
     finally:
         pubsub.close()

@@ -35,8 +35,10 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
         commands,
         NAME,
         "print reload events as they pass",
-        "Subscribe to the reload channel (or to a running app's event stream with --url) and print every\n"
-        "reload as it passes: a quick check that publisher, Redis, proxies and workers agree.",
+        "Subscribe to the namespace's observers channel, which every reload also goes to (or to a running\n"
+        "app's event stream with --url), and print every reload as it passes: a quick check that\n"
+        "publisher, Redis, proxies and workers agree. A listener is never counted among the worker\n"
+        "processes a publish reports.",
         "examples:\n"
         "  distreload listen --redis-url redis://127.0.0.1:6379/0\n"
         "  distreload listen --count 1 --timeout 60       wait for the next reload, at most a minute\n"
@@ -92,18 +94,20 @@ def print_reload(
 
 
 def _listen_to_redis(args: argparse.Namespace, deadline: float | None) -> int:
-    from ..protocol import BadMessage, channel_name, parse_message
+    from ..protocol import BadMessage, observers_channel_name, parse_message
     from ..redis_clients import open_sync
 
     target = redis_target(args)
-    channel = channel_name(target.namespace)
+    # Not the workers' channel: every reload goes to this one too, and a publish counts only the workers'
+    # channel's subscribers, so a listener never inflates "received by N worker processes".
+    channel = observers_channel_name(target.namespace)
     try:
         redis_client = open_sync(target)
     except Exception as exc:
         raise CommandError(
             with_tls_hint(target, f"cannot reach Redis at {target.display_url()}: {one_line(exc)}")
         ) from None
-    # On a Redis Cluster (7+) the workers' channel is a shard channel, on the node that owns its slot.
+    # On a Redis Cluster (7+) both channels are shard channels, on the node that owns the namespace's slot.
     sharded = redis_client.sharded
     pubsub = redis_client.client.pubsub()
     subscribed, message_type = ("ssubscribe", "smessage") if sharded else ("subscribe", "message")

@@ -316,6 +316,7 @@ def worker_rule(namespace: str, *, cluster: bool = False) -> list[str]:
         f"~distreload:{{{namespace}}}:state",
         f"%W~distreload:{{{namespace}}}:presence:*",
         f"&distreload:{{{namespace}}}:reload",
+        f"&distreload:{{{namespace}}}:reload:observers",
     ]
 
 
@@ -330,6 +331,7 @@ def cli_rule(namespace: str, *, cluster: bool = False) -> list[str]:
         f"~distreload:{{{namespace}}}:state",
         f"%R~distreload:{{{namespace}}}:presence:*",
         f"&distreload:{{{namespace}}}:reload",
+        f"&distreload:{{{namespace}}}:reload:observers",
     ]
 
 
