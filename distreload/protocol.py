@@ -71,7 +71,9 @@ local function publish_here(key, channel, observers, message)
   redis.call('HSET', key, 'last', message)
   local command = redis.call('HGET', key, 'mode') == 'sharded' and 'SPUBLISH' or 'PUBLISH'
   local workers = redis.call(command, channel, message)
-  redis.call(command, observers, message)
+  -- pcall: a user whose ACL rules predate the observers' channel still publishes to every worker; only a
+  -- running `distreload listen` misses the message then.
+  redis.pcall(command, observers, message)
   return workers
 end
 """

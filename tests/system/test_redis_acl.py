@@ -23,7 +23,13 @@ import pytest
 from distreload.broker import RedisBroker
 from distreload.config import Target
 from distreload.presence import read_presence
-from distreload.protocol import PublishError, ReloadRequest, presence_prefix, state_key
+from distreload.protocol import (
+    PublishError,
+    ReloadRequest,
+    observers_channel_name,
+    presence_prefix,
+    state_key,
+)
 from distreload.publisher import publish_blocking
 
 from ..conftest import ROOT, ServerFactory, cli_published, distreload_cli, wait_for_port
@@ -225,13 +231,27 @@ async def worker_does_everything(url: str, namespace: str, user: str, admin: Adm
             return "did not subscribe"
         if not broker._presence_written:
             return "presence not written"
-        result = await broker.publish(ReloadRequest())
+        # What `distreload listen` reads: the observers' channel, watched here by the all-powerful user.
+        node: Any = getattr(admin, "node", admin)
+        observer = node.client().pubsub(ignore_subscribe_messages=True)
+        await asyncio.to_thread(observer.subscribe, observers_channel_name(namespace))
+        try:
+            result = await broker.publish(ReloadRequest())
+            seen = None
+            for _ in range(30):  # get_message answers None for the subscribe confirmation it skips
+                seen = await asyncio.to_thread(observer.get_message, timeout=0.1)
+                if seen is not None:
+                    break
+        finally:
+            await asyncio.to_thread(observer.close)
         for _ in range(100):
             if broker.version == result.version:
                 break
             await asyncio.sleep(0.02)
         else:
             return "did not receive its own publish"
+        if seen is None or f'"version":{result.version.number},' not in seen["data"]:
+            return "a publish from the app did not reach distreload listen"
         await asyncio.sleep(0.5)  # a few PINGs
         # State behind what the worker knows (lost writes): the seed moves it forward and publishes.
         await redis("HSET", state_key(namespace), "version", 0)
