@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from distreload.sse import EventStreamParser
+
 
 @dataclass
 class Event:
@@ -39,6 +41,7 @@ class SSEReader:
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
+        self._parser = EventStreamParser()
         self._sock = socket.create_connection((self.host, self.port), timeout=30)
         extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
         request = (
@@ -97,22 +100,13 @@ class SSEReader:
                 self.heartbeats.append(time.monotonic())
                 self._lock.notify_all()
             return
-        event, data, event_id = "message", [], None
         for line in block.split("\n"):
-            if line.startswith(":") or not line:
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-            elif name == "id":
-                event_id = value
-        if not data and event == "message":
+            self._parser.feed(line)
+        parsed = self._parser.feed("")  # the blank line that ended the block
+        if parsed is None:
             return  # retry: lines only
         with self._lock:
-            self.events.append(Event(event, "\n".join(data), event_id))
+            self.events.append(Event(parsed.event, parsed.data, parsed.id))
             self._lock.notify_all()
 
     def of(self, kind: str) -> list[Event]:

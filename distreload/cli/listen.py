@@ -160,6 +160,8 @@ def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
     import http.client
     from urllib.parse import urlsplit
 
+    from ..sse import EventStreamParser
+
     url = app_base(args.url, args.prefix) + "/events"
     parts = urlsplit(url)
     # Until the hello says how often the worker sends heartbeats, allow for the default (15 s); after it,
@@ -189,7 +191,7 @@ def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
             content_type = response.getheader("content-type")
             raise CommandError(f"{url} is not a distreload event stream ({content_type})")
         print(f"listening on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        event: dict[str, str] = {}
+        parser = EventStreamParser()
         while args.count is None or seen < args.count:
             wait = silence_limit
             if deadline is not None:
@@ -211,14 +213,10 @@ def _listen_over_http(args: argparse.Namespace, deadline: float | None) -> int:
                 raise CommandError(f"lost the stream from {url}: {reason(exc)}") from None
             if not raw:
                 raise CommandError(f"{url} closed the stream")
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if line:
-                field, _, value = line.partition(":")
-                if field:
-                    event[field] = event.get(field, "") + value.removeprefix(" ")
+            event = parser.feed(raw.decode("utf-8", "replace").rstrip("\r\n"))
+            if event is None:
                 continue
-            kind, data = event.get("event"), event.get("data") or "{}"
-            event = {}
+            kind, data = event.event, event.data or "{}"
             if kind == "hello":
                 hello = json.loads(data)
                 heartbeat = hello.get("heartbeat")

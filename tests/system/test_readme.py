@@ -671,3 +671,16 @@ def test_the_acl_rules_are_the_ones_the_suite_runs_under() -> None:
 def test_benchmarks_section_has_its_markers() -> None:
     section = README.split("## Benchmarks", 1)[1]
     assert "<!-- benchmarks -->" in section and "<!-- /benchmarks -->" in section
+
+
+def test_the_test_command_fails_when_it_tests_nothing() -> None:
+    """pytest's exit 5 (no tests collected) is no success: a suite that ran nothing proves nothing."""
+    done = subprocess.run(
+        ["bash", "scripts/test.sh", "-k", "no_test_is_named_like_this"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 5, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "no tests ran" in done.stdout or "deselected" in done.stdout
