@@ -428,26 +428,33 @@ class PageFlusher:
         self._doorbell = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False  # said once per outage
+        self._stopping = False
         self.writes = 0
         registry.wake = self._doorbell.set
 
     def start(self) -> None:
+        self._stopping = False
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="distreload pages")
 
     async def stop(self) -> None:
         """Stop writing, and take this worker's page table out: its pages are gone with it."""
         task, self._task = self._task, None
-        if task is not None:
+        self._stopping = True
+        while task is not None and not task.done():
+            # Again until it is over: a library call in the task (a Redis write) may swallow one cancel,
+            # and a writer that went on would hold up the app's shutdown for ever.
             task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        if task is not None and not task.cancelled():
             with contextlib.suppress(BaseException):
-                await task
+                task.result()
         with contextlib.suppress(Exception):
             await self.sink.remove_table(pages_prefix(self.namespace) + self.registry.worker)
 
     async def _run(self) -> None:
         table_written = -float("inf")
-        while True:
+        while not self._stopping:
             # A changed table waits for its turn (TABLE_SECONDS): look again soon rather than at a doorbell.
             idle = FLUSH_SECONDS if self.registry.changed else PAGES_REFRESH_SECONDS
             with contextlib.suppress(TimeoutError):

@@ -259,3 +259,39 @@ def test_the_memory_sink_keeps_only_the_latest_rounds() -> None:
     for number in range(100):
         asyncio.run(sink.write_round(f"memory-test-{number}", "w", "{}"))
     assert len(MemorySink.rounds) <= 16 and "memory-test-99" in MemorySink.rounds
+
+
+class SwallowingSink(MemorySink):
+    """A sink whose write swallows the first cancel it meets, as a library call can."""
+
+    def __init__(self) -> None:
+        self.swallowed = 0
+
+    async def write_round(self, key: str, worker: str, summary: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+
+
+def test_stopping_the_writer_ends_even_when_a_write_swallows_the_cancel() -> None:
+    async def run() -> None:
+        registry = registry_with(report("page-1", "/a"))
+        sink = SwallowingSink()
+        flusher = PageFlusher(registry, sink, "ns")
+        flusher.start()
+        registry.reload_arrived(Reload(V2))  # rings the writer's doorbell: it writes the new round
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if flusher.writes:
+                break
+        assert flusher.writes, "the writer never started writing"
+        await asyncio.sleep(0.05)  # inside the write now
+        stopping = asyncio.get_running_loop().create_task(flusher.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=10)  # waits, never cancels
+        assert done == {stopping}, "stop() is still waiting on a writer that swallowed its cancel"
+        assert sink.swallowed == 1
+
+    asyncio.run(run())
