@@ -37,6 +37,7 @@ from distreload.protocol import (
     ClusterVersion,
     Reload,
     ReloadRequest,
+    State,
     channel_name,
     presence_prefix,
     state_key,
@@ -92,11 +93,26 @@ def crafted_messages(epoch: str) -> st.SearchStrategy[bytes]:
     )
 
 
+class CountedBroker(RedisBroker):
+    """A RedisBroker that counts its reads of the state after a subscribe.
+
+    A test that drops the subscription must wait for that read: redis-py's failure callback reconnects and
+    resubscribes a pub/sub connection before the worker hears of the error and closes it, so one subscriber
+    on the server (and ``connected`` not yet cleared) does not mean the worker has subscribed again.
+    """
+
+    catch_ups = 0
+
+    def _catch_up(self, state: State, *, first_contact: bool) -> None:
+        super()._catch_up(state, first_contact=first_contact)
+        self.catch_ups += 1
+
+
 class Worker:
     """A RedisBroker on an event loop of its own thread, and the reloads it delivered."""
 
     def __init__(self, target: Target, *, presence_interval: float = 5.0) -> None:
-        self.broker = RedisBroker(
+        self.broker = CountedBroker(
             target,
             ping_interval=0.5,
             ping_timeout=2.0,
@@ -198,8 +214,12 @@ def test_no_state_in_redis_keeps_a_worker_off_its_subscription(
     def read_after_a_resubscribe(last: bytes, fields: dict[str, bytes]) -> None:
         admin.hset(key, mapping={"last": last, **fields})
         # The state is read after every subscribe: drop the subscription so that the worker reads it.
+        read_before = worker.broker.catch_ups
         admin.client_kill_filter(_type="pubsub")
-        assert wait_until(lambda: len(subscribers(admin)) == 1 and worker.broker.connected, timeout=5), (
+        assert wait_until(
+            lambda: worker.broker.catch_ups > read_before and worker.broker.connected and len(subscribers(admin)) == 1,
+            timeout=5,
+        ), (
             f"the worker did not subscribe again after reading the state's last {last[:60]!r}"
         )
         serves_a_real_reload(worker, target)
