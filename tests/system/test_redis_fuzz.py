@@ -216,10 +216,12 @@ def test_no_state_in_redis_keeps_a_worker_off_its_subscription(
         # The state is read after every subscribe: drop the subscription so that the worker reads it.
         read_before = worker.broker.catch_ups
         admin.client_kill_filter(_type="pubsub")
-        assert wait_until(
-            lambda: worker.broker.catch_ups > read_before and worker.broker.connected and len(subscribers(admin)) == 1,
-            timeout=5,
-        ), (
+
+        def subscribed_again() -> bool:
+            broker = worker.broker
+            return broker.catch_ups > read_before and broker.connected and len(subscribers(admin)) == 1
+
+        assert wait_until(subscribed_again, timeout=5), (
             f"the worker did not subscribe again after reading the state's last {last[:60]!r}"
         )
         serves_a_real_reload(worker, target)
