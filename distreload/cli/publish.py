@@ -97,23 +97,24 @@ def run(args: argparse.Namespace) -> int:
         return run_waiting(args, request)
     published = publisher(args)(request)
     if args.json:
-        where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
-        print(
-            json.dumps(
-                {
-                    "version": published.version,
-                    "receivers": published.receivers,
-                    "kind": request.kind,
-                    "paths": list(request.paths),
-                    "spread": request.spread,
-                    "match": request.match,
-                    **where,
-                }
-            )
-        )
+        print(json.dumps(result_of(published, request)))
     else:
         print(published.describe(request.kind))
     return 0
+
+
+def result_of(published: Published, request: ReloadRequest) -> dict[str, Any]:
+    """What ``--json`` prints of a publish: one shape, with or without ``--wait``."""
+    where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
+    return {
+        "version": published.version,
+        "receivers": published.receivers,
+        "kind": request.kind,
+        "paths": list(request.paths),
+        "spread": request.spread,
+        "match": request.match,
+        **where,
+    }
 
 
 def run_waiting(args: argparse.Namespace, request: ReloadRequest) -> int:
@@ -136,18 +137,7 @@ def run_waiting(args: argparse.Namespace, request: ReloadRequest) -> int:
     else:
         published, summary = publish_and_wait_blocking(args, request, seconds)
     if args.json:
-        where = {"endpoint": published.endpoint} if published.endpoint else {"namespace": published.namespace}
-        print(
-            json.dumps(
-                {
-                    "version": published.version,
-                    "receivers": published.receivers,
-                    "kind": request.kind,
-                    **where,
-                    "pages": summary.to_dict(),
-                }
-            )
-        )
+        print(json.dumps({**result_of(published, request), "pages": summary.to_dict()}))
     else:
         print(published.describe(request.kind))
         for line in summary.describe():
