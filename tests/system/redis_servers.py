@@ -34,6 +34,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from ..conftest import missing
+from ..waiting import wait_until
 
 LOCALHOST = "127.0.0.1"
 
@@ -59,22 +60,6 @@ def free_port(host: str = LOCALHOST) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``check`` until it is true; errors count as 'not yet' and the last one is reported on timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            if check():
-                return
-        except Exception as exc:  # a node still starting refuses connections: that is 'not yet'
-            last_error = exc
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error is not None else ""
-            raise TimeoutError(f"{what}: not within {timeout:g} s{detail}")
-        time.sleep(interval)
 
 
 def wait_for_port(

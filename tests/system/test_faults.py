@@ -25,6 +25,7 @@ from distreload.protocol import MAX_MESSAGE_BYTES, ClusterVersion, channel_name,
 
 from ..conftest import RedisProcess, ServerFactory, ServerProcess, cli_publish
 from ..sse import SSEReader
+from ..waiting import wait_until
 from .test_cluster import readers_on_every_worker, wait_for_workers
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -78,16 +79,6 @@ def publish_now(redis_url: str, namespace: str) -> dict[str, object]:
 
     result = send_reload_signal(redis_url=redis_url, namespace=namespace)
     return {"version": str(result.version), "receivers": result.receivers}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until ``predicate`` holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def worker_of(reader: SSEReader) -> str:

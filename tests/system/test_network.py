@@ -44,6 +44,7 @@ from distreload.protocol import channel_name
 from .. import conftest
 from ..conftest import ROOT, cli_published, missing, unique_namespace
 from ..sse import SSEReader
+from ..waiting import wait_until
 from . import redis_servers
 from .redis_servers import NetHosts, RedisNode, Unavailable, require_binaries
 
@@ -249,16 +250,6 @@ def fetch_page(app: AppHost, budget: float = 20.0) -> float:
         return time.monotonic() - started
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, pump: Callable[[], None]) -> float:
-    """Poll ``check`` (``pump`` between tries); returns the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        pump()
-    return time.monotonic() - started
-
-
 def nap() -> None:
     time.sleep(0.05)
 
@@ -281,7 +272,7 @@ def network(tmp_path: Path) -> Iterator[Network]:
                 net.apps[name] = start_app(hosts, name, net, tmp_path)
             for app in net.apps.values():
                 per_worker(app, worker_info)  # a worker accepts connections only once it subscribed
-            wait_until(lambda: net.subscribers() == 2 * WORKERS, 20, "every worker subscribed", nap)
+            wait_until(lambda: net.subscribers() == 2 * WORKERS, 20, "every worker subscribed", pump=nap)
             yield net
         finally:
             # Before the hosts go: without the bridge their addresses would be routed off this machine.
@@ -432,7 +423,7 @@ def test_streams_on_a_lossy_host_end_at_the_last_version_and_healthy_ones_see_ev
         last = str(published[-1]["version"])
         last_published_at = time.monotonic()  # the publish command has returned
         # Still under loss: every stream on the lossy host must get to the last version.
-        took = wait_until(lambda: lossy_at(last), 30, f"every stream on the lossy host at {last}", nap)
+        took = wait_until(lambda: lossy_at(last), 30, f"every stream on the lossy host at {last}", pump=nap)
         # Less the publishes' own connections (one each) and this INFO's: what the workers opened.
         connections_during_loss = network.connections_received() - connections_before - len(published) - 1
         hosts, address = network.hosts, network.apps["app1"].address
@@ -441,7 +432,7 @@ def test_streams_on_a_lossy_host_end_at_the_last_version_and_healthy_ones_see_ev
     finally:
         network.hosts.drop("app1", 0)
     versions = [str(result["version"]) for result in published]
-    wait_until(lambda: all(s.reload_ids() == versions for s in healthy), 10, "the healthy streams", pump)
+    wait_until(lambda: all(s.reload_ids() == versions for s in healthy), 10, "the healthy streams", pump=pump)
     settle = time.monotonic() + 2.0  # time for a wrong extra reload to show up
     while time.monotonic() < settle:
         pump()
@@ -581,10 +572,12 @@ def test_a_host_cut_off_from_redis_keeps_serving_and_each_page_reloads_once_when
             # One publish at a time, each seen on its own by the healthy pages: two reloads, not one merged.
             published_at = time.time()
             published.append(network.publish())
-            wait_until(lambda count=count: reloads("app2") == [count] * 3, 15, f"app2's reload {count}", pump)
+            wait_until(
+                lambda count=count: reloads("app2") == [count] * 3, 15, f"app2's reload {count}", pump=pump
+            )
             healthy_reload_times += [tab.loads()[count] - published_at for tab in tabs["app2"]]
         # The cut is real: both of app1's workers noticed it (their PING went unanswered) ...
-        wait_until(lambda: app1.log_lines(LOST) >= WORKERS, 15, "app1's workers losing Redis", pump)
+        wait_until(lambda: app1.log_lines(LOST) >= WORKERS, 15, "app1's workers losing Redis", pump=pump)
         noticed = time.monotonic() - cut_at
         assert {answer["redis_connected"] for answer in per_worker(app1, worker_info).values()} == {False}
         # ... and while it lasts both keep serving whole pages to the driver over the same bridge.
@@ -602,8 +595,8 @@ def test_a_host_cut_off_from_redis_keeps_serving_and_each_page_reloads_once_when
         path.heal()
     healed_at, healed_wall = time.monotonic(), time.time()
 
-    wait_until(lambda: all(count >= 1 for count in reloads("app1")), 30, "app1's pages reloading", pump)
-    wait_until(lambda: back_at is not None, 15, "app1's workers back on Redis", pump)
+    wait_until(lambda: all(count >= 1 for count in reloads("app1")), 30, "app1's pages reloading", pump=pump)
+    wait_until(lambda: back_at is not None, 15, "app1's workers back on Redis", pump=pump)
     assert back_at is not None
     back = back_at - healed_at
     settle_until = time.monotonic() + 3.0  # time for a wrong second reload to happen

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,6 +46,7 @@ from distreload.publisher import publish_blocking
 
 from ..asgi import Client, complete, raw_app, request
 from ..conftest import RedisProcess
+from ..waiting import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -144,15 +145,6 @@ class Worker:
         self.loop.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def subscribers(admin: redis.Redis) -> list[str]:
     """The ids of the pub/sub connections on the server: the worker's subscription."""
     return [str(client["id"]) for client in admin.client_list(_type="pubsub")]
@@ -173,7 +165,11 @@ def fuzzed(own_redis: RedisProcess, namespace: str) -> Iterator[tuple[Worker, re
 def serves_a_real_reload(worker: Worker, target: Target) -> None:
     result = publish_blocking(target, ReloadRequest("css", ("/site.css",)))
     assert result.receivers == 1, "the worker was not subscribed when a real reload went out"
-    assert wait_until(lambda: bool(worker.delivered) and worker.delivered[-1].version == result.version)
+    wait_until(
+        lambda: bool(worker.delivered) and worker.delivered[-1].version == result.version,
+        10,
+        f"the worker delivering {result.version}",
+    )
     assert worker.delivered[-1] == Reload(result.version, "css", ("/site.css",))
 
 
@@ -221,8 +217,8 @@ def test_no_state_in_redis_keeps_a_worker_off_its_subscription(
             broker = worker.broker
             return broker.catch_ups > read_before and broker.connected and len(subscribers(admin)) == 1
 
-        assert wait_until(subscribed_again, timeout=5), (
-            f"the worker did not subscribe again after reading the state's last {last[:60]!r}"
+        wait_until(
+            subscribed_again, 5, f"the worker back on its subscription after the state's last {last[:60]!r}"
         )
         serves_a_real_reload(worker, target)
 
@@ -445,7 +441,9 @@ def test_no_presence_record_fails_status_or_the_worker(
         for overwrite in (lambda: admin.hset(own_key, "host", "h"), lambda: admin.set(own_key, b"[" * 1000)):
             admin.delete(own_key)
             overwrite()
-            assert wait_until(lambda: own_record_is_back(admin, own_key, own[1]), timeout=5)
+            wait_until(
+                lambda: own_record_is_back(admin, own_key, own[1]), 5, "the worker's own presence record back"
+            )
             out, _ = status_of(target, capsys, "--json")
             assert [(w["host"], w["pid"]) for w in json.loads(out)["workers"]] == [own]
         serves_a_real_reload(worker, target)
@@ -575,9 +573,9 @@ def test_no_last_event_id_fails_a_stream_or_the_worker(
                 return seen is not None and not seen.is_behind(result.version)
 
             due = [client for raw, client in streams if not already_has(raw)]
-            assert wait_until(lambda: all(event in client.body for client in due)), [
-                raw[:80] for raw, client in streams if client in due and event not in client.body
-            ]
+            wait_until(
+                lambda: all(event in client.body for client in due), 10, "every stream told of the reload"
+            )
             assert all(client.task is not None and not client.task.done() for _, client in streams)
             print(
                 f"\n{len(streams)} stream requests, all answered 200; {len(due)} told of the next reload, "
@@ -588,7 +586,11 @@ def test_no_last_event_id_fails_a_stream_or_the_worker(
             client.hang_up.set()
         worker.run(app.shutdown())
     # Each stream's request ends once its client hangs up (on the worker's loop, so after a moment).
-    assert wait_until(lambda: all(client.task is not None and client.task.done() for _, client in streams))
+    wait_until(
+        lambda: all(client.task is not None and client.task.done() for _, client in streams),
+        10,
+        "every stream's request ending once its client hung up",
+    )
     for raw, client in streams:
         assert client.task is not None and client.task.exception() is None, raw[:80]
     assert subscribers(admin) == [subscription], "the worker subscribed again: it lost its subscription"
