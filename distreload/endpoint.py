@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from .broker import Broker
-from .hub import StreamHub, reload_event, sse_event
+from .hub import Stream, StreamHub, reload_event, sse_event
 from .protocol import ClusterVersion, PublishError, reload_request
 
 if TYPE_CHECKING:
@@ -142,6 +142,20 @@ class ReloadEndpoint:
         await _send_simple(send, 200, CLIENT_SCRIPT, headers, head=head)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        opened = await self._open_stream(scope, send)
+        if opened is None:
+            return
+        stream, stream_id = opened
+        try:
+            # The request waits here, its frame kept small, until the client goes away or the stream ends.
+            await stream.serve(receive)
+        finally:
+            if self.fleet is not None:
+                self.fleet.pages.stream_closed(stream_id)
+
+    async def _open_stream(self, scope: Scope, send: Send) -> tuple[Stream, str] | None:
+        """Answer the event stream request and write its first events; None when refused. What this needs
+        on the way (query, headers, the first events) is gone once the stream is open."""
         if self._ensure_started is not None:
             await self._ensure_started()
         if self.hub.closing:
@@ -151,7 +165,7 @@ class ReloadEndpoint:
                 b"distreload: server is shutting down\n",
                 [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
             )
-            return
+            return None
         await send(
             {
                 "type": "http.response.start",
@@ -172,17 +186,14 @@ class ReloadEndpoint:
         if self.fleet is not None:
             self.fleet.pages.stream_opened(stream_id)
         try:
-            try:
-                first = self._first_events(seen, current, stream_id)
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-            except BaseException:
-                self.hub.discard(stream)
-                raise
-            # Written by this request's task until the client goes away or the stream ends.
-            await stream.serve(receive)
-        finally:
+            first = self._first_events(seen, current, stream_id)
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        except BaseException:
+            self.hub.discard(stream)
             if self.fleet is not None:
                 self.fleet.pages.stream_closed(stream_id)
+            raise
+        return stream, stream_id
 
     def _first_events(
         self, seen: ClusterVersion | None, current: ClusterVersion, stream_id: str = ""

@@ -19,12 +19,13 @@ goes on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
 from .protocol import ClusterVersion, Reload
 from .timeouts import within
@@ -56,22 +57,60 @@ def shutdown_event(reason: str) -> bytes:
     return sse_event("shutdown", json.dumps({"reason": reason}))
 
 
+# A stream's writer while its first step runs, before any task exists.
+WRITING_NOW = object()
+
+
+class _Resume:
+    """Await what a started coroutine waits on, then carry the coroutine on to its end: the rest of a write
+    whose first step ran outside any task. What the task throws in (its cancellation) goes to the coroutine."""
+
+    __slots__ = ("_coroutine", "_waiting_on")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, waiting_on = self._coroutine, self._waiting_on
+        while True:
+            try:
+                answer = yield waiting_on
+            except BaseException as exc:
+                try:
+                    waiting_on = coroutine.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting_on = coroutine.send(answer)
+                except StopIteration:
+                    return
+
+
+async def _go_on(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    await _Resume(coroutine, waiting_on)
+
+
 class Stream:
-    """One open event-stream response, written by its own request's task."""
+    """One open event-stream response. Its request's task waits in the server's ``receive()`` (the one way a
+    server tells of a disconnect); writes are made by a short task started when there is something to write,
+    in a copy of the request's context, and gone once the queue is written."""
 
     __slots__ = (
         "client_ahead",
         "_send",
         "_hub",
         "_loop",
+        "_context",
         "_task",
         "_queue",
-        "_doorbell",
+        "_writer",
+        "_serving",
         "_ending",
-        "_given_up",
+        "_ended",
+        "_leaving",
         "_writing_since",
-        "_receiving",
-        "__weakref__",
     )
 
     def __init__(self, hub: StreamHub, send: Send, client_ahead: ClusterVersion | None = None) -> None:
@@ -80,25 +119,47 @@ class Stream:
         self._hub = hub
         self._send = send
         self._loop = asyncio.get_running_loop()
+        # The request's context (a request-id or tracing middleware's variables) for the writes it does not
+        # run itself; a copy, since a context cannot be entered by two tasks' steps at once.
+        self._context = contextvars.copy_context()
         self._task = asyncio.current_task()
-        self._queue: list[tuple[bytes, bool]] = []  # (body, more_body), waiting for the request's task
-        self._doorbell: asyncio.Future[None] | None = None  # resolved to wake the waiting request
+        self._queue: list[tuple[bytes, bool]] = []  # (body, more_body), not yet handed to the server
+        # While the queue is being written: WRITING_NOW during the first, synchronous part, then the task that
+        # carries on a write the server made wait.
+        self._writer: asyncio.Task[None] | object | None = None
+        self._serving = False  # the request has written its first events and waits in serve()
         self._ending = False  # no more writes: the last one is queued, or the stream is given up
-        self._given_up = False  # the hub cancelled a write stuck behind a client that stopped reading
+        self._ended = False  # the stream is over on this side: the request's cancellation is the stream's
+        self._leaving = False  # the request is on its way out (disconnect, server's cancellation)
         self._writing_since: float | None = None  # when the write in flight was handed to the server
-        self._receiving: asyncio.Future[Message] | None = None  # the wait in the server's receive()
 
     def write(self, body: bytes, *, last: bool = False) -> None:
         """Queue ``body`` for this stream; ``last`` ends the response after it."""
         if self._ending:
             return
-        if self._queue and self._stalled():
+        queue = self._queue
+        if queue and self._stalled():
             self._give_up()
             return
-        self._queue.append((body, not last))
+        queue.append((body, not last))
         if last:
             self._ending = True
-        self._ring()
+        if self._writer is None and self._serving:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        """Write the queue at once, in the request's context, as far as the server takes it without waiting;
+        a write that has to wait (the connection's buffers are full) goes on in a task of its own."""
+        writing = self._write_queued()
+        self._writer = WRITING_NOW  # writes made meanwhile queue behind this one
+        try:
+            waiting_on = self._context.run(writing.send, None)
+        except StopIteration:
+            return  # written whole: no task, no turn of the loop
+        except BaseException:
+            self._writer = None
+            raise
+        self._writer = self._loop.create_task(_go_on(writing, waiting_on), context=self._context)
 
     def _stalled(self) -> bool:
         writing_since = self._writing_since
@@ -113,86 +174,94 @@ class Stream:
         return True
 
     def _give_up(self) -> None:
-        """A write is stuck behind a client that stopped reading: end the request where it waits."""
-        self._ending = self._given_up = True
+        """A write is stuck behind a client that stopped reading: stop it and end the request."""
+        self._ending = True
         self._queue.clear()
+        writer = self._writer
+        if isinstance(writer, asyncio.Task):
+            writer.cancel()
+        self._end_request()
+
+    def _end_request(self) -> None:
+        """The stream is over on this side: the request, waiting in ``receive()``, returns."""
+        self._ended = True
         self._hub.discard(self)
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if self._serving and not self._leaving and task is not None:
+            task.cancel()  # serve() takes this cancellation back and returns normally
 
-    async def serve(self, receive: Receive) -> None:
-        """Write what the hub queues, in this request's task, until the stream ends or the client leaves."""
-        try:
-            await self._write_until_done(receive)
-        except asyncio.CancelledError:
-            task = self._task
-            if self._given_up and task is not None and task.uncancel() == 0:
-                return  # the hub gave the stream up: the client is not reading
-            if not self._given_up:
-                # Not the hub's doing: the server cancels the request, as servers do when they stop (daphne
-                # at once, uvicorn and hypercorn when their graceful timeout runs out). Tell the page why
-                # its stream ends, within a bound, then let the cancellation through.
-                await self._say_farewell()
-            raise
-        except Exception as exc:  # the server refused a write: the client is gone or the response broken
-            logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
-        finally:
-            self._ending = True
-            self._hub.discard(self)
-            receiving = self._receiving
-            if receiving is not None:
-                receiving.remove_done_callback(self._ring)
-                receiving.cancel()
-
-    def _listen(self, receive: Receive) -> asyncio.Future[Message]:
-        """Wait in the server's ``receive()`` (the one way it tells of a disconnect); ring when it answers."""
-        receiving = self._receiving = asyncio.ensure_future(receive())
-        receiving.add_done_callback(self._ring)
-        return receiving
-
-    async def _write_until_done(self, receive: Receive) -> None:
+    async def _write_queued(self) -> None:
+        """Hand the queue to the server in order, each write awaited as ASGI asks; runs in the request's
+        context."""
         queue = self._queue
-        receiving = self._listen(receive)
-        while True:
+        try:
             while queue:
                 body, more_body = queue.pop(0)
                 self._writing_since = self._loop.time()
                 await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
                 self._writing_since = None
                 if not more_body:
-                    # The response is complete. One turn of the loop before returning lets the server flush
-                    # it: daphne, stopping, closes at once the connections of requests that have returned.
+                    # The response is complete. One turn of the loop before the request returns lets the
+                    # server flush it: daphne, stopping, closes at once the connections of requests that
+                    # have returned.
                     await asyncio.sleep(0)
+                    self._end_request()
                     return
-            if receiving.done():
-                if receiving.cancelled() or receiving.result()["type"] == "http.disconnect":
-                    return
-                receiving = self._listen(receive)  # the request itself (its empty body): listen on
-                continue
-            self._doorbell = self._loop.create_future()
-            await self._doorbell
-            self._doorbell = None
+        except Exception as exc:  # the server refused a write: the client is gone or the response broken
+            logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
+            self._ending = True
+            self._queue.clear()
+            self._end_request()
+        finally:
+            self._writing_since = None
+            self._writer = None
 
-    def _ring(self, _: object = None) -> None:
-        doorbell = self._doorbell
-        if doorbell is not None and not doorbell.done():
-            doorbell.set_result(None)
+    async def serve(self, receive: Receive) -> None:
+        """Wait in the server's ``receive()`` until the client leaves or the stream ends; the hub's writes
+        are made meanwhile by the stream's writer."""
+        self._serving = True
+        if self._ended:
+            return
+        if self._queue:
+            self._start_writer()
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass  # the request itself (its empty body): listen on
+        except asyncio.CancelledError:
+            task = self._task
+            if self._ended and task is not None and task.uncancel() == 0:
+                return  # the stream's own doing: its last message is written, or its client given up
+            # The server cancels the request, as servers do when they stop (daphne at once, uvicorn and
+            # hypercorn when their graceful timeout runs out). Tell the page why its stream ends, within a
+            # bound, then let the cancellation through.
+            self._leaving = True
+            await self._say_farewell()
+            raise
+        except Exception as exc:
+            logger.debug("distreload: the server's receive() failed (%s); dropping the stream", exc)
+        finally:
+            self._leaving = self._ending = True
+            self._hub.discard(self)
+            writer = self._writer
+            if isinstance(writer, asyncio.Task):
+                writer.cancel()  # the client left: a write waiting on its connection never completes
 
     async def _say_farewell(self) -> None:
         self._hub.discard(self)
-        if self._ending and not self._queue:
-            return  # the last message is already written (or being written)
+        if not self._ending:
+            self._queue.append((shutdown_event("shutdown"), False))
+            self._ending = True
+        if self._writer is None:
+            if not self._queue:
+                return  # the last message is already written
+            self._start_writer()
+        writer = self._writer
+        if not isinstance(writer, asyncio.Task):
+            return  # written at once
         try:
-            await within(self._send_farewell(), FAREWELL_SECONDS)
+            await within(writer, FAREWELL_SECONDS)
         except (Exception, asyncio.CancelledError):
             logger.debug("distreload: the server cancelled a stream whose client is not reading")
-
-    async def _send_farewell(self) -> None:
-        queue, self._queue = self._queue, []
-        if not self._ending:
-            queue.append((shutdown_event("shutdown"), False))
-        for body, more_body in queue:
-            await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
 
 
 class StreamHub:
