@@ -22,7 +22,7 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from starlette.types import Receive, Send
@@ -63,7 +63,8 @@ WRITING_NOW = object()
 
 class _Resume:
     """Await what a started coroutine waits on, then carry the coroutine on to its end: the rest of a write
-    whose first step ran outside any task. What the task throws in (its cancellation) goes to the coroutine."""
+    whose first step ran outside any task. What the task throws in (its cancellation) goes to the
+    coroutine."""
 
     __slots__ = ("_coroutine", "_waiting_on")
 
@@ -99,9 +100,9 @@ class Stream:
 
     __slots__ = (
         "client_ahead",
+        "key",
         "_send",
         "_hub",
-        "_loop",
         "_context",
         "_task",
         "_queue",
@@ -109,28 +110,29 @@ class Stream:
         "_serving",
         "_ending",
         "_ended",
-        "_leaving",
         "_writing_since",
     )
 
     def __init__(self, hub: StreamHub, send: Send, client_ahead: ClusterVersion | None = None) -> None:
         # A version the client already holds that this worker had not reached when the stream opened.
         self.client_ahead = client_ahead
+        self.key = ""  # what the hub's on_close is told of the stream (the endpoint's stream id)
         self._hub = hub
         self._send = send
-        self._loop = asyncio.get_running_loop()
         # The request's context (a request-id or tracing middleware's variables) for the writes it does not
         # run itself; a copy, since a context cannot be entered by two tasks' steps at once.
         self._context = contextvars.copy_context()
         self._task = asyncio.current_task()
-        self._queue: list[tuple[bytes, bool]] = []  # (body, more_body), not yet handed to the server
+        # (body, more_body) not yet handed to the server, behind a write in flight; made when needed.
+        self._queue: list[tuple[bytes, bool]] | None = None
         # While the queue is being written: WRITING_NOW during the first, synchronous part, then the task that
         # carries on a write the server made wait.
         self._writer: asyncio.Task[None] | object | None = None
-        self._serving = False  # the request has written its first events and waits in serve()
+        # The request has written its first events and waits in the server's receive(): the stream's writes
+        # are its own to make, and the stream may end the request by cancelling that wait.
+        self._serving = False
         self._ending = False  # no more writes: the last one is queued, or the stream is given up
         self._ended = False  # the stream is over on this side: the request's cancellation is the stream's
-        self._leaving = False  # the request is on its way out (disconnect, server's cancellation)
         self._writing_since: float | None = None  # when the write in flight was handed to the server
 
     def write(self, body: bytes, *, last: bool = False) -> None:
@@ -138,19 +140,22 @@ class Stream:
         if self._ending:
             return
         queue = self._queue
-        if queue and self._stalled():
+        if queue and self._stalled(queue):
             self._give_up()
             return
-        queue.append((body, not last))
         if last:
             self._ending = True
         if self._writer is None and self._serving:
-            self._start_writer()
+            self._start_writer(body, not last)
+        elif queue is None:
+            self._queue = [(body, not last)]
+        else:
+            queue.append((body, not last))
 
-    def _start_writer(self) -> None:
+    def _start_writer(self, body: bytes, more_body: bool) -> None:
         """Write the queue at once, in the request's context, as far as the server takes it without waiting;
         a write that has to wait (the connection's buffers are full) goes on in a task of its own."""
-        writing = self._write_queued()
+        writing = self._write(body, more_body)
         self._writer = WRITING_NOW  # writes made meanwhile queue behind this one
         try:
             waiting_on = self._context.run(writing.send, None)
@@ -159,12 +164,13 @@ class Stream:
         except BaseException:
             self._writer = None
             raise
-        self._writer = self._loop.create_task(_go_on(writing, waiting_on), context=self._context)
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(_go_on(writing, waiting_on), context=self._context)
 
-    def _stalled(self) -> bool:
+    def _stalled(self, queue: list[tuple[bytes, bool]]) -> bool:
         writing_since = self._writing_since
-        waited = 0.0 if writing_since is None else self._loop.time() - writing_since
-        if waited <= STALL_SECONDS and len(self._queue) < MAX_BACKLOG:
+        waited = 0.0 if writing_since is None else asyncio.get_running_loop().time() - writing_since
+        if waited <= STALL_SECONDS and len(queue) < MAX_BACKLOG:
             return False
         logger.debug(
             "distreload: a client stopped reading its event stream (a write waited %.0f s); "
@@ -176,7 +182,7 @@ class Stream:
     def _give_up(self) -> None:
         """A write is stuck behind a client that stopped reading: stop it and end the request."""
         self._ending = True
-        self._queue.clear()
+        self._queue = None
         writer = self._writer
         if isinstance(writer, asyncio.Task):
             writer.cancel()
@@ -187,19 +193,17 @@ class Stream:
         self._ended = True
         self._hub.discard(self)
         task = self._task
-        if self._serving and not self._leaving and task is not None:
+        if self._serving and task is not None:
             task.cancel()  # serve() takes this cancellation back and returns normally
 
-    async def _write_queued(self) -> None:
-        """Hand the queue to the server in order, each write awaited as ASGI asks; runs in the request's
-        context."""
-        queue = self._queue
+    async def _write(self, body: bytes, more_body: bool) -> None:
+        """Hand ``body``, then what queues behind it, to the server in order, each write awaited as ASGI
+        asks; runs in the request's context."""
+        loop = asyncio.get_running_loop()
         try:
-            while queue:
-                body, more_body = queue.pop(0)
-                self._writing_since = self._loop.time()
+            while True:
+                self._writing_since = loop.time()
                 await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
-                self._writing_since = None
                 if not more_body:
                     # The response is complete. One turn of the loop before the request returns lets the
                     # server flush it: daphne, stopping, closes at once the connections of requests that
@@ -207,24 +211,37 @@ class Stream:
                     await asyncio.sleep(0)
                     self._end_request()
                     return
+                queue = self._queue
+                if not queue:
+                    self._queue = None  # an idle stream keeps no list
+                    return
+                body, more_body = queue.pop(0)
         except Exception as exc:  # the server refused a write: the client is gone or the response broken
             logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
             self._ending = True
-            self._queue.clear()
+            self._queue = None
             self._end_request()
         finally:
             self._writing_since = None
             self._writer = None
 
-    async def serve(self, receive: Receive) -> None:
+    async def serve(self, receive: Receive, opening: Awaitable[bool] | None = None) -> None:
         """Wait in the server's ``receive()`` until the client leaves or the stream ends; the hub's writes
-        are made meanwhile by the stream's writer."""
-        self._serving = True
-        if self._ended:
-            return
-        if self._queue:
-            self._start_writer()
+        are made meanwhile as they come. ``opening``, awaited first, registers the stream and writes what
+        comes before (False: the stream is refused), so that an open stream keeps this one frame."""
+        if opening is not None:
+            opened = await opening
+            opening = None  # the finished coroutine is not kept for the stream's life
+            if not opened:
+                return
         try:
+            if self._ended:
+                return
+            self._serving = True
+            queue = self._queue
+            if queue:
+                self._queue = queue[1:]
+                self._start_writer(*queue[0])
             while (await receive())["type"] != "http.disconnect":
                 pass  # the request itself (its empty body): listen on
         except asyncio.CancelledError:
@@ -234,27 +251,33 @@ class Stream:
             # The server cancels the request, as servers do when they stop (daphne at once, uvicorn and
             # hypercorn when their graceful timeout runs out). Tell the page why its stream ends, within a
             # bound, then let the cancellation through.
-            self._leaving = True
+            self._serving = False
             await self._say_farewell()
             raise
         except Exception as exc:
             logger.debug("distreload: the server's receive() failed (%s); dropping the stream", exc)
         finally:
-            self._leaving = self._ending = True
-            self._hub.discard(self)
+            self._serving = False
+            self._ending = True
             writer = self._writer
             if isinstance(writer, asyncio.Task):
                 writer.cancel()  # the client left: a write waiting on its connection never completes
+            self._hub.closed(self)
 
     async def _say_farewell(self) -> None:
         self._hub.discard(self)
+        queue = self._queue or []
+        self._queue = None
         if not self._ending:
-            self._queue.append((shutdown_event("shutdown"), False))
+            queue.append((shutdown_event("shutdown"), False))
             self._ending = True
         if self._writer is None:
-            if not self._queue:
+            if not queue:
                 return  # the last message is already written
-            self._start_writer()
+            self._queue = queue[1:]
+            self._start_writer(*queue[0])
+        else:
+            self._queue = queue
         writer = self._writer
         if not isinstance(writer, asyncio.Task):
             return  # written at once
@@ -275,21 +298,38 @@ class StreamHub:
         self._on_reload = on_reload
         self._streams: set[Stream] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Told of each stream that was added once its request is over (the endpoint's page reports).
+        self.on_close: Callable[[Stream], None] | None = None
 
     def __len__(self) -> int:
         return len(self._streams)
 
-    def open(self, send: Send, *, client_ahead: ClusterVersion | None = None) -> Stream:
-        """Register the stream of the running request; ``client_ahead``: a version its client already
+    def stream(self, send: Send) -> Stream:
+        """A stream for the running request (its task and context), not yet registered: see ``add``."""
+        return Stream(self, send)
+
+    def add(self, stream: Stream, *, client_ahead: ClusterVersion | None = None) -> None:
+        """Register ``stream`` for what the hub writes; ``client_ahead``: a version its client already
         holds that this worker has not reached (the client came from a worker further on)."""
-        stream = Stream(self, send, client_ahead)
+        stream.client_ahead = client_ahead
         self._streams.add(stream)
         if self._heartbeat_task is None or self._heartbeat_task.done():
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat())
+
+    def open(self, send: Send, *, client_ahead: ClusterVersion | None = None) -> Stream:
+        """Register the stream of the running request (``stream`` and ``add`` at once)."""
+        stream = Stream(self, send)
+        self.add(stream, client_ahead=client_ahead)
         return stream
 
     def discard(self, stream: Stream) -> None:
         self._streams.discard(stream)
+
+    def closed(self, stream: Stream) -> None:
+        """The request of ``stream`` is over."""
+        self._streams.discard(stream)
+        if self.on_close is not None:
+            self.on_close(stream)
 
     def broadcast(self, body: bytes) -> None:
         for stream in list(self._streams):
