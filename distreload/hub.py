@@ -1,19 +1,24 @@
 """The open event streams of one app in this worker, and how an event reaches all of them at once.
 
-Each stream is written by its own request's task, so every write runs in that request's context (a
-request-id or tracing middleware sees it as part of the stream's request, not of whatever triggered the
-reload) and awaits whatever the server's ``send`` hands back, as ASGI asks. While nothing happens the request
-waits on a future of its own; the only other thing an open stream holds is a small task waiting in the
-server's ``receive()``, the one way a server tells of a disconnect. An event is one pass over the streams
-that queues it and resolves each stream's future: no task, queue or timer is made per event. A client that
-stops reading holds up only its own request; what is said to it meanwhile queues behind, up to a limit,
-after which it is given up.
+An open stream is its request's task waiting in the server's ``receive()`` (the one way a server tells of a
+disconnect, which so ends the request as soon as the server says it), and a small object in the hub: no
+other task, future or queue while nothing happens. An event is one pass over the streams that hands it to
+each stream's ``send`` there and then, in a copy of the stream request's context (a request-id or tracing
+middleware sees the write as part of the stream's request, not of whatever triggered the reload): a send
+the server takes at once, the usual case, costs no task and no turn of the loop. A send the server makes
+wait (the client's connection is full) is awaited to its end, as ASGI asks, by a task of its own, with
+what is said to that client meanwhile queued behind it, up to a limit, after which it is given up; no other
+stream waits for it.
 
 A stream ends when its last message is written (shutdown: ``event: shutdown``), when a write fails, or when
-the client leaves; the request then returns normally, so no server is left waiting for a response that
-would never finish. When the server cancels the request instead (it is stopping, and done waiting), the
-stream still says goodbye (``event: shutdown``, the last body), within a bound, before the cancellation
-goes on.
+the client leaves; the request then returns normally (the stream cancels its wait in ``receive()`` and takes
+the cancellation back), so no server is left waiting for a response that would never finish. When the
+server cancels the request instead (it is stopping, and done waiting), the stream still says goodbye
+(``event: shutdown``, the last body), within a bound, before the cancellation goes on.
+
+The first part of a write runs outside any task (in the task that delivers the event, or in none): a send
+wrapper that ties something to the running task across a wait of the server's (``asyncio.timeout``, an anyio
+cancel scope) would tie it to the wrong one.
 """
 
 from __future__ import annotations

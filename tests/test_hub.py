@@ -258,3 +258,119 @@ async def test_a_client_that_leaves_is_forgotten_and_on_reload_runs_once_per_rel
     assert len(hub) == 0
     hub.deliver(reload(1))
     assert told == [reload(1)]
+
+
+async def test_an_idle_stream_holds_no_task_but_its_request() -> None:
+    """What an open stream costs while nothing happens: its request's task waiting in receive(), and no
+    other task or pending callback of its own (the hub's one heartbeat timer serves every stream)."""
+    hub = StreamHub(heartbeat_interval=60)
+    before = asyncio.all_tasks()
+    servers = [FakeServer() for _ in range(20)]
+    tasks = [open_stream(hub, server) for server in servers]
+    await settle()
+    hub.deliver(reload(1))  # a write made and finished leaves nothing behind either
+    await settle()
+    added = asyncio.all_tasks() - before
+    assert added == set(tasks) | {hub._heartbeat_task}
+    assert all(server.bodies and server.bodies[-1].startswith(b"event: reload") for server in servers)
+    hub.close_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+
+
+async def test_a_write_the_server_takes_at_once_is_made_within_deliver() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    task = open_stream(hub, server, request_id="the-stream")
+    await settle()
+    REQUEST_ID.set("the-publisher")
+    hub.deliver(reload(1))
+    assert len(server.bodies) == 1 and server.request_ids == ["the-stream"]  # no turn of the loop needed
+    assert REQUEST_ID.get() == "the-publisher"
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_a_write_the_server_makes_wait_goes_on_in_the_request_context_with_later_ones_behind() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    task = open_stream(hub, server, request_id="the-stream")
+    await settle()
+
+    async def publishing_request() -> None:
+        REQUEST_ID.set("the-publisher")
+        for number in (1, 2, 3):
+            hub.deliver(reload(number))
+
+    await asyncio.ensure_future(publishing_request())
+    await settle()
+    assert server.bodies == []
+    server.gate.set()
+    await settle()
+    assert [body.split(b"\n")[1] for body in server.bodies] == [
+        b"id: 0123456789abcdef-1",
+        b"id: 0123456789abcdef-2",
+        b"id: 0123456789abcdef-3",
+    ]
+    assert server.request_ids == ["the-stream"] * 3
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
+    assert server.finished
+
+
+async def test_a_client_that_leaves_while_a_write_waits_ends_its_request_at_once() -> None:
+    """The disconnect is noticed when the server says it, not at the next write or heartbeat; the write
+    that waited on the dead connection is stopped."""
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    task = open_stream(hub, server)
+    await settle()
+    before = asyncio.all_tasks()
+    hub.deliver(reload(1))
+    await settle()
+    writers = asyncio.all_tasks() - before
+    assert len(writers) == 1  # the waiting write goes on in a task of its own
+    server.disconnect.set()
+    await settle()
+    assert task.done() and task.exception() is None and len(hub) == 0
+    assert all(writer.done() for writer in writers)
+    server.gate.set()
+    await settle()
+    assert server.bodies == []
+
+
+async def test_a_write_that_fails_after_waiting_ends_that_stream_and_lets_its_request_return() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    task = open_stream(hub, server)
+    await settle()
+    hub.deliver(reload(1))
+    hub.deliver(reload(2))
+    server.fail = True
+    server.gate.set()
+    await asyncio.wait_for(task, 2)
+    assert task.exception() is None and len(hub) == 0 and server.bodies == []
+
+
+async def test_a_write_made_while_a_send_runs_is_queued_behind_it() -> None:
+    """A send that, in passing, makes the hub write again (a middleware that logs through the hub, say)
+    does not start a second writer on the same response."""
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    original_record = server._record
+
+    def record_and_broadcast(message: Message) -> None:
+        original_record(message)
+        if message["body"].startswith(b"event: reload"):
+            hub.broadcast(b": nested\n\n")
+
+    server._record = record_and_broadcast  # type: ignore[method-assign]
+    task = open_stream(hub, server)
+    await settle()
+    hub.deliver(reload(1))
+    await settle()
+    assert [body.split(b"\n")[0] for body in server.bodies] == [b"event: reload", b": nested"]
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
