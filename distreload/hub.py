@@ -166,6 +166,14 @@ class Stream:
             waiting_on = self._context.run(writing.send, None)
         except StopIteration:
             return  # written whole: no task, no turn of the loop
+        except asyncio.CancelledError:
+            # Raised by the server's send itself (no task is being cancelled here): a failed write, which
+            # must not reach the task that delivers the event to every stream.
+            logger.debug("distreload: event stream write was cancelled by the server; dropping the stream")
+            self._ending = True
+            self._queue = None
+            self._end_request()
+            return
         except BaseException:
             self._writer = None
             raise

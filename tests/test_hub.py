@@ -374,3 +374,30 @@ async def test_a_write_made_while_a_send_runs_is_queued_behind_it() -> None:
     assert [body.split(b"\n")[0] for body in server.bodies] == [b"event: reload", b": nested"]
     hub.close_all()
     await asyncio.wait_for(task, 2)
+
+
+async def test_a_send_that_raises_cancelled_at_once_drops_its_stream_and_no_other() -> None:
+    """The write runs inside the delivery to every stream: a server whose send raises CancelledError
+    (its way of saying the response is gone) ends that stream without stopping the delivery."""
+    hub = StreamHub(heartbeat_interval=60)
+    broken, healthy = FakeServer(), FakeServer()
+
+    def cancelled_send(message: Message) -> Awaitable[None]:
+        async def refuse() -> None:
+            raise asyncio.CancelledError
+
+        return refuse()
+
+    async def broken_request() -> None:
+        await hub.open(cancelled_send).serve(broken.receive)
+
+    broken_task = asyncio.ensure_future(broken_request())
+    healthy_task = open_stream(hub, healthy)
+    await settle()
+    hub.deliver(reload(1))
+    hub.deliver(reload(2))
+    await asyncio.wait_for(broken_task, 2)
+    assert broken_task.exception() is None and len(hub) == 1
+    assert len(healthy.bodies) == 2
+    hub.close_all()
+    await asyncio.wait_for(healthy_task, 2)
