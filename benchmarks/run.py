@@ -322,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fanout_points:
         sizes = dataclasses.replace(sizes, fanout_points=args.fanout_points)
     limit = raise_open_file_limit()
-    needed = max(*sizes.client_counts, sizes.largest[1]) * 2 + 200
+    needed = max(*sizes.client_counts, sizes.largest[1], *(c for _, c in sizes.fanout_points)) * 2 + 200
     if limit < needed:
         log(f"warning: open file limit {limit} is below the {needed} the biggest fan-out point needs")
     if not fastapi_reloader_available():

@@ -100,8 +100,8 @@ async def _go_on(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
 
 class Stream:
     """One open event-stream response. Its request's task waits in the server's ``receive()`` (the one way a
-    server tells of a disconnect); writes are made by a short task started when there is something to write,
-    in a copy of the request's context, and gone once the queue is written."""
+    server tells of a disconnect); what the hub writes is handed to the server's ``send`` at once, in a copy
+    of the request's context, and only a write the server makes wait goes on in a task of its own."""
 
     __slots__ = (
         "client_ahead",
@@ -124,8 +124,8 @@ class Stream:
         self.key = ""  # what the hub's on_close is told of the stream (the endpoint's stream id)
         self._hub = hub
         self._send = send
-        # The request's context (a request-id or tracing middleware's variables) for the writes it does not
-        # run itself; a copy, since a context cannot be entered by two tasks' steps at once.
+        # The request's context (a request-id or tracing middleware's variables) for the writes: a copy, as a
+        # write may start inside the request's own task (its farewell), where its context is already entered.
         self._context = contextvars.copy_context()
         self._task = asyncio.current_task()
         # (body, more_body) not yet handed to the server, behind a write in flight; made when needed.
