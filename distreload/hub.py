@@ -203,6 +203,8 @@ class Stream:
 
     def _end_request(self) -> None:
         """The stream is over on this side: the request, waiting in ``receive()``, returns."""
+        if self._ended:
+            return  # cancelled once: a second cancel would not be taken back
         self._ended = True
         self._hub.discard(self)
         task = self._task
