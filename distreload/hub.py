@@ -2,13 +2,12 @@
 
 An open stream is its request's task waiting in the server's ``receive()`` (the one way a server tells of a
 disconnect, which so ends the request as soon as the server says it), and a small object in the hub: no
-other task, future or queue while nothing happens. An event is one pass over the streams that hands it to
-each stream's ``send`` there and then, in a copy of the stream request's context (a request-id or tracing
-middleware sees the write as part of the stream's request, not of whatever triggered the reload): a send
-the server takes at once, the usual case, costs no task and no turn of the loop. A send the server makes
-wait (the client's connection is full) is awaited to its end, as ASGI asks, by a task of its own, with
-what is said to that client meanwhile queued behind it, up to a limit, after which it is given up; no other
-stream waits for it.
+other task, future or queue while nothing happens. An event is one pass over the streams that starts, for
+each, a task writing it through the stream's ``send`` in a copy of the stream request's context (a
+request-id or tracing middleware sees the write as part of the stream's request, not of whatever triggered
+the reload), awaited to its end as ASGI asks. A send the server makes wait (the client's connection is full)
+holds up no other stream; what is said to that client meanwhile queues behind it, up to a limit, after
+which it is given up.
 
 A stream ends when its last message is written (shutdown: ``event: shutdown``), when a write fails, or when
 the client leaves; the request then returns normally (the stream cancels its wait in ``receive()`` and takes
@@ -16,9 +15,9 @@ the cancellation back), so no server is left waiting for a response that would n
 server cancels the request instead (it is stopping, and done waiting), the stream still says goodbye
 (``event: shutdown``, the last body), within a bound, before the cancellation goes on.
 
-The first part of a write runs outside any task (in the task that delivers the event, or in none): a send
-wrapper that ties something to the running task across a wait of the server's (``asyncio.timeout``, an anyio
-cancel scope) would tie it to the wrong one.
+Each write runs in a task of its own, so that whatever a send wrapper ties to the running task (an
+``asyncio.timeout``, an anyio cancel scope) is tied to that write and nothing else. From Python 3.12 it is an
+eager task, which makes the write there and then; Python 3.11 makes it on the loop's next turn.
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.types import Receive, Send
@@ -62,46 +62,28 @@ def shutdown_event(reason: str) -> bytes:
     return sse_event("shutdown", json.dumps({"reason": reason}))
 
 
-# A stream's writer while its first step runs, before any task exists.
+# A stream's writer while an eager task runs its first step, before the task is handed back.
 WRITING_NOW = object()
 
+if sys.version_info >= (3, 12):
 
-class _Resume:
-    """Await what a started coroutine waits on, then carry the coroutine on to its end: the rest of a write
-    whose first step ran outside any task. What the task throws in (its cancellation) goes to the
-    coroutine."""
+    def _start_write(write: Coroutine[Any, Any, None], context: contextvars.Context) -> asyncio.Task[None]:
+        # An eager task runs its first step here and now, as a task of its own: a send the server takes at
+        # once costs no turn of the loop, and whatever a send wrapper ties to the running task (an
+        # asyncio.timeout, an anyio cancel scope) is tied to this write.
+        return asyncio.eager_task_factory(asyncio.get_running_loop(), write, context=context)
 
-    __slots__ = ("_coroutine", "_waiting_on")
+else:
 
-    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-        self._coroutine = coroutine
-        self._waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coroutine, waiting_on = self._coroutine, self._waiting_on
-        while True:
-            try:
-                answer = yield waiting_on
-            except BaseException as exc:
-                try:
-                    waiting_on = coroutine.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting_on = coroutine.send(answer)
-                except StopIteration:
-                    return
-
-
-async def _go_on(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    await _Resume(coroutine, waiting_on)
+    def _start_write(write: Coroutine[Any, Any, None], context: contextvars.Context) -> asyncio.Task[None]:
+        # Python 3.11 has no eager tasks: the write starts on the loop's next turn.
+        return asyncio.get_running_loop().create_task(write, context=context)
 
 
 class Stream:
     """One open event-stream response. Its request's task waits in the server's ``receive()`` (the one way a
-    server tells of a disconnect); what the hub writes is handed to the server's ``send`` at once, in a copy
-    of the request's context, and only a write the server makes wait goes on in a task of its own."""
+    server tells of a disconnect); what the hub writes goes to the server's ``send`` in a task of its own,
+    in a copy of the request's context, one write after another."""
 
     __slots__ = (
         "client_ahead",
@@ -130,8 +112,7 @@ class Stream:
         self._task = asyncio.current_task()
         # (body, more_body) not yet handed to the server, behind a write in flight; made when needed.
         self._queue: list[tuple[bytes, bool]] | None = None
-        # While the queue is being written: WRITING_NOW during the first, synchronous part, then the task that
-        # carries on a write the server made wait.
+        # While the queue is being written: the task writing it (WRITING_NOW while an eager one starts).
         self._writer: asyncio.Task[None] | object | None = None
         # The request has written its first events and waits in the server's receive(): the stream's writes
         # are its own to make, and the stream may end the request by cancelling that wait.
@@ -158,27 +139,12 @@ class Stream:
             queue.append((body, not last))
 
     def _start_writer(self, body: bytes, more_body: bool) -> None:
-        """Write the queue at once, in the request's context, as far as the server takes it without waiting;
-        a write that has to wait (the connection's buffers are full) goes on in a task of its own."""
-        writing = self._write(body, more_body)
-        self._writer = WRITING_NOW  # writes made meanwhile queue behind this one
-        try:
-            waiting_on = self._context.run(writing.send, None)
-        except StopIteration:
-            return  # written whole: no task, no turn of the loop
-        except asyncio.CancelledError:
-            # Raised by the server's send itself (no task is being cancelled here): a failed write, which
-            # must not reach the task that delivers the event to every stream.
-            logger.debug("distreload: event stream write was cancelled by the server; dropping the stream")
-            self._ending = True
-            self._queue = None
-            self._end_request()
-            return
-        except BaseException:
-            self._writer = None
-            raise
-        loop = asyncio.get_running_loop()
-        self._writer = loop.create_task(_go_on(writing, waiting_on), context=self._context)
+        """Write ``body``, then what queues behind it, in a task of its own in the request's context (at once
+        where eager tasks exist, Python 3.12 on): a write the server makes wait holds up no other stream."""
+        self._writer = WRITING_NOW  # writes made while an eager first step runs queue behind it
+        writer = _start_write(self._write(body, more_body), self._context)
+        if not writer.done():
+            self._writer = writer
 
     def _stalled(self, queue: list[tuple[bytes, bool]]) -> bool:
         writing_since = self._writing_since
@@ -231,8 +197,11 @@ class Stream:
                     self._queue = None  # an idle stream keeps no list
                     return
                 body, more_body = queue.pop(0)
-        except Exception as exc:  # the server refused a write: the client is gone or the response broken
-            logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
+        except (Exception, asyncio.CancelledError) as exc:
+            # The server refused a write (the client is gone or the response broken), or the write was
+            # cancelled: given up, or its client left. Either way this stream is over; the task is this
+            # write's own, so the cancellation ends here.
+            logger.debug("distreload: event stream write failed (%r); dropping the stream", exc)
             self._ending = True
             self._queue = None
             self._end_request()
