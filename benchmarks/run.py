@@ -8,6 +8,7 @@ temporary directory (or ``--out``) and fails only when a benchmark breaks or giv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,6 +62,8 @@ class Sizes:
     idle_seconds: float
     idle_baseline_seconds: float
     cli_runs: int
+    # (workers, streams) to measure instead of the whole fan-out curve (--fanout-points)
+    fanout_points: tuple[tuple[int, int], ...] = ()
 
 
 FULL = Sizes(
@@ -150,16 +153,27 @@ def _need_redis(results: dict[str, Any], what: str) -> bool:
 def _run_fanout(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any]) -> None:
     if not _need_redis(results, "Fan-out latency"):
         return
-    section = {
-        "distreload": fanout.curve(
-            DISTRELOAD, sizes.worker_counts, sizes.client_counts, sizes.repeats, log_dir
-        )
-        + fanout.curve(DISTRELOAD, (sizes.largest[0],), (sizes.largest[1],), sizes.repeats, log_dir)
-    }
+    if sizes.fanout_points:
+        # Chosen points only; fastapi-reloader reaches one worker's streams, so it runs the 1-worker ones.
+        distreload_points = []
+        for workers in sorted({workers for workers, _ in sizes.fanout_points}):
+            counts = sorted(clients for w, clients in sizes.fanout_points if w == workers)
+            distreload_points += fanout.curve(DISTRELOAD, (workers,), counts, sizes.repeats, log_dir)
+        section = {"distreload": distreload_points}
+        reference_counts = sorted(clients for workers, clients in sizes.fanout_points if workers == 1)
+    else:
+        section = {
+            "distreload": fanout.curve(
+                DISTRELOAD, sizes.worker_counts, sizes.client_counts, sizes.repeats, log_dir
+            )
+            + fanout.curve(DISTRELOAD, (sizes.largest[0],), (sizes.largest[1],), sizes.repeats, log_dir)
+        }
+        reference_counts = list(sizes.client_counts)
     if fastapi_reloader_available():
-        section["fastapi_reloader"] = fanout.curve(
-            FASTAPI_RELOADER, (1,), sizes.client_counts, sizes.repeats, log_dir
-        )
+        if reference_counts:
+            section["fastapi_reloader"] = fanout.curve(
+                FASTAPI_RELOADER, (1,), reference_counts, sizes.repeats, log_dir
+            )
     else:
         results["skipped"]["Fan-out, fastapi-reloader comparison"] = "fastapi-reloader is not installed"
         log("skipped: fastapi-reloader is not installed (pip install -e '.[dev]'); no fan-out comparison")
@@ -243,6 +257,16 @@ def check_sane(results: dict[str, Any], directory: Path) -> list[str]:
     return problems
 
 
+def _fanout_points(text: str) -> tuple[tuple[int, int], ...]:
+    points = []
+    for item in text.split(","):
+        workers, separator, streams = item.strip().partition("x")
+        if not separator or not workers.isdigit() or not streams.isdigit():
+            raise argparse.ArgumentTypeError(f"expected WORKERSxSTREAMS, got {item!r}")
+        points.append((int(workers), int(streams)))
+    return tuple(points)
+
+
 def _load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -273,6 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="measure nothing: rewrite results.md and fanout.png from the results.json in the output folder",
     )
+    parser.add_argument(
+        "--fanout-points",
+        type=_fanout_points,
+        help="fan-out at these points only, WORKERSxSTREAMS comma-separated (e.g. 1x2000,4x16000); "
+        "fastapi-reloader runs the 1-worker points",
+    )
     args = parser.parse_args(argv)
     if args.report_only:
         out = args.out or RESULTS_DIR
@@ -289,8 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
 
     sizes = SMOKE if args.smoke else FULL
+    if args.fanout_points:
+        sizes = dataclasses.replace(sizes, fanout_points=args.fanout_points)
     limit = raise_open_file_limit()
-    needed = max(*sizes.client_counts, sizes.largest[1]) * 2 + 200
+    needed = max(*sizes.client_counts, sizes.largest[1], *(c for _, c in sizes.fanout_points)) * 2 + 200
     if limit < needed:
         log(f"warning: open file limit {limit} is below the {needed} the biggest fan-out point needs")
     if not fastapi_reloader_available():

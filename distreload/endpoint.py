@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from .broker import Broker
-from .hub import StreamHub, reload_event, sse_event
+from .hub import Stream, StreamHub, reload_event, sse_event
 from .protocol import ClusterVersion, PublishError, reload_request
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ class ReloadEndpoint:
         self._ensure_started = ensure_started
         # The page reports, the fleet page and --wait (see fleet.py); None serves none of them.
         self.fleet: FleetRoutes | None = None
+        hub.on_close = self._stream_closed
 
     def version_headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -141,7 +142,14 @@ class ReloadEndpoint:
             return
         await _send_simple(send, 200, CLIENT_SCRIPT, headers, head=head)
 
-    async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _events(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # The stream's own serve() is the one frame an open stream keeps; the opening runs inside it.
+        stream = self.hub.stream(send)
+        return stream.serve(receive, self._open_stream(scope, send, stream))
+
+    async def _open_stream(self, scope: Scope, send: Send, stream: Stream) -> bool:
+        """Answer the event stream request, register the stream and write its first events; False when
+        refused. What this needs on the way (query, headers, the first events) is gone once it returns."""
         if self._ensure_started is not None:
             await self._ensure_started()
         if self.hub.closing:
@@ -151,7 +159,7 @@ class ReloadEndpoint:
                 b"distreload: server is shutting down\n",
                 [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
             )
-            return
+            return False
         await send(
             {
                 "type": "http.response.start",
@@ -166,23 +174,24 @@ class ReloadEndpoint:
         # Registered before the first events go out, so a reload arriving while they are written is queued
         # behind them. A client that comes from a worker further on is not told again what it has.
         ahead = seen if seen is not None and current.is_behind(seen) else None
-        stream = self.hub.open(send, client_ahead=ahead)
         # The pages that report through this stream (its id comes with the hello) leave when it closes.
-        stream_id = secrets.token_hex(8)
+        stream.key = secrets.token_hex(8)
+        self.hub.add(stream, client_ahead=ahead)
         if self.fleet is not None:
-            self.fleet.pages.stream_opened(stream_id)
+            self.fleet.pages.stream_opened(stream.key)
         try:
-            try:
-                first = self._first_events(seen, current, stream_id)
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-            except BaseException:
-                self.hub.discard(stream)
-                raise
-            # Written by this request's task until the client goes away or the stream ends.
-            await stream.serve(receive)
-        finally:
+            first = self._first_events(seen, current, stream.key)
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+        except BaseException:
+            self.hub.discard(stream)
             if self.fleet is not None:
-                self.fleet.pages.stream_closed(stream_id)
+                self.fleet.pages.stream_closed(stream.key)
+            raise
+        return True
+
+    def _stream_closed(self, stream: Stream) -> None:
+        if self.fleet is not None:
+            self.fleet.pages.stream_closed(stream.key)
 
     def _first_events(
         self, seen: ClusterVersion | None, current: ClusterVersion, stream_id: str = ""

@@ -1,30 +1,36 @@
 """The open event streams of one app in this worker, and how an event reaches all of them at once.
 
-Each stream is written by its own request's task, so every write runs in that request's context (a
-request-id or tracing middleware sees it as part of the stream's request, not of whatever triggered the
-reload) and awaits whatever the server's ``send`` hands back, as ASGI asks. While nothing happens the request
-waits on a future of its own; the only other thing an open stream holds is a small task waiting in the
-server's ``receive()``, the one way a server tells of a disconnect. An event is one pass over the streams
-that queues it and resolves each stream's future: no task, queue or timer is made per event. A client that
-stops reading holds up only its own request; what is said to it meanwhile queues behind, up to a limit,
-after which it is given up.
+An open stream is its request's task waiting in the server's ``receive()`` (the one way a server tells of a
+disconnect, which so ends the request as soon as the server says it), and a small object in the hub: no
+other task, future or queue while nothing happens. An event is one pass over the streams that starts, for
+each, a task writing it through the stream's ``send`` in a copy of the stream request's context (a
+request-id or tracing middleware sees the write as part of the stream's request, not of whatever triggered
+the reload), awaited to its end as ASGI asks. A send the server makes wait (the client's connection is full)
+holds up no other stream; what is said to that client meanwhile queues behind it, up to a limit, after
+which it is given up.
 
 A stream ends when its last message is written (shutdown: ``event: shutdown``), when a write fails, or when
-the client leaves; the request then returns normally, so no server is left waiting for a response that
-would never finish. When the server cancels the request instead (it is stopping, and done waiting), the
-stream still says goodbye (``event: shutdown``, the last body), within a bound, before the cancellation
-goes on.
+the client leaves; the request then returns normally (the stream cancels its wait in ``receive()`` and takes
+the cancellation back), so no server is left waiting for a response that would never finish. When the
+server cancels the request instead (it is stopping, and done waiting), the stream still says goodbye
+(``event: shutdown``, the last body), within a bound, before the cancellation goes on.
+
+Each write runs in a task of its own, so that whatever a send wrapper ties to the running task (an
+``asyncio.timeout``, an anyio cancel scope) is tied to that write and nothing else. From Python 3.12 it is an
+eager task, which makes the write there and then; Python 3.11 makes it on the loop's next turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
 from .protocol import ClusterVersion, Reload
 from .timeouts import within
@@ -56,54 +62,94 @@ def shutdown_event(reason: str) -> bytes:
     return sse_event("shutdown", json.dumps({"reason": reason}))
 
 
+# A stream's writer while an eager task runs its first step, before the task is handed back.
+WRITING_NOW = object()
+
+if sys.version_info >= (3, 12):
+
+    def _start_write(write: Coroutine[Any, Any, None], context: contextvars.Context) -> asyncio.Task[None]:
+        # An eager task runs its first step here and now, as a task of its own: a send the server takes at
+        # once costs no turn of the loop, and whatever a send wrapper ties to the running task (an
+        # asyncio.timeout, an anyio cancel scope) is tied to this write.
+        return asyncio.eager_task_factory(asyncio.get_running_loop(), write, context=context)
+
+else:
+
+    def _start_write(write: Coroutine[Any, Any, None], context: contextvars.Context) -> asyncio.Task[None]:
+        # Python 3.11 has no eager tasks: the write starts on the loop's next turn.
+        return asyncio.get_running_loop().create_task(write, context=context)
+
+
 class Stream:
-    """One open event-stream response, written by its own request's task."""
+    """One open event-stream response. Its request's task waits in the server's ``receive()`` (the one way a
+    server tells of a disconnect); what the hub writes goes to the server's ``send`` in a task of its own,
+    in a copy of the request's context, one write after another."""
 
     __slots__ = (
         "client_ahead",
+        "key",
         "_send",
         "_hub",
-        "_loop",
+        "_context",
         "_task",
         "_queue",
-        "_doorbell",
+        "_writer",
+        "_serving",
         "_ending",
-        "_given_up",
+        "_ended",
         "_writing_since",
-        "_receiving",
-        "__weakref__",
     )
 
     def __init__(self, hub: StreamHub, send: Send, client_ahead: ClusterVersion | None = None) -> None:
         # A version the client already holds that this worker had not reached when the stream opened.
         self.client_ahead = client_ahead
+        self.key = ""  # what the hub's on_close is told of the stream (the endpoint's stream id)
         self._hub = hub
         self._send = send
-        self._loop = asyncio.get_running_loop()
+        # The request's context (a request-id or tracing middleware's variables) for the writes: a copy, as a
+        # write may start inside the request's own task (its farewell), where its context is already entered.
+        self._context = contextvars.copy_context()
         self._task = asyncio.current_task()
-        self._queue: list[tuple[bytes, bool]] = []  # (body, more_body), waiting for the request's task
-        self._doorbell: asyncio.Future[None] | None = None  # resolved to wake the waiting request
+        # (body, more_body) not yet handed to the server, behind a write in flight; made when needed.
+        self._queue: list[tuple[bytes, bool]] | None = None
+        # While the queue is being written: the task writing it (WRITING_NOW while an eager one starts).
+        self._writer: asyncio.Task[None] | object | None = None
+        # The request has written its first events and waits in the server's receive(): the stream's writes
+        # are its own to make, and the stream may end the request by cancelling that wait.
+        self._serving = False
         self._ending = False  # no more writes: the last one is queued, or the stream is given up
-        self._given_up = False  # the hub cancelled a write stuck behind a client that stopped reading
+        self._ended = False  # the stream is over on this side: the request's cancellation is the stream's
         self._writing_since: float | None = None  # when the write in flight was handed to the server
-        self._receiving: asyncio.Future[Message] | None = None  # the wait in the server's receive()
 
     def write(self, body: bytes, *, last: bool = False) -> None:
         """Queue ``body`` for this stream; ``last`` ends the response after it."""
         if self._ending:
             return
-        if self._queue and self._stalled():
+        queue = self._queue
+        if queue and self._stalled(queue):
             self._give_up()
             return
-        self._queue.append((body, not last))
         if last:
             self._ending = True
-        self._ring()
+        if self._writer is None and self._serving:
+            self._start_writer(body, not last)
+        elif queue is None:
+            self._queue = [(body, not last)]
+        else:
+            queue.append((body, not last))
 
-    def _stalled(self) -> bool:
+    def _start_writer(self, body: bytes, more_body: bool) -> None:
+        """Write ``body``, then what queues behind it, in a task of its own in the request's context (at once
+        where eager tasks exist, Python 3.12 on): a write the server makes wait holds up no other stream."""
+        self._writer = WRITING_NOW  # writes made while an eager first step runs queue behind it
+        writer = _start_write(self._write(body, more_body), self._context)
+        if not writer.done():
+            self._writer = writer
+
+    def _stalled(self, queue: list[tuple[bytes, bool]]) -> bool:
         writing_since = self._writing_since
-        waited = 0.0 if writing_since is None else self._loop.time() - writing_since
-        if waited <= STALL_SECONDS and len(self._queue) < MAX_BACKLOG:
+        waited = 0.0 if writing_since is None else asyncio.get_running_loop().time() - writing_since
+        if waited <= STALL_SECONDS and len(queue) < MAX_BACKLOG:
             return False
         logger.debug(
             "distreload: a client stopped reading its event stream (a write waited %.0f s); "
@@ -113,86 +159,116 @@ class Stream:
         return True
 
     def _give_up(self) -> None:
-        """A write is stuck behind a client that stopped reading: end the request where it waits."""
-        self._ending = self._given_up = True
-        self._queue.clear()
-        self._hub.discard(self)
-        if self._task is not None:
-            self._task.cancel()
+        """A write is stuck behind a client that stopped reading: stop it and end the request."""
+        self._ending = True
+        self._queue = None
+        writer = self._writer
+        if isinstance(writer, asyncio.Task):
+            writer.cancel()
+        self._end_request()
 
-    async def serve(self, receive: Receive) -> None:
-        """Write what the hub queues, in this request's task, until the stream ends or the client leaves."""
+    def _end_request(self) -> None:
+        """The stream is over on this side: the request, waiting in ``receive()``, returns."""
+        if self._ended:
+            return  # cancelled once: a second cancel would not be taken back
+        self._ended = True
+        self._hub.discard(self)
+        task = self._task
+        if self._serving and task is not None:
+            task.cancel()  # serve() takes this cancellation back and returns normally
+
+    async def _write(self, body: bytes, more_body: bool) -> None:
+        """Hand ``body``, then what queues behind it, to the server in order, each write awaited as ASGI
+        asks; runs in the request's context."""
+        loop = asyncio.get_running_loop()
         try:
-            await self._write_until_done(receive)
+            while True:
+                self._writing_since = loop.time()
+                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+                if not more_body:
+                    # The response is complete. One turn of the loop before the request returns lets the
+                    # server flush it: daphne, stopping, closes at once the connections of requests that
+                    # have returned.
+                    await asyncio.sleep(0)
+                    self._end_request()
+                    return
+                queue = self._queue
+                if not queue:
+                    self._queue = None  # an idle stream keeps no list
+                    return
+                body, more_body = queue.pop(0)
+        except (Exception, asyncio.CancelledError) as exc:
+            # The server refused a write (the client is gone or the response broken), or the write was
+            # cancelled: given up, or its client left. Either way this stream is over; the task is this
+            # write's own, so the cancellation ends here.
+            logger.debug("distreload: event stream write failed (%r); dropping the stream", exc)
+            self._ending = True
+            self._queue = None
+            self._end_request()
+        finally:
+            self._writing_since = None
+            self._writer = None
+
+    async def serve(self, receive: Receive, opening: Awaitable[bool] | None = None) -> None:
+        """Wait in the server's ``receive()`` until the client leaves or the stream ends; the hub's writes
+        are made meanwhile as they come. ``opening``, awaited first, registers the stream and writes what
+        comes before (False: the stream is refused), so that an open stream keeps this one frame."""
+        if opening is not None:
+            opened = await opening
+            opening = None  # the finished coroutine is not kept for the stream's life
+            if not opened:
+                return
+        try:
+            if self._ended:
+                return
+            self._serving = True
+            queue = self._queue
+            if queue:
+                self._queue = queue[1:]
+                self._start_writer(*queue[0])
+            while (await receive())["type"] != "http.disconnect":
+                pass  # the request itself (its empty body): listen on
         except asyncio.CancelledError:
             task = self._task
-            if self._given_up and task is not None and task.uncancel() == 0:
-                return  # the hub gave the stream up: the client is not reading
-            if not self._given_up:
-                # Not the hub's doing: the server cancels the request, as servers do when they stop (daphne
-                # at once, uvicorn and hypercorn when their graceful timeout runs out). Tell the page why
-                # its stream ends, within a bound, then let the cancellation through.
-                await self._say_farewell()
+            if self._ended and task is not None and task.uncancel() == 0:
+                return  # the stream's own doing: its last message is written, or its client given up
+            # The server cancels the request, as servers do when they stop (daphne at once, uvicorn and
+            # hypercorn when their graceful timeout runs out). Tell the page why its stream ends, within a
+            # bound, then let the cancellation through.
+            self._serving = False
+            await self._say_farewell()
             raise
-        except Exception as exc:  # the server refused a write: the client is gone or the response broken
-            logger.debug("distreload: event stream write failed (%s); dropping the stream", exc)
+        except Exception as exc:
+            logger.debug("distreload: the server's receive() failed (%s); dropping the stream", exc)
         finally:
+            self._serving = False
             self._ending = True
-            self._hub.discard(self)
-            receiving = self._receiving
-            if receiving is not None:
-                receiving.remove_done_callback(self._ring)
-                receiving.cancel()
-
-    def _listen(self, receive: Receive) -> asyncio.Future[Message]:
-        """Wait in the server's ``receive()`` (the one way it tells of a disconnect); ring when it answers."""
-        receiving = self._receiving = asyncio.ensure_future(receive())
-        receiving.add_done_callback(self._ring)
-        return receiving
-
-    async def _write_until_done(self, receive: Receive) -> None:
-        queue = self._queue
-        receiving = self._listen(receive)
-        while True:
-            while queue:
-                body, more_body = queue.pop(0)
-                self._writing_since = self._loop.time()
-                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
-                self._writing_since = None
-                if not more_body:
-                    # The response is complete. One turn of the loop before returning lets the server flush
-                    # it: daphne, stopping, closes at once the connections of requests that have returned.
-                    await asyncio.sleep(0)
-                    return
-            if receiving.done():
-                if receiving.cancelled() or receiving.result()["type"] == "http.disconnect":
-                    return
-                receiving = self._listen(receive)  # the request itself (its empty body): listen on
-                continue
-            self._doorbell = self._loop.create_future()
-            await self._doorbell
-            self._doorbell = None
-
-    def _ring(self, _: object = None) -> None:
-        doorbell = self._doorbell
-        if doorbell is not None and not doorbell.done():
-            doorbell.set_result(None)
+            writer = self._writer
+            if isinstance(writer, asyncio.Task):
+                writer.cancel()  # the client left: a write waiting on its connection never completes
+            self._hub.closed(self)
 
     async def _say_farewell(self) -> None:
         self._hub.discard(self)
-        if self._ending and not self._queue:
-            return  # the last message is already written (or being written)
-        try:
-            await within(self._send_farewell(), FAREWELL_SECONDS)
-        except (Exception, asyncio.CancelledError):
-            logger.debug("distreload: the server cancelled a stream whose client is not reading")
-
-    async def _send_farewell(self) -> None:
-        queue, self._queue = self._queue, []
+        queue = self._queue or []
+        self._queue = None
         if not self._ending:
             queue.append((shutdown_event("shutdown"), False))
-        for body, more_body in queue:
-            await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
+            self._ending = True
+        if self._writer is None:
+            if not queue:
+                return  # the last message is already written
+            self._queue = queue[1:]
+            self._start_writer(*queue[0])
+        else:
+            self._queue = queue
+        writer = self._writer
+        if not isinstance(writer, asyncio.Task):
+            return  # written at once
+        try:
+            await within(writer, FAREWELL_SECONDS)
+        except (Exception, asyncio.CancelledError):
+            logger.debug("distreload: the server cancelled a stream whose client is not reading")
 
 
 class StreamHub:
@@ -206,21 +282,38 @@ class StreamHub:
         self._on_reload = on_reload
         self._streams: set[Stream] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Told of each stream that was added once its request is over (the endpoint's page reports).
+        self.on_close: Callable[[Stream], None] | None = None
 
     def __len__(self) -> int:
         return len(self._streams)
 
-    def open(self, send: Send, *, client_ahead: ClusterVersion | None = None) -> Stream:
-        """Register the stream of the running request; ``client_ahead``: a version its client already
+    def stream(self, send: Send) -> Stream:
+        """A stream for the running request (its task and context), not yet registered: see ``add``."""
+        return Stream(self, send)
+
+    def add(self, stream: Stream, *, client_ahead: ClusterVersion | None = None) -> None:
+        """Register ``stream`` for what the hub writes; ``client_ahead``: a version its client already
         holds that this worker has not reached (the client came from a worker further on)."""
-        stream = Stream(self, send, client_ahead)
+        stream.client_ahead = client_ahead
         self._streams.add(stream)
         if self._heartbeat_task is None or self._heartbeat_task.done():
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat())
+
+    def open(self, send: Send, *, client_ahead: ClusterVersion | None = None) -> Stream:
+        """Register the stream of the running request (``stream`` and ``add`` at once)."""
+        stream = Stream(self, send)
+        self.add(stream, client_ahead=client_ahead)
         return stream
 
     def discard(self, stream: Stream) -> None:
         self._streams.discard(stream)
+
+    def closed(self, stream: Stream) -> None:
+        """The request of ``stream`` is over."""
+        self._streams.discard(stream)
+        if self.on_close is not None:
+            self.on_close(stream)
 
     def broadcast(self, body: bytes) -> None:
         for stream in list(self._streams):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
@@ -258,3 +259,182 @@ async def test_a_client_that_leaves_is_forgotten_and_on_reload_runs_once_per_rel
     assert len(hub) == 0
     hub.deliver(reload(1))
     assert told == [reload(1)]
+
+
+async def test_an_idle_stream_holds_no_task_but_its_request() -> None:
+    """What an open stream costs while nothing happens: its request's task waiting in receive(), and no
+    other task or pending callback of its own (the hub's one heartbeat timer serves every stream)."""
+    hub = StreamHub(heartbeat_interval=60)
+    before = asyncio.all_tasks()
+    servers = [FakeServer() for _ in range(20)]
+    tasks = [open_stream(hub, server) for server in servers]
+    await settle()
+    hub.deliver(reload(1))  # a write made and finished leaves nothing behind either
+    await settle()
+    added = asyncio.all_tasks() - before
+    assert added == set(tasks) | {hub._heartbeat_task}
+    assert all(server.bodies and server.bodies[-1].startswith(b"event: reload") for server in servers)
+    hub.close_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+
+
+async def test_a_write_is_made_in_deliver_where_eager_tasks_exist_else_on_the_next_turn() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    task = open_stream(hub, server, request_id="the-stream")
+    await settle()
+    REQUEST_ID.set("the-publisher")
+    hub.deliver(reload(1))
+    if sys.version_info >= (3, 12):
+        assert len(server.bodies) == 1  # an eager task: no turn of the loop needed
+    else:
+        assert server.bodies == []
+        await asyncio.sleep(0)
+        assert len(server.bodies) == 1
+    assert server.request_ids == ["the-stream"] and REQUEST_ID.get() == "the-publisher"
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_a_send_wrappers_timeout_cancels_only_its_own_write() -> None:
+    """A middleware may wrap send in asyncio.timeout: what the timeout cancels is the write's own task,
+    never the task that delivered the reload (in a worker, the one that listens to Redis)."""
+    hub = StreamHub(heartbeat_interval=60)
+    stalled, healthy = FakeServer(), FakeServer()
+    stalled.gate = asyncio.Event()  # never opened: this client stopped reading
+
+    async def send_within_a_timeout(message: Message) -> None:
+        async with asyncio.timeout(0.05):
+            await stalled.send(message)
+
+    async def stalled_request() -> None:
+        await hub.open(send_within_a_timeout).serve(stalled.receive)
+
+    stalled_task = asyncio.ensure_future(stalled_request())
+    healthy_task = open_stream(hub, healthy)
+    await settle()
+
+    async def deliver_then_carry_on() -> str:
+        hub.deliver(reload(1))
+        await asyncio.sleep(0.2)  # past the send's timeout
+        return "carried on"
+
+    assert await deliver_then_carry_on() == "carried on"
+    await asyncio.wait_for(stalled_task, 2)  # the timed-out write ended its stream and request
+    assert stalled_task.exception() is None and stalled.bodies == []
+    assert len(hub) == 1 and healthy.bodies[-1].startswith(b"event: reload")
+    hub.close_all()
+    await asyncio.wait_for(healthy_task, 2)
+
+
+async def test_a_write_the_server_makes_wait_goes_on_in_the_request_context_with_later_ones_behind() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    task = open_stream(hub, server, request_id="the-stream")
+    await settle()
+
+    async def publishing_request() -> None:
+        REQUEST_ID.set("the-publisher")
+        for number in (1, 2, 3):
+            hub.deliver(reload(number))
+
+    await asyncio.ensure_future(publishing_request())
+    await settle()
+    assert server.bodies == []
+    server.gate.set()
+    await settle()
+    assert [body.split(b"\n")[1] for body in server.bodies] == [
+        b"id: 0123456789abcdef-1",
+        b"id: 0123456789abcdef-2",
+        b"id: 0123456789abcdef-3",
+    ]
+    assert server.request_ids == ["the-stream"] * 3
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
+    assert server.finished
+
+
+async def test_a_client_that_leaves_while_a_write_waits_ends_its_request_at_once() -> None:
+    """The disconnect is noticed when the server says it, not at the next write or heartbeat; the write
+    that waited on the dead connection is stopped."""
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    task = open_stream(hub, server)
+    await settle()
+    before = asyncio.all_tasks()
+    hub.deliver(reload(1))
+    await settle()
+    writers = asyncio.all_tasks() - before
+    assert len(writers) == 1  # the waiting write goes on in a task of its own
+    server.disconnect.set()
+    await settle()
+    assert task.done() and task.exception() is None and len(hub) == 0
+    assert all(writer.done() for writer in writers)
+    server.gate.set()
+    await settle()
+    assert server.bodies == []
+
+
+async def test_a_write_that_fails_after_waiting_ends_that_stream_and_lets_its_request_return() -> None:
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    server.gate = asyncio.Event()
+    task = open_stream(hub, server)
+    await settle()
+    hub.deliver(reload(1))
+    hub.deliver(reload(2))
+    server.fail = True
+    server.gate.set()
+    await asyncio.wait_for(task, 2)
+    assert task.exception() is None and len(hub) == 0 and server.bodies == []
+
+
+async def test_a_write_made_while_a_send_runs_is_queued_behind_it() -> None:
+    """A send that, in passing, makes the hub write again (a middleware that logs through the hub, say)
+    does not start a second writer on the same response."""
+    hub = StreamHub(heartbeat_interval=60)
+    server = FakeServer()
+    original_record = server._record
+
+    def record_and_broadcast(message: Message) -> None:
+        original_record(message)
+        if message["body"].startswith(b"event: reload"):
+            hub.broadcast(b": nested\n\n")
+
+    server._record = record_and_broadcast  # type: ignore[method-assign]
+    task = open_stream(hub, server)
+    await settle()
+    hub.deliver(reload(1))
+    await settle()
+    assert [body.split(b"\n")[0] for body in server.bodies] == [b"event: reload", b": nested"]
+    hub.close_all()
+    await asyncio.wait_for(task, 2)
+
+
+async def test_a_send_that_raises_cancelled_at_once_drops_its_stream_and_no_other() -> None:
+    """A server whose send raises CancelledError (its way of saying the response is gone) ends that
+    stream without stopping the delivery to the others."""
+    hub = StreamHub(heartbeat_interval=60)
+    broken, healthy = FakeServer(), FakeServer()
+
+    def cancelled_send(message: Message) -> Awaitable[None]:
+        async def refuse() -> None:
+            raise asyncio.CancelledError
+
+        return refuse()
+
+    async def broken_request() -> None:
+        await hub.open(cancelled_send).serve(broken.receive)
+
+    broken_task = asyncio.ensure_future(broken_request())
+    healthy_task = open_stream(hub, healthy)
+    await settle()
+    hub.deliver(reload(1))
+    hub.deliver(reload(2))
+    await asyncio.wait_for(broken_task, 2)
+    assert broken_task.exception() is None and len(hub) == 1
+    assert len(healthy.bodies) == 2
+    hub.close_all()
+    await asyncio.wait_for(healthy_task, 2)

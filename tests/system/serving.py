@@ -142,6 +142,7 @@ def serving(
     *,
     cwd: Path | None = None,
     extra_args: tuple[str, ...] = (),
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> Iterator[Served]:
     """``configuration`` served on a free port with Redis and a namespace of its own, every worker
     subscribed; every process and stream is gone afterwards."""
@@ -150,7 +151,7 @@ def serving(
     env = {
         "DISTRELOAD_REDIS_URL": redis_url,
         "DISTRELOAD_NAMESPACE": namespace,
-        "TEST_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+        "TEST_HEARTBEAT_INTERVAL": str(heartbeat_interval),
     }
     readers: list[SSEReader] = []
     try:

@@ -33,6 +33,7 @@ from .serving import (
     check_page_gets_exactly_one_tag,
     check_sigterm_stops_promptly,
     check_writes_ran_in_their_own_requests,
+    every_worker_answering,
     get,
     readers_on_every_worker,
     serving,
@@ -68,6 +69,40 @@ def served(
     configuration: Configuration = request.param
     with serving(configuration, tmp_path_factory.mktemp(configuration.name), shared_redis_url) as served:
         yield served
+
+
+# One process of each server (and each of uvicorn's HTTP implementations), with heartbeats far apart.
+LEAVING = [
+    Configuration("uvicorn-httptools", APP, "uvicorn", 1, ("--http", "httptools")),
+    Configuration("uvicorn-h11", APP, "uvicorn", 1, ("--http", "h11")),
+    Configuration("hypercorn", APP, "hypercorn", 1),
+    Configuration("granian", APP, "granian", 1),
+    Configuration("daphne", APP, "daphne", 1),
+]
+
+
+@pytest.mark.parametrize("configuration", LEAVING, ids=[c.name for c in LEAVING])
+def test_a_client_that_leaves_is_dropped_when_the_server_says_so_not_at_the_next_heartbeat(
+    configuration: Configuration, tmp_path: Path, shared_redis_url: str
+) -> None:
+    """The stream's request waits in the server's receive(): a disconnect ends it there, with nothing
+    written to the dead connection first."""
+    with serving(configuration, tmp_path, shared_redis_url, heartbeat_interval=60.0) as served:
+        reader = served.open_reader()
+        reader.wait_for("hello")
+
+        def open_streams() -> int:
+            return sum(info["streams"] for info in every_worker_answering(served).values())
+
+        assert open_streams() == 1
+        reader.close()
+        left = time.monotonic()
+        while open_streams() and time.monotonic() - left < 10:
+            time.sleep(0.02)
+        took = time.monotonic() - left
+        print(f"\n{configuration.name}: the stream was dropped {took:.2f} s after its client left")
+        assert open_streams() == 0
+        assert took < 5, "dropped only long after the client left: at a write, not at the disconnect"
 
 
 # The checks run in this order on each configuration's one server; the last one stops it.
