@@ -1542,7 +1542,10 @@
   // sends nothing. The report names the stream the tab listens through (its hello gives the id): the worker
   // drops the pages of a stream that closes. A tab that goes says so at once with sendBeacon; one that
   // reloads for a reload says "reloading" instead, and the page it becomes reports under the same id (kept
-  // in sessionStorage), "reloaded".
+  // in sessionStorage), "reloaded". A tab whose stream changed (its new document got another one, the tab
+  // that held the stream it shared left) also names the one before ("was", kept with the id): workers that
+  // share a port pass its reports on to the worker of each, and the one it listened through when a reload
+  // came still counts it.
   function PageReport(window, base, storage, pathname) {
     this.window = window;
     this.base = base;
@@ -1555,6 +1558,8 @@
     this.how = kept.reloading ? "reloaded" : "loaded";
     this.shown = kept.reloading || "";
     this.stream = "";
+    this.previous = /^[0-9a-f]{8,32}$/.test(kept.stream || "") ? kept.stream : "";  // the last document's
+    this.was = "";
     this.excluded = "";
     this.last = "";
     this.gone = false;
@@ -1575,7 +1580,11 @@
 
   // The stream's hello: the id of the stream this tab now listens through.
   PageReport.prototype.hello = function (stream) {
-    if (stream) this.stream = stream;
+    if (!stream || stream === this.stream) return;
+    var before = this.stream || this.previous;
+    if (before && before !== stream) this.was = before;
+    this.stream = stream;
+    this.remember({ id: this.id, stream: stream });
   };
 
   PageReport.prototype.applied = function (how, version) {
@@ -1594,7 +1603,8 @@
   PageReport.prototype.send = function (state) {
     if (this.gone || !state || !this.stream) return;
     var report = JSON.stringify({ page: this.id, path: this.pathname().slice(0, 2048) || "/", version: this.shown,
-      how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream });
+      how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream,
+      was: this.was || undefined });
     if (report === this.last) return;
     this.last = report;
     this.post(report, false);
@@ -1611,7 +1621,7 @@
 
   // This tab reloads for ``version``: the page it becomes reports "reloaded" under the same id.
   PageReport.prototype.reloading = function (version) {
-    this.remember({ id: this.id, reloading: version });
+    this.remember({ id: this.id, reloading: version, stream: this.stream });
     this.last = "";
     this.send({ state: "reloading" });
     this.gone = true;
@@ -1621,7 +1631,8 @@
     if (this.gone) return;
     this.gone = true;
     this.last = "";
-    this.post(JSON.stringify({ page: this.id, leave: true }), true);
+    this.post(JSON.stringify({ page: this.id, leave: true, stream: this.stream || undefined,
+      was: this.was || undefined }), true);
   };
 
   // Back from the back-forward cache: a page again.

@@ -168,7 +168,8 @@ class ReloadEndpoint:
         ahead = seen if seen is not None and current.is_behind(seen) else None
         stream = self.hub.open(send, client_ahead=ahead)
         # The pages that report through this stream (its id comes with the hello) leave when it closes.
-        stream_id = secrets.token_hex(8)
+        # It begins with this worker's token: a report for it that another worker receives is passed on.
+        stream_id = secrets.token_hex(8) if self.fleet is None else self.fleet.pages.new_stream_id()
         if self.fleet is not None:
             self.fleet.pages.stream_opened(stream_id)
         try:
