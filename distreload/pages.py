@@ -365,6 +365,10 @@ class PageRegistry:
         if report.leave:
             self._left(report.page)
             return
+        self._settle_only(report)
+
+    def _settle_only(self, report: PageReport) -> None:
+        """What ``report`` says counts in this worker's rounds; the page is not listed here."""
         now = time.monotonic()
         elsewhere = Page(
             report.page, report.path, report.version, report.how, report.state, report.reason, "", time.time()
@@ -378,6 +382,12 @@ class PageRegistry:
         now = time.monotonic()
         if report.leave:
             self.remove(report.page)
+            return True
+        if owner_of(report.stream) == self.token and report.stream not in self.open_streams:
+            # Passed on by another worker after its stream closed (the tab reloaded, or moved to another
+            # stream since): it still counts, but listing it would keep a page that is gone, or listed by
+            # the worker it listens through now.
+            self._settle_only(report)
             return True
         page = self.pages.get(report.page)
         if page is None:

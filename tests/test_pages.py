@@ -319,6 +319,12 @@ class InboxSink(CountingSink):
         return self.inboxes.pop(key, [])
 
 
+def open_stream(registry: PageRegistry) -> str:
+    stream = registry.new_stream_id()
+    registry.stream_opened(stream)
+    return stream
+
+
 class Port:
     """Two workers behind one port: any report may reach either one."""
 
@@ -326,7 +332,7 @@ class Port:
         self.sink = InboxSink()
         self.workers = [PageRegistry("host:1", "host"), PageRegistry("host:2", "host")]
         self.flushers = [PageFlusher(worker, self.sink, "ns") for worker in self.workers]
-        self.streams = [worker.new_stream_id() for worker in self.workers]
+        self.streams = [open_stream(worker) for worker in self.workers]
 
     def exchange(self) -> None:
         """Every worker passes on what it holds for the others, then every worker drains its inbox."""
@@ -436,6 +442,22 @@ def test_a_stream_closed_before_its_page_named_it_reopens_when_the_page_does() -
     assert (summary.closed_count, summary.applied, summary.expected) == (0, 1, 1)
 
 
+def test_a_report_passed_on_after_its_stream_closed_counts_but_lists_no_page() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # Its "reloading" lands on the second worker; its new document's report on the first, directly.
+    second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.stream_closed(port.streams[0])
+    newer = open_stream(second)
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=newer, was=port.streams[0]))
+    port.exchange()  # the late "reloading" reaches the first worker after the page moved
+    assert len(first) == 0 and second.pages["page-0001"].stream == newer
+    summary = port.summary(str(V2))
+    assert (summary.applied, summary.expected) == (1, 1)
+
+
 def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -481,7 +503,7 @@ def test_an_idle_worker_drains_its_inbox_seldom_and_a_waiting_one_often() -> Non
         return flusher.drains
 
     assert asyncio.run(drains(later)) == 0  # idle: once in PAGES_REFRESH_SECONDS at most
-    registry.report(report("page-0001", stream=registry.new_stream_id()))
+    registry.report(report("page-0001", stream=open_stream(registry)))
     registry.reload_arrived(Reload(V2))
     assert flusher.drain_period(later) == pages.FLUSH_SECONDS  # a round waits for a page
     assert asyncio.run(drains(later)) == 9
