@@ -1543,9 +1543,9 @@
   // drops the pages of a stream that closes. A tab that goes says so at once with sendBeacon; one that
   // reloads for a reload says "reloading" instead, and the page it becomes reports under the same id (kept
   // in sessionStorage), "reloaded". A tab whose stream changed (its new document got another one, the tab
-  // that held the stream it shared left) also names the one before ("was", kept with the id): workers that
-  // share a port pass its reports on to the worker of each, and the one it listened through when a reload
-  // came still counts it.
+  // that held the stream it shared left) also names an earlier one ("was", kept with the id): the one it
+  // listened through when the latest reload came (that stream's worker counts it for that reload), or
+  // before any reload, the one before. Workers that share a port pass its reports on to the worker of each.
   function PageReport(window, base, storage, pathname) {
     this.window = window;
     this.base = base;
@@ -1558,12 +1558,17 @@
     this.how = kept.reloading ? "reloaded" : "loaded";
     this.shown = kept.reloading || "";
     this.stream = "";
-    this.previous = /^[0-9a-f]{8,32}$/.test(kept.stream || "") ? kept.stream : "";  // the last document's
-    this.was = "";
+    this.previous = streamId(kept.stream);  // the last document's
+    this.was = streamId(kept.was);
+    this.pinned = Boolean(kept.pinned && this.was);  // "was" is the stream a reload came through
     this.excluded = "";
     this.last = "";
     this.gone = false;
-    this.remember({ id: this.id });
+    this.keep();
+  }
+
+  function streamId(text) {
+    return /^[0-9a-f]{8,32}$/.test(text || "") ? text : "";
   }
 
   function randomId(window) {
@@ -1582,9 +1587,22 @@
   PageReport.prototype.hello = function (stream) {
     if (!stream || stream === this.stream) return;
     var before = this.stream || this.previous;
-    if (before && before !== stream) this.was = before;
+    if (!this.pinned && before && before !== stream) this.was = before;
     this.stream = stream;
-    this.remember({ id: this.id, stream: stream });
+    this.keep();
+  };
+
+  // A reload came through the current stream: its worker counts this page for it, wherever it goes next.
+  PageReport.prototype.reloadCame = function () {
+    if (!this.stream) return;
+    this.was = this.stream;
+    this.pinned = true;
+    this.keep();
+  };
+
+  PageReport.prototype.keep = function (reloading) {
+    this.remember({ id: this.id, reloading: reloading, stream: this.stream || this.previous, was: this.was,
+      pinned: this.pinned });
   };
 
   PageReport.prototype.applied = function (how, version) {
@@ -1604,7 +1622,7 @@
     if (this.gone || !state || !this.stream) return;
     var report = JSON.stringify({ page: this.id, path: this.pathname().slice(0, 2048) || "/", version: this.shown,
       how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream,
-      was: this.was || undefined });
+      was: this.was && this.was !== this.stream ? this.was : undefined });
     if (report === this.last) return;
     this.last = report;
     this.post(report, false);
@@ -1621,7 +1639,7 @@
 
   // This tab reloads for ``version``: the page it becomes reports "reloaded" under the same id.
   PageReport.prototype.reloading = function (version) {
-    this.remember({ id: this.id, reloading: version, stream: this.stream });
+    this.keep(version);
     this.last = "";
     this.send({ state: "reloading" });
     this.gone = true;
@@ -1632,7 +1650,7 @@
     this.gone = true;
     this.last = "";
     this.post(JSON.stringify({ page: this.id, leave: true, stream: this.stream || undefined,
-      was: this.was || undefined }), true);
+      was: this.was && this.was !== this.stream ? this.was : undefined }), true);
   };
 
   // Back from the back-forward cache: a page again.
@@ -1738,6 +1756,7 @@
         report.hello(message.stream);
       } else if (message.type === "reload") {
         heard = newer(heard, message.version);
+        report.reloadCame();
         plan.reload(message);
         if (message.match && !matchesGlob(message.match, pathname())) report.exclude(message.version);
       }

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -52,6 +53,7 @@ FLUSH_SECONDS = 0.5  # the most often a worker writes a round's summary to Redis
 PAGES_REFRESH_SECONDS = 5.0  # the page table is rewritten this often anyway, and expires after three times
 REFUSED_RETRY_SECONDS = 60.0  # how long a worker whose writes Redis refused waits before trying again
 TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --pages, the fleet page)
+VANISHED_SECONDS = 3.0  # a page whose stream closed is counted as closed after this, unless it reports
 RELOADING_SECONDS = 60.0  # a page that said "reloading" and was not heard of since is gone after this
 ROUND_TTL_SECONDS = 600
 MAX_FORWARDED = 1000  # reports passed on to one worker per flush; the rest wait for the tabs' next change
@@ -295,15 +297,24 @@ class PageRegistry:
         self.changed = True  # the page table differs from what was last written
         self.wake: Callable[[], None] = lambda: None  # the flusher's doorbell
         self._refused_logged = 0.0
-        # Unique per app and process: the streams this registry serves begin with it (see owner_of).
-        self.token = secrets.token_hex(OWNER_CHARS // 2)
+        self._token = ""
+        self._token_pid = 0
         # Reports for other workers' streams, per worker token, the latest per page and kind.
         self.outbox: dict[str, OrderedDict[tuple[str, bool], str]] = {}
         self.forwarded = 0
         self.forwards_dropped = 0
+        self.vanished: OrderedDict[str, float] = OrderedDict()  # page id -> when its stream closed
 
     def __len__(self) -> int:
         return len(self.pages)
+
+    @property
+    def token(self) -> str:
+        """Unique per app and process: the streams this registry serves begin with it (see owner_of). Made
+        in the process that serves, not the one that built the app (``gunicorn --preload`` forks after)."""
+        if self._token_pid != os.getpid():
+            self._token, self._token_pid = secrets.token_hex(OWNER_CHARS // 2), os.getpid()
+        return self._token
 
     def new_stream_id(self) -> str:
         return self.token + secrets.token_hex(8)
@@ -360,7 +371,11 @@ class PageRegistry:
     def moved(self, report: PageReport) -> None:
         """A page that listened through one of this worker's streams reports through another worker's: the
         rounds it was open for here take its outcome, and the other worker lists it."""
-        if self.pages.pop(report.page, None) is not None:
+        listed = self.pages.get(report.page)
+        # Listed through another stream of this worker's since: the page came back, and this report, passed
+        # on by another worker, is older than the one that listed it.
+        if listed is not None and (report.leave or listed.stream == report.was):
+            del self.pages[report.page]
             self.changed = True
         if report.leave:
             self._left(report.page)
@@ -369,18 +384,24 @@ class PageRegistry:
 
     def _settle_only(self, report: PageReport) -> None:
         """What ``report`` says counts in this worker's rounds; the page is not listed here."""
+        self.vanished.pop(report.page, None)
         now = time.monotonic()
         elsewhere = Page(
             report.page, report.path, report.version, report.how, report.state, report.reason, "", time.time()
         )
+        underway = report.state in ("reloading", "waiting")
         for current in self.rounds.values():
-            current.settle(elsewhere, now)
+            # Passed on, it may be older than the close: only an outcome reopens a page counted as closed.
+            if not (underway and report.page in current.closed):
+                current.settle(elsewhere, now)
         self.wake()
 
     def take(self, report: PageReport) -> bool:
         """Take a report for a page of this worker's (see :meth:`report`)."""
         now = time.monotonic()
         if report.leave:
+            if self.vanished.pop(report.page, None) is not None:  # its stream closed first
+                self._left(report.page)
             self.remove(report.page)
             return True
         if owner_of(report.stream) == self.token and report.stream not in self.open_streams:
@@ -389,6 +410,7 @@ class PageRegistry:
             # the worker it listens through now.
             self._settle_only(report)
             return True
+        self.vanished.pop(report.page, None)
         page = self.pages.get(report.page)
         if page is None:
             if len(self.pages) >= self.max_pages:
@@ -446,11 +468,26 @@ class PageRegistry:
 
     def stream_closed(self, stream: str) -> None:
         """The stream's connection ended: the pages that listened through it are gone (a tab that was
-        hidden or reloaded reports again through its next stream)."""
+        hidden or reloaded reports again through its next stream). A round counts them as closed only
+        VANISHED_SECONDS later if they said nothing since: a tab that shared the stream reports through
+        the next one, and its latest report may be on its way through another worker."""
         self.open_streams.discard(stream)
+        now = time.monotonic()
         for page in [p for p in self.pages.values() if p.stream == stream]:
             if page.state != "reloading":
-                self.remove(page.page)
+                del self.pages[page.page]
+                self.vanished[page.page] = now
+                self.changed = True
+        self.wake()
+
+    def close_vanished(self, now: float) -> None:
+        """Count as closed the pages whose stream closed VANISHED_SECONDS ago and that said nothing since."""
+        while self.vanished:
+            page_id, since = next(iter(self.vanished.items()))
+            if now - since < VANISHED_SECONDS:
+                break
+            del self.vanished[page_id]
+            self._left(page_id)
 
     def reload_arrived(self, reload: Reload) -> None:
         """A new version reached this worker: the pages open now are its round."""
@@ -647,7 +684,7 @@ class PageFlusher:
         self.last_drain = time.monotonic()  # a new token's inbox is empty
         while not self._stopping:
             # A changed table waits for its turn (TABLE_SECONDS): look again soon rather than at a doorbell.
-            busy = self.registry.changed or self.registry.outbox
+            busy = self.registry.changed or self.registry.outbox or self.registry.vanished
             idle = FLUSH_SECONDS if busy else PAGES_REFRESH_SECONDS
             now = time.monotonic()
             idle = min(idle, max(0.0, self.last_drain + self.drain_period(now) - now))
@@ -655,6 +692,7 @@ class PageFlusher:
                 await within(self._doorbell.wait(), idle)
             self._doorbell.clear()
             self.registry.forget_stale_reloads(time.time())
+            self.registry.close_vanished(time.monotonic())
             now = time.monotonic()
             since = now - table_written
             write_table = since >= PAGES_REFRESH_SECONDS or (self.registry.changed and since >= TABLE_SECONDS)

@@ -13,6 +13,7 @@ from distreload import pages
 from distreload.pages import (
     MAX_REPORT_BYTES,
     RELOADING_SECONDS,
+    VANISHED_SECONDS,
     BadReport,
     MemorySink,
     PageFlusher,
@@ -158,6 +159,9 @@ def test_the_pages_of_a_closed_stream_leave_unless_they_reload() -> None:
     registry.stream_closed("aaaaaaaa")
     assert set(registry.pages) == {"reloads-1", "stays-001"}
     current = registry.rounds[str(V2)]
+    registry.close_vanished(time.monotonic())
+    assert current.closed == {}  # its last report may still be on its way through another worker
+    registry.close_vanished(time.monotonic() + VANISHED_SECONDS)
     assert list(current.closed) == ["gone-0001"]
     # The tab comes back through another stream (another tab now leads): open after all.
     registry.report(report("gone-0001", "/a", V2, stream="cccccccc"))
@@ -366,6 +370,13 @@ def test_a_stream_id_names_its_worker_and_passes_as_a_stream_id() -> None:
     assert owner_of("deadbeef00112233") is None  # an older worker's id: its reports stay where they land
 
 
+def test_a_forked_worker_has_a_token_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = PageRegistry("host:1", "host")  # built before the fork, as with gunicorn --preload
+    before = registry.token
+    monkeypatch.setattr(pages.os, "getpid", lambda: -1)
+    assert registry.token != before and owner_of(registry.new_stream_id()) == registry.token
+
+
 def test_a_report_for_another_workers_stream_is_listed_by_that_worker_only() -> None:
     port = Port()
     first, second = port.workers
@@ -435,6 +446,7 @@ def test_a_stream_closed_before_its_page_named_it_reopens_when_the_page_does() -
     first.report(report("page-0001", "/a", stream=port.streams[0]))
     port.reload(Reload(V2))
     first.stream_closed(port.streams[0])
+    first.close_vanished(time.monotonic() + VANISHED_SECONDS)  # it said nothing for that long
     assert port.summary(str(V2)).closed_count == 1
     second.report(report("page-0001", "/a", V2, stream=port.streams[1], was=port.streams[0]))
     port.exchange()
@@ -456,6 +468,20 @@ def test_a_report_passed_on_after_its_stream_closed_counts_but_lists_no_page() -
     assert len(first) == 0 and second.pages["page-0001"].stream == newer
     summary = port.summary(str(V2))
     assert (summary.applied, summary.expected) == (1, 1)
+
+
+def test_a_page_whose_stream_closed_is_not_closed_while_its_report_is_on_its_way() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # It shared a stream whose holder reloaded; its own "reloading" went through the other worker.
+    second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.stream_closed(port.streams[0])
+    port.exchange()
+    first.close_vanished(time.monotonic() + VANISHED_SECONDS)
+    summary = port.summary(str(V2))
+    assert (summary.closed_count, summary.pending_count) == (0, 1)  # still awaited, not closed
 
 
 def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(

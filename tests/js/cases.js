@@ -890,6 +890,29 @@
       was: "cccccccc11111111dddddddd" }), "the leave names both");
   });
 
+  test("a page names the stream a reload came through until the next reload, however often it moves", function () {
+    var fake = reportingWindow(), storage = fakeStorage();
+    var path = function () { return "/tv/1"; };
+    var report = new parts.PageReport(fake, "/b", storage, path);
+    report.shown = "aaaaaaaa-1";
+    report.hello("aaaaaaaa00000000bbbbbbbb");
+    report.reloadCame();
+    report.send({ state: "live" });
+    check(!("was" in fake.sent[0].body), "the stream the reload came through is the current one");
+    report.reloading("aaaaaaaa-2");
+    var next = new parts.PageReport(fake, "/b", storage, path);
+    next.hello("cccccccc11111111dddddddd");  // a tab's new document that led for a moment
+    next.hello("eeeeeeee22222222ffffffff");  // then another tab's
+    next.send({ state: "live" });
+    var last = fake.sent[fake.sent.length - 1].body;
+    equal(last.stream + " " + last.was, "eeeeeeee22222222ffffffff aaaaaaaa00000000bbbbbbbb", "the reload's stream");
+    next.reloadCame();
+    next.hello("9999999933333333aaaaaaaa");
+    next.send({ state: "live" });
+    last = fake.sent[fake.sent.length - 1].body;
+    equal(last.was, "eeeeeeee22222222ffffffff", "the next reload's stream");
+  });
+
   // --- run --------------------------------------------------------------------------------------------------
 
   (async function () {

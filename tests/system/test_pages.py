@@ -227,8 +227,8 @@ def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
         wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
 
         status, pages = publish_waiting(shared_redis_url, namespace, "20")
-        assert status == 0, pages
-        assert (pages["outcome"], pages["applied"], pages["expected"]) == ("applied", 6, 6), pages
+        assert status == 0, json.dumps(pages)
+        assert (pages["outcome"], pages["applied"], pages["expected"]) == ("applied", 6, 6), json.dumps(pages)
         for tab in tabs.values():
             assert tab.status()["version"] == pages["version"]
             assert tab.reloads == 1, tab.navigations
@@ -240,8 +240,8 @@ def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
         del tabs[holder.page.url.removeprefix(server.base_url)]
         wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
         status, pages = publish_waiting(shared_redis_url, namespace, "20")
-        assert status == 0, pages
-        assert (pages["applied"], pages["expected"], pages["closed_count"]) == (5, 5, 0), pages
+        assert status == 0, json.dumps(pages)
+        assert (pages["applied"], pages["expected"], pages["closed_count"]) == (5, 5, 0), json.dumps(pages)
         wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
 
         # A tab closed mid-wait (its reload still fetching the slow page) is named closed, not awaited.
@@ -250,9 +250,9 @@ def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
         time.sleep(1.5)  # the other pages apply, the slow one is still being fetched
         tabs.pop("/screen/alone/four").page.close()
         status, pages = waiting.result()
-        assert status == 0, pages
+        assert status == 0, json.dumps(pages)
         assert paths_of(pages["closed"]) == ["/screen/alone/four"]
-        assert (pages["applied"], pages["expected"]) == (4, 4), pages
+        assert (pages["applied"], pages["expected"]) == (4, 4), json.dumps(pages)
         assert pages["elapsed"] < 6, "the closed page held the wait"
         control(server, "slow", "four", 0)
     finally:
