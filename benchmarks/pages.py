@@ -16,8 +16,8 @@ would). Measured:
 
 ``--forwarded``: as when workers share one port, every page reports to another worker than the one whose
 event stream it listens through (one real stream is opened on each worker; worker N's pages name worker
-N+1's): each report is passed on through the stream's worker's inbox in Redis. The inbox commands (RPUSH,
-LTRIM, and the owner's LRANGE in MULTI) are counted among the writes, and also on their own.
+N+1's): each report is passed on through the stream's worker's inbox in Redis. The inbox's writes (RPUSH,
+LTRIM, DEL) are counted among the writes; every inbox command (LLEN, MULTI, LRANGE, EXEC too) on its own.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,7 @@ from benchmarks.common import ROOT, free_port, log  # noqa: E402
 PREFIX = "/---distreload---"
 APP = "benchmarks.pages:app"
 WRITE_COMMANDS = ("set", "hset", "expire", "del", "rpush", "ltrim")
-INBOX_COMMANDS = ("rpush", "ltrim", "lrange", "multi", "exec")
+INBOX_COMMANDS = ("rpush", "ltrim", "llen", "lrange", "multi", "exec")
 CONNECTIONS_PER_WORKER = 8
 PIPELINE = 50
 
@@ -113,15 +114,12 @@ def open_stream(port: int) -> tuple[socket.socket, str]:
     connection = socket.create_connection(("127.0.0.1", port), timeout=10)
     connection.sendall(f"GET {PREFIX}/events HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n".encode())
     received = b""
-    while b"event: hello" not in received or not received.endswith(b"\n\n"):
+    while (found := re.search(rb'"stream": ?"([0-9a-f]+)"', received)) is None:
         chunk = connection.recv(65536)
         if not chunk:
-            raise RuntimeError("the event stream closed before its hello")
+            raise RuntimeError(f"the event stream closed before its hello: {received[-300:]!r}")
         received += chunk
-    for line in received.split(b"\n"):
-        if line.startswith(b"data: ") and b'"stream"' in line:
-            return connection, str(json.loads(line[6:])["stream"])
-    raise RuntimeError(f"no stream id in the hello: {received[-300:]!r}")
+    return connection, found.group(1).decode()
 
 
 def run(pages: int, workers: int, pace: float = 0.0, forwarded: bool = False) -> dict[str, Any]:
@@ -130,7 +128,7 @@ def run(pages: int, workers: int, pace: float = 0.0, forwarded: bool = False) ->
     import redis
 
     from distreload.config import Target
-    from distreload.pages import live_workers, wait_for_pages
+    from distreload.pages import PAGES_REFRESH_SECONDS, live_workers, wait_for_pages
     from distreload.protocol import reload_request
     from distreload.publisher import publish_blocking
 
@@ -192,6 +190,7 @@ def run(pages: int, workers: int, pace: float = 0.0, forwarded: bool = False) ->
                 streams.append(connection)
                 stream_of[w] = stream_id
             log("pages: each worker's pages listen through the next worker's stream")
+        streams_opened = time.monotonic()
 
         def reports(version: str, how: str) -> list[list[bytes]]:
             return [
@@ -212,6 +211,8 @@ def run(pages: int, workers: int, pace: float = 0.0, forwarded: bool = False) ->
         while live_workers(target) < workers:
             time.sleep(0.1)
         time.sleep(1.0)  # the page tables written, the workers idle again
+        if forwarded:  # and past the quick inbox reads that follow a stream's opening
+            time.sleep(max(0.0, streams_opened + PAGES_REFRESH_SECONDS - time.monotonic()))
         idle_writes_before = write_counts(client)
         time.sleep(3.0)
         idle_writes = write_counts(client) - idle_writes_before

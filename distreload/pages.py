@@ -56,7 +56,8 @@ TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --
 VANISHED_SECONDS = 3.0  # a page whose stream closed is counted as closed after this, unless it reports
 RELOADING_SECONDS = 60.0  # a page that said "reloading" and was not heard of since is gone after this
 ROUND_TTL_SECONDS = 600
-MAX_FORWARDED = 1000  # reports passed on to one worker per flush; the rest wait for the tabs' next change
+MAX_FORWARDED = 5000  # reports passed on to one worker per flush; the rest go with the next flushes
+MAX_OUTBOX = MAX_PAGES  # reports waiting to be passed on to one worker, the latest per page; past it, dropped
 MAX_INBOX = 10_000  # a worker's inbox keeps its newest reports only, if it falls that far behind
 INBOX_TTL_SECONDS = 60  # the inbox of a worker that stopped goes away after this
 STATES = ("live", "waiting", "paused", "excluded", "overlay", "reloading")
@@ -338,7 +339,7 @@ class PageRegistry:
     def _forward(self, owner: str, report: PageReport, *, moved: bool) -> None:
         batch = self.outbox.setdefault(owner, OrderedDict())
         key = (report.page, moved)
-        if key not in batch and len(batch) >= MAX_FORWARDED:
+        if key not in batch and len(batch) >= MAX_OUTBOX:
             self.forwards_dropped += 1
             return
         batch.pop(key, None)  # a newer report of the page replaces the one not sent yet
@@ -346,11 +347,17 @@ class PageRegistry:
         self.wake()
 
     def take_outbox(self) -> dict[str, list[str]]:
-        """The reports to pass on now, per worker token, taken out."""
-        batches = {owner: list(batch.values()) for owner, batch in self.outbox.items() if batch}
-        self.outbox = {}
-        self.forwarded += sum(len(batch) for batch in batches.values())
-        return batches
+        """The reports to pass on now, per worker token, taken out: MAX_FORWARDED per worker at most, the
+        oldest first."""
+        batches: dict[str, list[str]] = {}
+        for owner, batch in list(self.outbox.items()):
+            taken = batches[owner] = []
+            while batch and len(taken) < MAX_FORWARDED:
+                taken.append(batch.popitem(last=False)[1])
+            if not batch:
+                del self.outbox[owner]
+        self.forwarded += sum(len(taken) for taken in batches.values())
+        return {owner: taken for owner, taken in batches.items() if taken}
 
     def take_forwarded(self, entries: Iterable[bytes | str]) -> int:
         """Take the reports other workers passed on to this one; the number of unreadable ones, skipped."""
@@ -628,6 +635,9 @@ class RedisSink(PageSink):
     async def drain(self, key: str) -> list[Any]:
         client = self.client_of()
         if client is None:
+            return []
+        # Mostly empty: a read, and no write, tells so.
+        if not await client.llen(key):
             return []
         # MULTI: nothing pushed between the read and the delete is lost (LPOP with a count needs 6.2).
         async with client.pipeline(transaction=True) as pipe:

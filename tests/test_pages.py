@@ -487,13 +487,16 @@ def test_a_page_whose_stream_closed_is_not_closed_while_its_report_is_on_its_way
 def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(pages, "MAX_FORWARDED", 3)
+    monkeypatch.setattr(pages, "MAX_OUTBOX", 4)
+    monkeypatch.setattr(pages, "MAX_FORWARDED", 2)
     port = Port()
     first, second = port.workers
-    for number in range(5):
+    for number in range(6):
         first.report(report(f"page-{number:04}", "/a", stream=port.streams[1]))
     first.report(report("page-0000", "/latest", stream=port.streams[1]))  # replaces its unsent report
     assert first.forwards_dropped == 2
+    assert [len(batch) for batch in first.take_outbox().values()] == [2]  # the rest go with the next flush
+    first.report(report("page-0000", "/latest", stream=port.streams[1]))
     inbox = pages.inbox_key("ns", second.token)
     port.sink.inboxes[inbox] = [
         "not json",
@@ -504,7 +507,7 @@ def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(
     ]
     caplog.set_level(logging.DEBUG, logger="distreload.pages")
     port.exchange()
-    assert set(second.pages) == {"page-0000", "page-0001", "page-0002", "page-8888"}
+    assert set(second.pages) == {"page-0000", "page-0003", "page-8888"}  # -0001 and -0002 were taken above
     assert second.pages["page-0000"].path == "/latest"
     assert port.flushers[1].bad_forwarded == 4
     assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
