@@ -305,6 +305,8 @@ class PageRegistry:
         self.forwarded = 0
         self.forwards_dropped = 0
         self.vanished: OrderedDict[str, float] = OrderedDict()  # page id -> when its stream closed
+        # Page id -> a stream of this worker's that the page listens through no longer, and since when.
+        self.left_streams: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.pages)
@@ -378,6 +380,7 @@ class PageRegistry:
     def moved(self, report: PageReport) -> None:
         """A page that listened through one of this worker's streams reports through another worker's: the
         rounds it was open for here take its outcome, and the other worker lists it."""
+        self._note_left(report)
         listed = self.pages.get(report.page)
         # Listed through another stream of this worker's since: the page came back, and this report, passed
         # on by another worker, is older than the one that listed it.
@@ -388,6 +391,15 @@ class PageRegistry:
             self._left(report.page)
             return
         self._settle_only(report)
+
+    def _note_left(self, report: PageReport) -> None:
+        """Remember the stream of this worker's that the page left: a report through it that comes later
+        (passed on by another worker) is older than this one."""
+        if report.was and report.was != report.stream and owner_of(report.was) == self.token:
+            self.left_streams.pop(report.page, None)
+            self.left_streams[report.page] = (report.was, time.monotonic())
+            while len(self.left_streams) > self.max_pages:
+                self.left_streams.popitem(last=False)
 
     def _settle_only(self, report: PageReport) -> None:
         """What ``report`` says counts in this worker's rounds; the page is not listed here."""
@@ -411,12 +423,15 @@ class PageRegistry:
                 self._left(report.page)
             self.remove(report.page)
             return True
-        if owner_of(report.stream) == self.token and report.stream not in self.open_streams:
-            # Passed on by another worker after its stream closed (the tab reloaded, or moved to another
-            # stream since): it still counts, but listing it would keep a page that is gone, or listed by
-            # the worker it listens through now.
+        left = self.left_streams.get(report.page)
+        stale = left is not None and left[0] == report.stream
+        if owner_of(report.stream) == self.token and (stale or report.stream not in self.open_streams):
+            # Passed on by another worker after the page left its stream (the tab reloaded, or its shared
+            # stream closed): it still counts, but listing it would keep a page that is gone, or listed
+            # by the worker it listens through now.
             self._settle_only(report)
             return True
+        self._note_left(report)
         self.vanished.pop(report.page, None)
         page = self.pages.get(report.page)
         if page is None:
@@ -451,7 +466,7 @@ class PageRegistry:
     def forget_stale_reloads(self, now: float) -> None:
         """Drop the pages that said "reloading" RELOADING_SECONDS ago and were not heard of since: the new
         document reported to another worker, or never loaded. A round still waiting for one keeps it
-        (``--wait`` names it unanswered)."""
+        (``--wait`` names it unanswered). The streams pages left are forgotten after as long."""
         stale = [
             page.page
             for page in self.pages.values()
@@ -461,6 +476,12 @@ class PageRegistry:
             del self.pages[page_id]
         if stale:
             self.changed = True
+        monotonic = time.monotonic()
+        while self.left_streams:
+            _, since = next(iter(self.left_streams.values()))
+            if monotonic - since < RELOADING_SECONDS:
+                break
+            self.left_streams.popitem(last=False)
 
     def stream_opened(self, stream: str) -> None:
         self.open_streams.add(stream)

@@ -470,6 +470,28 @@ def test_a_report_passed_on_after_its_stream_closed_counts_but_lists_no_page() -
     assert (summary.applied, summary.expected) == (1, 1)
 
 
+def test_a_report_passed_on_late_through_a_stream_the_page_left_lists_it_nowhere_again() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # Its "reloading" lands on the second worker; its new document's report on the first, and the old
+    # stream's close has not reached the first worker yet.
+    second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
+    port.exchange()
+    first.stream_closed(port.streams[0])
+    assert len(first) == 0 and second.pages["page-0001"].state == "live"
+    assert port.summary(str(V2)).applied == 1
+    # Back to the first worker; a report through the second's stream, still open, comes after that.
+    newer = open_stream(first)
+    first.report(report("page-0001", "/a", V2, stream=newer, was=port.streams[1]))
+    port.exchange()
+    first.report(report("page-0001", "/a", V2, state="reloading", stream=port.streams[1]))
+    port.exchange()
+    assert len(second) == 0 and first.pages["page-0001"].stream == newer
+
+
 def test_a_page_whose_stream_closed_is_not_closed_while_its_report_is_on_its_way() -> None:
     port = Port()
     first, second = port.workers
