@@ -17,9 +17,12 @@ Workers that share one port (``gunicorn -w N``, ``uvicorn --workers N``) get a t
 the worker serving the tab's event stream decides. Stream ids begin with their worker's token, and a worker
 that receives a report for a stream it does not serve passes it on through Redis, to a list the stream's
 worker drains (:class:`PageFlusher`). A tab that changed stream (its document reloaded, the tab that held
-the stream it shared left) names the one before (``was``): that stream's worker keeps counting the page in
-the rounds it was open for, and the worker of the new stream lists it. With no Redis, several workers cannot
-tell each other anything: reports for another worker's stream are dropped.
+the stream it shared left) names an earlier one (``was``: the one the latest reload came through, or before
+any reload the one before): that stream's worker keeps counting the page in the rounds it was open for, and
+the worker of the new stream lists it. A page whose stream closed is counted as closed only VANISHED_SECONDS
+later (its last report may be on its way through another worker), and a report passed on late through a
+stream the page has left counts but lists it nowhere. With no Redis, several workers cannot tell each other
+anything: reports for another worker's stream are dropped.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ class PageReport:
     reason: str = ""
     stream: str = ""
     leave: bool = False
-    was: str = ""  # the stream the tab listened through before this one, if it changed
+    was: str = ""  # a stream the tab left: the one the latest reload came through, else the one before
 
     def to_json(self, **extra: object) -> str:
         """The report as the client sends it (what :func:`parse_report` reads back)."""
