@@ -691,6 +691,7 @@ class PageFlusher:
         self.drains = 0
         self.last_drain = -float("inf")  # monotonic
         self.bad_forwarded = 0
+        self.inbox_refused_until = -float("inf")  # monotonic
         registry.wake = self._doorbell.set
 
     def start(self) -> None:
@@ -732,6 +733,9 @@ class PageFlusher:
             write_table = since >= PAGES_REFRESH_SECONDS or (self.registry.changed and since >= TABLE_SECONDS)
             try:
                 await self.exchange(now)
+            except Exception as exc:  # its own rights (see the README): the reports of its own pages go on
+                self._exchange_failed(exc, now)
+            try:
                 await self.flush(write_table=write_table)
             except Exception as exc:  # Redis away: the next change or refresh writes it all again
                 from .redis_clients import is_refusal
@@ -751,6 +755,13 @@ class PageFlusher:
                     table_written = now
             await asyncio.sleep(FLUSH_SECONDS)
 
+    def _exchange_failed(self, exc: Exception, now: float) -> None:
+        from .redis_clients import is_refusal
+
+        if is_refusal(exc):
+            self.inbox_refused_until = now + REFUSED_RETRY_SECONDS
+            logger.debug("distreload: Redis refused the reports passed between workers (%s)", exc)
+
     def drain_period(self, now: float) -> float:
         return FLUSH_SECONDS if self.registry.awaits_reports(now) else PAGES_REFRESH_SECONDS
 
@@ -758,6 +769,8 @@ class PageFlusher:
         """Pass on the reports for other workers' streams; take this worker's, when their turn came."""
         registry = self.registry
         batches = registry.take_outbox()
+        if now < self.inbox_refused_until:  # an ACL without the inbox's rights: nothing goes through
+            return
         if batches:
             self.forwards += 1
             await self.sink.forward({inbox_key(self.namespace, owner): b for owner, b in batches.items()})

@@ -592,3 +592,41 @@ def test_redis_keeps_an_inbox_bounded_expiring_and_drains_it_whole(
             await client.aclose()
 
     asyncio.run(run())
+
+
+class NoInboxRightsSink(InboxSink):
+    """Redis under an ACL that grants the page reports' keys but not the inboxes'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drains = 0
+
+    async def drain(self, key: str) -> list[str]:
+        from redis.exceptions import NoPermissionError
+
+        self.drains += 1
+        raise NoPermissionError("this user has no permissions to access the 'inbox' key")
+
+
+def test_a_worker_without_the_inbox_rights_still_writes_its_own_pages_reports() -> None:
+    async def run() -> None:
+        registry = PageRegistry("host:1", "host")
+        registry.report(report("page-0001", stream=open_stream(registry)))  # the inbox is read soon
+        sink = NoInboxRightsSink()
+        flusher = PageFlusher(registry, sink, "ns")
+        flusher.start()
+        registry.reload_arrived(Reload(V2))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if sink.drains:
+                break
+        registry.report(report("page-0001", version=V2))  # after the refusal
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if any(json.loads(raw)["applied"] for _, raw in sink.rounds):
+                break
+        await flusher.stop()
+        assert sink.drains == 1, "refused, the inbox is not read again before REFUSED_RETRY_SECONDS"
+        assert any(json.loads(raw)["applied"] == 1 for _, raw in sink.rounds)
+
+    asyncio.run(run())
