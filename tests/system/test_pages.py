@@ -203,7 +203,9 @@ def test_publish_wait_counts_every_page_over_two_hosts(
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("server_name", ["uvicorn", "gunicorn"])
 def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
+    server_name: str,
     browser: Any,
     screens: Callable[[ServerProcess, str], Tab],
     start_server: ServerFactory,
@@ -213,8 +215,11 @@ def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
     """Each connection goes to either worker: a tab's reports land on both, and its new document after a
     reload may listen through the other worker's stream. Every page is still listed and counted once."""
     env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
+    quick_exit = (
+        ["--timeout-graceful-shutdown", "1"] if server_name == "uvicorn" else ["--graceful-timeout", "1"]
+    )
     server = start_server(
-        SCREENS_APP, workers=2, env=env, wait=False, extra_args=["--timeout-graceful-shutdown", "1"]
+        SCREENS_APP, workers=2, server=server_name, env=env, wait=False, extra_args=quick_exit
     )
     wait_for_port(server.port, 30, server.process)
     wait_for_subscribers(shared_redis_url, namespace, 2)
