@@ -13,6 +13,11 @@ would). Measured:
 - Redis writes per worker per second while the reload is reported (SET, HSET, EXPIRE, DEL from
   ``INFO commandstats``, the presence records included), from the publish until the wait returned;
 - how long after the last page's report the wait returned (the target: within 2 s), and what it said.
+
+``--forwarded``: as when workers share one port, every page reports to another worker than the one whose
+event stream it listens through (one real stream is opened on each worker; worker N's pages name worker
+N+1's): each report is passed on through the stream's worker's inbox in Redis. The inbox's writes (RPUSH,
+LTRIM, DEL) are counted among the writes; every inbox command (LLEN, MULTI, LRANGE, EXEC too) on its own.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +45,8 @@ from benchmarks.common import ROOT, free_port, log  # noqa: E402
 
 PREFIX = "/---distreload---"
 APP = "benchmarks.pages:app"
-WRITE_COMMANDS = ("set", "hset", "expire", "del")
+WRITE_COMMANDS = ("set", "hset", "expire", "del", "rpush", "ltrim")
+INBOX_COMMANDS = ("rpush", "ltrim", "llen", "lrange", "multi", "exec")
 CONNECTIONS_PER_WORKER = 8
 PIPELINE = 50
 
@@ -57,8 +65,11 @@ if os.environ.get("DISTRELOAD_BENCH_PAGES_APP"):
     app = make_app()
 
 
-def report_request(port: int, page: str, path: str, version: str, how: str) -> bytes:
-    body = json.dumps({"page": page, "path": path, "version": version, "how": how, "state": "live"}).encode()
+def report_request(port: int, page: str, path: str, version: str, how: str, stream: str = "") -> bytes:
+    report = {"page": page, "path": path, "version": version, "how": how, "state": "live"}
+    if stream:
+        report["stream"] = stream
+    body = json.dumps(report).encode()
     head = (
         f"POST {PREFIX}/page HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: text/plain\r\n"
         f"content-length: {len(body)}\r\n\r\n"
@@ -93,17 +104,31 @@ def worker_version(port: int) -> str:
         return str(json.load(response)["version"])
 
 
-def write_counts(client: Any) -> int:
+def write_counts(client: Any, names: tuple[str, ...] = WRITE_COMMANDS) -> int:
     stats = client.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in WRITE_COMMANDS)
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names)
 
 
-def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
-    """``pace``: the pages apply over that many seconds (as with ``--spread``) rather than all at once."""
+def open_stream(port: int) -> tuple[socket.socket, str]:
+    """An event stream held open on the worker at ``port``, and the id its hello gave."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(f"GET {PREFIX}/events HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n".encode())
+    received = b""
+    while (found := re.search(rb'"stream": ?"([0-9a-f]+)"', received)) is None:
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"the event stream closed before its hello: {received[-300:]!r}")
+        received += chunk
+    return connection, found.group(1).decode()
+
+
+def run(pages: int, workers: int, pace: float = 0.0, forwarded: bool = False) -> dict[str, Any]:
+    """``pace``: the pages apply over that many seconds (as with ``--spread``) rather than all at once;
+    ``forwarded``: each page reports to another worker than its stream's."""
     import redis
 
     from distreload.config import Target
-    from distreload.pages import live_workers, wait_for_pages
+    from distreload.pages import PAGES_REFRESH_SECONDS, live_workers, wait_for_pages
     from distreload.protocol import reload_request
     from distreload.publisher import publish_blocking
 
@@ -130,6 +155,7 @@ def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
     }
     ports = [free_port() for _ in range(workers)]
     servers = []
+    streams: list[socket.socket] = []
     try:
         client = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + 10
@@ -157,11 +183,19 @@ def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
                     time.sleep(0.1)
         per_worker = pages // workers
         log(f"pages: {per_worker} simulated pages on each of {workers} workers")
+        stream_of = [""] * workers  # worker w's pages name worker w+1's stream, when forwarded
+        if forwarded:
+            for w in range(workers):
+                connection, stream_id = open_stream(ports[(w + 1) % workers])
+                streams.append(connection)
+                stream_of[w] = stream_id
+            log("pages: each worker's pages listen through the next worker's stream")
+        streams_opened = time.monotonic()
 
         def reports(version: str, how: str) -> list[list[bytes]]:
             return [
                 [
-                    report_request(port, f"w{w}page{i:06}", f"/screen/{i % 50}", version, how)
+                    report_request(port, f"w{w}page{i:06}", f"/screen/{i % 50}", version, how, stream_of[w])
                     for i in range(per_worker)
                 ]
                 for w, port in enumerate(ports)
@@ -177,11 +211,14 @@ def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
         while live_workers(target) < workers:
             time.sleep(0.1)
         time.sleep(1.0)  # the page tables written, the workers idle again
+        if forwarded:  # and past the quick inbox reads that follow a stream's opening
+            time.sleep(max(0.0, streams_opened + PAGES_REFRESH_SECONDS - time.monotonic()))
         idle_writes_before = write_counts(client)
         time.sleep(3.0)
         idle_writes = write_counts(client) - idle_writes_before
 
         writes_before = write_counts(client)
+        inbox_before = write_counts(client, INBOX_COMMANDS)
         expected_workers = live_workers(target)
         published_at = time.monotonic()
         result = publish_blocking(target, reload_request("reload"))
@@ -211,9 +248,11 @@ def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
         summary = outcome["summary"]
         window = outcome["returned"] - published_at
         writes = write_counts(client) - writes_before  # the publish script's own HSET included
+        inbox_commands = write_counts(client, INBOX_COMMANDS) - inbox_before
         return {
             "pages": per_worker * workers,
             "pace_s": pace,
+            "forwarded": forwarded,
             "workers": workers,
             "opened_in_s": round(opened_in, 2),
             "applied": summary.applied,
@@ -228,8 +267,11 @@ def run(pages: int, workers: int, pace: float = 0.0) -> dict[str, Any]:
             "redis_writes_per_worker": round(writes / workers, 2),
             "redis_writes_per_worker_per_s": round(writes / workers / window, 2),
             "idle_redis_writes_per_worker_per_s": round(idle_writes / workers / 3.0, 2),
+            "inbox_commands_per_worker_per_s": round(inbox_commands / workers / window, 2),
         }
     finally:
+        for connection in streams:
+            connection.close()
         for server in servers:
             server.terminate()
         for server in servers:
@@ -247,9 +289,12 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=16_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--pace", type=float, default=0.0, help="the pages apply over SECONDS (a spread)")
+    parser.add_argument(
+        "--forwarded", action="store_true", help="pages report to another worker than their stream's"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    figures = run(args.pages, args.workers, args.pace)
+    figures = run(args.pages, args.workers, args.pace, args.forwarded)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.out is not None:

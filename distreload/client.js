@@ -1542,7 +1542,10 @@
   // sends nothing. The report names the stream the tab listens through (its hello gives the id): the worker
   // drops the pages of a stream that closes. A tab that goes says so at once with sendBeacon; one that
   // reloads for a reload says "reloading" instead, and the page it becomes reports under the same id (kept
-  // in sessionStorage), "reloaded".
+  // in sessionStorage), "reloaded". A tab whose stream changed (its new document got another one, the tab
+  // that held the stream it shared left) also names an earlier one ("was", kept with the id): the one it
+  // listened through when the latest reload came (that stream's worker counts it for that reload), or
+  // before any reload, the one before. Workers that share a port pass its reports on to the worker of each.
   function PageReport(window, base, storage, pathname) {
     this.window = window;
     this.base = base;
@@ -1555,10 +1558,17 @@
     this.how = kept.reloading ? "reloaded" : "loaded";
     this.shown = kept.reloading || "";
     this.stream = "";
+    this.previous = streamId(kept.stream);  // the last document's
+    this.was = streamId(kept.was);
+    this.pinned = Boolean(kept.pinned && this.was);  // "was" is the stream a reload came through
     this.excluded = "";
     this.last = "";
     this.gone = false;
-    this.remember({ id: this.id });
+    this.keep();
+  }
+
+  function streamId(text) {
+    return /^[0-9a-f]{8,32}$/.test(text || "") ? text : "";
   }
 
   function randomId(window) {
@@ -1575,7 +1585,24 @@
 
   // The stream's hello: the id of the stream this tab now listens through.
   PageReport.prototype.hello = function (stream) {
-    if (stream) this.stream = stream;
+    if (!stream || stream === this.stream) return;
+    var before = this.stream || this.previous;
+    if (!this.pinned && before && before !== stream) this.was = before;
+    this.stream = stream;
+    this.keep();
+  };
+
+  // A reload came through the current stream: its worker counts this page for it, wherever it goes next.
+  PageReport.prototype.reloadCame = function () {
+    if (!this.stream) return;
+    this.was = this.stream;
+    this.pinned = true;
+    this.keep();
+  };
+
+  PageReport.prototype.keep = function (reloading) {
+    this.remember({ id: this.id, reloading: reloading, stream: this.stream || this.previous, was: this.was,
+      pinned: this.pinned });
   };
 
   PageReport.prototype.applied = function (how, version) {
@@ -1594,7 +1621,8 @@
   PageReport.prototype.send = function (state) {
     if (this.gone || !state || !this.stream) return;
     var report = JSON.stringify({ page: this.id, path: this.pathname().slice(0, 2048) || "/", version: this.shown,
-      how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream });
+      how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream,
+      was: this.was && this.was !== this.stream ? this.was : undefined });
     if (report === this.last) return;
     this.last = report;
     this.post(report, false);
@@ -1611,7 +1639,7 @@
 
   // This tab reloads for ``version``: the page it becomes reports "reloaded" under the same id.
   PageReport.prototype.reloading = function (version) {
-    this.remember({ id: this.id, reloading: version });
+    this.keep(version);
     this.last = "";
     this.send({ state: "reloading" });
     this.gone = true;
@@ -1621,7 +1649,8 @@
     if (this.gone) return;
     this.gone = true;
     this.last = "";
-    this.post(JSON.stringify({ page: this.id, leave: true }), true);
+    this.post(JSON.stringify({ page: this.id, leave: true, stream: this.stream || undefined,
+      was: this.was && this.was !== this.stream ? this.was : undefined }), true);
   };
 
   // Back from the back-forward cache: a page again.
@@ -1727,6 +1756,7 @@
         report.hello(message.stream);
       } else if (message.type === "reload") {
         heard = newer(heard, message.version);
+        report.reloadCame();
         plan.reload(message);
         if (message.match && !matchesGlob(message.match, pathname())) report.exclude(message.version);
       }

@@ -175,7 +175,8 @@ class ReloadEndpoint:
         # behind them. A client that comes from a worker further on is not told again what it has.
         ahead = seen if seen is not None and current.is_behind(seen) else None
         # The pages that report through this stream (its id comes with the hello) leave when it closes.
-        stream.key = secrets.token_hex(8)
+        # It begins with this worker's token: a report for it that another worker receives is passed on.
+        stream.key = secrets.token_hex(8) if self.fleet is None else self.fleet.pages.new_stream_id()
         self.hub.add(stream, client_ahead=ahead)
         if self.fleet is not None:
             self.fleet.pages.stream_opened(stream.key)

@@ -12,6 +12,17 @@ apply it (or is excluded by the match, or paused). The round's outcome per page 
 took, failed and why, closed, or still pending) is summarised per worker and written to one Redis hash per
 version, a few times per second at most, whatever the number of pages: ``distreload publish --wait`` reads
 those summaries until every page open at publish time applied the reload or failed, or the time is up.
+
+Workers that share one port (``gunicorn -w N``, ``uvicorn --workers N``) get a tab's reports in any order:
+the worker serving the tab's event stream decides. Stream ids begin with their worker's token, and a worker
+that receives a report for a stream it does not serve passes it on through Redis, to a list the stream's
+worker drains (:class:`PageFlusher`). A tab that changed stream (its document reloaded, the tab that held
+the stream it shared left) names an earlier one (``was``: the one the latest reload came through, or before
+any reload the one before): that stream's worker keeps counting the page in the rounds it was open for, and
+the worker of the new stream lists it. A page whose stream closed is counted as closed only VANISHED_SECONDS
+later (its last report may be on its way through another worker), and a report passed on late through a
+stream the page has left counts but lists it nowhere. With no Redis, several workers cannot tell each other
+anything: reports for another worker's stream are dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +31,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -43,12 +56,19 @@ FLUSH_SECONDS = 0.5  # the most often a worker writes a round's summary to Redis
 PAGES_REFRESH_SECONDS = 5.0  # the page table is rewritten this often anyway, and expires after three times
 REFUSED_RETRY_SECONDS = 60.0  # how long a worker whose writes Redis refused waits before trying again
 TABLE_SECONDS = 1.0  # the most often a changed page table is written (status --pages, the fleet page)
+VANISHED_SECONDS = 3.0  # a page whose stream closed is counted as closed after this, unless it reports
 RELOADING_SECONDS = 60.0  # a page that said "reloading" and was not heard of since is gone after this
 ROUND_TTL_SECONDS = 600
+MAX_FORWARDED = 5000  # reports passed on to one worker per flush; the rest go with the next flushes
+MAX_OUTBOX = MAX_PAGES  # reports waiting to be passed on to one worker, the latest per page; past it, dropped
+MAX_INBOX = 10_000  # a worker's inbox keeps its newest reports only, if it falls that far behind
+INBOX_TTL_SECONDS = 60  # the inbox of a worker that stopped goes away after this
 STATES = ("live", "waiting", "paused", "excluded", "overlay", "reloading")
 HOWS = ("loaded", "reloaded", "morphed", "css", "images")
 _PAGE_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 _STREAM_ID = re.compile(r"[0-9a-f]{8,32}")
+OWNER_CHARS = 8  # a stream id is its worker's token followed by 16 random hex digits
+_OWNED_STREAM = re.compile(r"[0-9a-f]{24}")
 
 
 def round_key(namespace: str, version: str) -> str:
@@ -57,6 +77,16 @@ def round_key(namespace: str, version: str) -> str:
 
 def pages_prefix(namespace: str) -> str:
     return f"distreload:{{{namespace}}}:pages:"
+
+
+def inbox_key(namespace: str, token: str) -> str:
+    """The list a worker drains: the reports other workers received for its streams."""
+    return f"distreload:{{{namespace}}}:inbox:{token}"
+
+
+def owner_of(stream: str) -> str | None:
+    """The token of the worker that serves ``stream``; None for an id that names none (an older worker's)."""
+    return stream[:OWNER_CHARS] if _OWNED_STREAM.fullmatch(stream) else None
 
 
 class BadReport(ValueError):
@@ -75,9 +105,23 @@ class PageReport:
     reason: str = ""
     stream: str = ""
     leave: bool = False
+    was: str = ""  # a stream the tab left: the one the latest reload came through, else the one before
+
+    def to_json(self, **extra: object) -> str:
+        """The report as the client sends it (what :func:`parse_report` reads back)."""
+        data: dict[str, object] = {"page": self.page}
+        if self.leave:
+            data["leave"] = True
+        else:
+            version = str(self.version) if self.version else ""
+            data.update(path=self.path, version=version, how=self.how, state=self.state, reason=self.reason)
+        for name in ("stream", "was"):
+            if getattr(self, name):
+                data[name] = getattr(self, name)
+        return json.dumps({**data, **extra}, separators=(",", ":"))
 
 
-def parse_report(body: bytes) -> PageReport:
+def parse_report(body: bytes | str) -> PageReport:
     """Read a tab's report; raise BadReport for anything the client script would not send."""
     if len(body) > MAX_REPORT_BYTES:
         raise BadReport(f"report of {len(body)} bytes is over {MAX_REPORT_BYTES}")
@@ -85,13 +129,26 @@ def parse_report(body: bytes) -> PageReport:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise BadReport("not JSON") from None
+    return read_report(data)
+
+
+def _stream_field(data: dict[str, Any], name: str) -> str:
+    stream = data.get(name, "")
+    if not isinstance(stream, str) or (stream and not _STREAM_ID.fullmatch(stream)):
+        raise BadReport(f"{name} must be the id a stream's hello gave")
+    return stream
+
+
+def read_report(data: object) -> PageReport:
+    """A report decoded from JSON, validated as :func:`parse_report` says."""
     if not isinstance(data, dict):
         raise BadReport("not a JSON object")
     page = data.get("page")
     if not isinstance(page, str) or not _PAGE_ID.fullmatch(page):
         raise BadReport("page must be an id of 8 to 64 letters, digits, '-' or '_'")
+    stream, was = _stream_field(data, "stream"), _stream_field(data, "was")
     if data.get("leave") is True:
-        return PageReport(page, leave=True)
+        return PageReport(page, stream=stream, leave=True, was=was)
     path = data.get("path")
     if not is_same_origin_path(path):
         raise BadReport("path must be a same-origin URL path")
@@ -108,10 +165,8 @@ def parse_report(body: bytes) -> PageReport:
     reason = data.get("reason", "")
     if not isinstance(reason, str):
         raise BadReport("reason must be text")
-    stream = data.get("stream", "")
-    if not isinstance(stream, str) or (stream and not _STREAM_ID.fullmatch(stream)):
-        raise BadReport("stream must be the id the stream's hello gave")
-    return PageReport(page, path[:MAX_PATH], version, how, state, _printable(reason)[:MAX_REASON], stream)
+    reason = _printable(reason)[:MAX_REASON]
+    return PageReport(page, path[:MAX_PATH], version, how, state, reason, stream, was=was)
 
 
 def _printable(text: str) -> str:
@@ -242,20 +297,145 @@ class PageRegistry:
         self.pages: OrderedDict[str, Page] = OrderedDict()
         self.rounds: OrderedDict[str, Round] = OrderedDict()
         self.open_streams: set[str] = set()
+        self.stream_opened_at = -float("inf")  # monotonic
         self.changed = True  # the page table differs from what was last written
         self.wake: Callable[[], None] = lambda: None  # the flusher's doorbell
         self._refused_logged = 0.0
+        self._token = ""
+        self._token_pid = 0
+        # Reports for other workers' streams, per worker token, the latest per page and kind.
+        self.outbox: dict[str, OrderedDict[tuple[str, bool], str]] = {}
+        self.forwarded = 0
+        self.forwards_dropped = 0
+        self.vanished: OrderedDict[str, float] = OrderedDict()  # page id -> when its stream closed
+        # Page id -> a stream of this worker's that the page listens through no longer, and since when.
+        self.left_streams: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.pages)
 
+    @property
+    def token(self) -> str:
+        """Unique per app and process: the streams this registry serves begin with it (see owner_of). Made
+        in the process that serves, not the one that built the app (``gunicorn --preload`` forks after)."""
+        if self._token_pid != os.getpid():
+            self._token, self._token_pid = secrets.token_hex(OWNER_CHARS // 2), os.getpid()
+        return self._token
+
+    def new_stream_id(self) -> str:
+        return self.token + secrets.token_hex(8)
+
     def report(self, report: PageReport) -> bool:
-        """Take a tab's report; False when it is a new page and the registry is full (a flood of made-up
-        pages is refused rather than pushing out the pages already counted)."""
+        """Take a tab's report, or pass it on to the workers whose streams it names; False when it is a
+        new page and the registry is full (a flood of made-up pages is refused rather than pushing out the
+        pages already counted)."""
+        owner = owner_of(report.stream)
+        previous = owner_of(report.was) if report.was and report.was != report.stream else None
+        if previous is not None and previous != owner:
+            if previous == self.token:
+                self.moved(report)
+            else:
+                self._forward(previous, report, moved=True)
+        if owner is not None and owner != self.token:
+            self._forward(owner, report, moved=False)
+            return True
+        return self.take(report)
+
+    def _forward(self, owner: str, report: PageReport, *, moved: bool) -> None:
+        batch = self.outbox.setdefault(owner, OrderedDict())
+        key = (report.page, moved)
+        if key not in batch and len(batch) >= MAX_OUTBOX:
+            self.forwards_dropped += 1
+            return
+        batch.pop(key, None)  # a newer report of the page replaces the one not sent yet
+        batch[key] = report.to_json(moved=True) if moved else report.to_json()
+        self.wake()
+
+    def take_outbox(self) -> dict[str, list[str]]:
+        """The reports to pass on now, per worker token, taken out: MAX_FORWARDED per worker at most, the
+        oldest first."""
+        batches: dict[str, list[str]] = {}
+        for owner, batch in list(self.outbox.items()):
+            taken = batches[owner] = []
+            while batch and len(taken) < MAX_FORWARDED:
+                taken.append(batch.popitem(last=False)[1])
+            if not batch:
+                del self.outbox[owner]
+        self.forwarded += sum(len(taken) for taken in batches.values())
+        return {owner: taken for owner, taken in batches.items() if taken}
+
+    def take_forwarded(self, entries: Iterable[bytes | str]) -> int:
+        """Take the reports other workers passed on to this one; the number of unreadable ones, skipped."""
+        bad = 0
+        for entry in entries:
+            try:
+                data = json.loads(entry)
+                report = read_report(data)
+            except (BadReport, ValueError, RecursionError, TypeError):
+                bad += 1
+                continue
+            if data.get("moved") is True:
+                self.moved(report)
+            else:
+                self.take(report)
+        return bad
+
+    def moved(self, report: PageReport) -> None:
+        """A page that listened through one of this worker's streams reports through another worker's: the
+        rounds it was open for here take its outcome, and the other worker lists it."""
+        self._note_left(report)
+        listed = self.pages.get(report.page)
+        # Listed through another stream of this worker's since: the page came back, and this report, passed
+        # on by another worker, is older than the one that listed it.
+        if listed is not None and (report.leave or listed.stream == report.was):
+            del self.pages[report.page]
+            self.changed = True
+        if report.leave:
+            self._left(report.page)
+            return
+        self._settle_only(report)
+
+    def _note_left(self, report: PageReport) -> None:
+        """Remember the stream of this worker's that the page left: a report through it that comes later
+        (passed on by another worker) is older than this one."""
+        if report.was and report.was != report.stream and owner_of(report.was) == self.token:
+            self.left_streams.pop(report.page, None)
+            self.left_streams[report.page] = (report.was, time.monotonic())
+            while len(self.left_streams) > self.max_pages:
+                self.left_streams.popitem(last=False)
+
+    def _settle_only(self, report: PageReport) -> None:
+        """What ``report`` says counts in this worker's rounds; the page is not listed here."""
+        self.vanished.pop(report.page, None)
+        now = time.monotonic()
+        elsewhere = Page(
+            report.page, report.path, report.version, report.how, report.state, report.reason, "", time.time()
+        )
+        underway = report.state in ("reloading", "waiting")
+        for current in self.rounds.values():
+            # Passed on, it may be older than the close: only an outcome reopens a page counted as closed.
+            if not (underway and report.page in current.closed):
+                current.settle(elsewhere, now)
+        self.wake()
+
+    def take(self, report: PageReport) -> bool:
+        """Take a report for a page of this worker's (see :meth:`report`)."""
         now = time.monotonic()
         if report.leave:
+            if self.vanished.pop(report.page, None) is not None:  # its stream closed first
+                self._left(report.page)
             self.remove(report.page)
             return True
+        left = self.left_streams.get(report.page)
+        stale = left is not None and left[0] == report.stream
+        if owner_of(report.stream) == self.token and (stale or report.stream not in self.open_streams):
+            # Passed on by another worker after the page left its stream (the tab reloaded, or its shared
+            # stream closed): it still counts, but listing it would keep a page that is gone, or listed
+            # by the worker it listens through now.
+            self._settle_only(report)
+            return True
+        self._note_left(report)
+        self.vanished.pop(report.page, None)
         page = self.pages.get(report.page)
         if page is None:
             if len(self.pages) >= self.max_pages:
@@ -289,7 +469,7 @@ class PageRegistry:
     def forget_stale_reloads(self, now: float) -> None:
         """Drop the pages that said "reloading" RELOADING_SECONDS ago and were not heard of since: the new
         document reported to another worker, or never loaded. A round still waiting for one keeps it
-        (``--wait`` names it unanswered)."""
+        (``--wait`` names it unanswered). The streams pages left are forgotten after as long."""
         stale = [
             page.page
             for page in self.pages.values()
@@ -299,17 +479,46 @@ class PageRegistry:
             del self.pages[page_id]
         if stale:
             self.changed = True
+        monotonic = time.monotonic()
+        while self.left_streams:
+            _, since = next(iter(self.left_streams.values()))
+            if monotonic - since < RELOADING_SECONDS:
+                break
+            self.left_streams.popitem(last=False)
 
     def stream_opened(self, stream: str) -> None:
         self.open_streams.add(stream)
+        self.stream_opened_at = time.monotonic()
+
+    def awaits_reports(self, now: float) -> bool:
+        """Whether reports passed on to this worker matter soon: a round still waits for a page, or a
+        stream opened lately (its tabs' reports may come through another worker)."""
+        if now - self.stream_opened_at < PAGES_REFRESH_SECONDS:
+            return True
+        return any(r.pending and now - r.started < ROUND_TTL_SECONDS for r in self.rounds.values())
 
     def stream_closed(self, stream: str) -> None:
         """The stream's connection ended: the pages that listened through it are gone (a tab that was
-        hidden or reloaded reports again through its next stream)."""
+        hidden or reloaded reports again through its next stream). A round counts them as closed only
+        VANISHED_SECONDS later if they said nothing since: a tab that shared the stream reports through
+        the next one, and its latest report may be on its way through another worker."""
         self.open_streams.discard(stream)
+        now = time.monotonic()
         for page in [p for p in self.pages.values() if p.stream == stream]:
             if page.state != "reloading":
-                self.remove(page.page)
+                del self.pages[page.page]
+                self.vanished[page.page] = now
+                self.changed = True
+        self.wake()
+
+    def close_vanished(self, now: float) -> None:
+        """Count as closed the pages whose stream closed VANISHED_SECONDS ago and that said nothing since."""
+        while self.vanished:
+            page_id, since = next(iter(self.vanished.items()))
+            if now - since < VANISHED_SECONDS:
+                break
+            del self.vanished[page_id]
+            self._left(page_id)
 
     def reload_arrived(self, reload: Reload) -> None:
         """A new version reached this worker: the pages open now are its round."""
@@ -369,12 +578,31 @@ class PageSink:
     async def remove_table(self, key: str) -> None:
         raise NotImplementedError
 
+    async def forward(self, batches: dict[str, list[str]]) -> None:
+        """Append each list of reports to the inbox its key names."""
+        raise NotImplementedError
+
+    async def drain(self, key: str) -> list[Any]:
+        """Everything in the inbox ``key``, taken out at once."""
+        raise NotImplementedError
+
 
 class MemorySink(PageSink):
-    """The in-process twin, for an app with no Redis: the waiter reads the same dictionaries."""
+    """The in-process twin, for an app with no Redis: the waiter reads the same dictionaries. Workers of
+    their own processes share nothing here: a report for another worker's stream is dropped (several
+    workers need Redis for their reloads anyway)."""
 
     rounds: dict[str, dict[str, str]] = {}
     tables: dict[str, tuple[str, float]] = {}
+    dropped_logged = False
+
+    async def forward(self, batches: dict[str, list[str]]) -> None:
+        if batches and not MemorySink.dropped_logged:
+            MemorySink.dropped_logged = True
+            logger.debug("distreload: page reports for another worker's stream are dropped without Redis")
+
+    async def drain(self, key: str) -> list[Any]:
+        return []
 
     async def write_round(self, key: str, worker: str, summary: str) -> None:
         rounds = MemorySink.rounds
@@ -416,10 +644,39 @@ class RedisSink(PageSink):
         if client is not None:
             await within(client.delete(key), 0.5)
 
+    async def forward(self, batches: dict[str, list[str]]) -> None:
+        client = self.client_of()
+        if client is None or not batches:
+            return
+        # One round trip; the keys share the namespace's hash tag, so a Redis Cluster takes them together.
+        async with client.pipeline(transaction=False) as pipe:
+            for key, entries in batches.items():
+                pipe.rpush(key, *entries)
+                pipe.ltrim(key, -MAX_INBOX, -1)
+                pipe.expire(key, INBOX_TTL_SECONDS)
+            await pipe.execute()
+
+    async def drain(self, key: str) -> list[Any]:
+        client = self.client_of()
+        if client is None:
+            return []
+        # Mostly empty: a read, and no write, tells so.
+        if not await client.llen(key):
+            return []
+        # MULTI: nothing pushed between the read and the delete is lost (LPOP with a count needs 6.2).
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+            entries, _ = await pipe.execute()
+        return list(entries)
+
 
 class PageFlusher:
     """Writes a registry's changed rounds and page table, at most every FLUSH_SECONDS: one reload costs
-    Redis a few writes per worker per second however many pages report."""
+    Redis a few writes per worker per second however many pages report. It also passes on the reports for
+    other workers' streams, one batch per worker and flush, and drains this worker's inbox: every
+    FLUSH_SECONDS while a round waits for pages (or a stream just opened), else every
+    PAGES_REFRESH_SECONDS."""
 
     def __init__(self, registry: PageRegistry, sink: PageSink, namespace: str) -> None:
         self.registry = registry
@@ -430,6 +687,11 @@ class PageFlusher:
         self._failing = False  # said once per outage
         self._stopping = False
         self.writes = 0
+        self.forwards = 0  # batches of reports passed on (one round trip each)
+        self.drains = 0
+        self.last_drain = -float("inf")  # monotonic
+        self.bad_forwarded = 0
+        self.inbox_refused_until = -float("inf")  # monotonic
         registry.wake = self._doorbell.set
 
     def start(self) -> None:
@@ -454,16 +716,25 @@ class PageFlusher:
 
     async def _run(self) -> None:
         table_written = -float("inf")
+        self.last_drain = time.monotonic()  # a new token's inbox is empty
         while not self._stopping:
             # A changed table waits for its turn (TABLE_SECONDS): look again soon rather than at a doorbell.
-            idle = FLUSH_SECONDS if self.registry.changed else PAGES_REFRESH_SECONDS
+            busy = self.registry.changed or self.registry.outbox or self.registry.vanished
+            idle = FLUSH_SECONDS if busy else PAGES_REFRESH_SECONDS
+            now = time.monotonic()
+            idle = min(idle, max(0.0, self.last_drain + self.drain_period(now) - now))
             with contextlib.suppress(TimeoutError):
                 await within(self._doorbell.wait(), idle)
             self._doorbell.clear()
             self.registry.forget_stale_reloads(time.time())
+            self.registry.close_vanished(time.monotonic())
             now = time.monotonic()
             since = now - table_written
             write_table = since >= PAGES_REFRESH_SECONDS or (self.registry.changed and since >= TABLE_SECONDS)
+            try:
+                await self.exchange(now)
+            except Exception as exc:  # its own rights (see the README): the reports of its own pages go on
+                self._exchange_failed(exc, now)
             try:
                 await self.flush(write_table=write_table)
             except Exception as exc:  # Redis away: the next change or refresh writes it all again
@@ -483,6 +754,35 @@ class PageFlusher:
                 if write_table:
                     table_written = now
             await asyncio.sleep(FLUSH_SECONDS)
+
+    def _exchange_failed(self, exc: Exception, now: float) -> None:
+        from .redis_clients import is_refusal
+
+        if is_refusal(exc):
+            self.inbox_refused_until = now + REFUSED_RETRY_SECONDS
+            logger.debug("distreload: Redis refused the reports passed between workers (%s)", exc)
+
+    def drain_period(self, now: float) -> float:
+        return FLUSH_SECONDS if self.registry.awaits_reports(now) else PAGES_REFRESH_SECONDS
+
+    async def exchange(self, now: float) -> None:
+        """Pass on the reports for other workers' streams; take this worker's, when their turn came."""
+        registry = self.registry
+        batches = registry.take_outbox()
+        if now < self.inbox_refused_until:  # an ACL without the inbox's rights: nothing goes through
+            return
+        if batches:
+            self.forwards += 1
+            await self.sink.forward({inbox_key(self.namespace, owner): b for owner, b in batches.items()})
+        if now < self.last_drain + self.drain_period(now):
+            return
+        self.last_drain = now
+        self.drains += 1
+        entries = await self.sink.drain(inbox_key(self.namespace, registry.token))
+        bad = registry.take_forwarded(entries)
+        if bad:
+            self.bad_forwarded += bad
+            logger.debug("distreload: skipped %d unreadable reports passed on by other workers", bad)
 
     async def flush(self, *, write_table: bool = True) -> None:
         registry = self.registry

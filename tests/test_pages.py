@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
 
+from distreload import pages
 from distreload.pages import (
     MAX_REPORT_BYTES,
     RELOADING_SECONDS,
+    VANISHED_SECONDS,
     BadReport,
     MemorySink,
     PageFlusher,
     PageRegistry,
     PageReport,
     PageSink,
+    RedisSink,
     WaitSummary,
     add_up,
     group_by_path,
+    owner_of,
     parse_report,
     round_key,
 )
@@ -30,7 +35,7 @@ V1, V2 = ClusterVersion(EPOCH, 1), ClusterVersion(EPOCH, 2)
 
 
 def report(page: str, path: str = "/", version: ClusterVersion | None = V1, **fields: str) -> PageReport:
-    stream = fields.pop("stream", "00112233")
+    stream = fields.pop("stream", "00112233")  # no worker's token: a report stays where it lands
     return PageReport(page=page, path=path, version=version, stream=stream, **fields)
 
 
@@ -154,6 +159,9 @@ def test_the_pages_of_a_closed_stream_leave_unless_they_reload() -> None:
     registry.stream_closed("aaaaaaaa")
     assert set(registry.pages) == {"reloads-1", "stays-001"}
     current = registry.rounds[str(V2)]
+    registry.close_vanished(time.monotonic())
+    assert current.closed == {}  # its last report may still be on its way through another worker
+    registry.close_vanished(time.monotonic() + VANISHED_SECONDS)
     assert list(current.closed) == ["gone-0001"]
     # The tab comes back through another stream (another tab now leads): open after all.
     registry.report(report("gone-0001", "/a", V2, stream="cccccccc"))
@@ -293,5 +301,332 @@ def test_stopping_the_writer_ends_even_when_a_write_swallows_the_cancel() -> Non
         done, _ = await asyncio.wait({stopping}, timeout=10)  # waits, never cancels
         assert done == {stopping}, "stop() is still waiting on a writer that swallowed its cancel"
         assert sink.swallowed == 1
+
+    asyncio.run(run())
+
+
+# --- workers sharing one port: reports passed on to the stream's worker -----------------------------------
+
+
+class InboxSink(CountingSink):
+    """The inboxes of several workers, in memory, as Redis keeps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inboxes: dict[str, list[str]] = {}
+
+    async def forward(self, batches: dict[str, list[str]]) -> None:
+        for key, entries in batches.items():
+            self.inboxes.setdefault(key, []).extend(entries)
+
+    async def drain(self, key: str) -> list[str]:
+        return self.inboxes.pop(key, [])
+
+
+def open_stream(registry: PageRegistry) -> str:
+    stream = registry.new_stream_id()
+    registry.stream_opened(stream)
+    return stream
+
+
+class Port:
+    """Two workers behind one port: any report may reach either one."""
+
+    def __init__(self) -> None:
+        self.sink = InboxSink()
+        self.workers = [PageRegistry("host:1", "host"), PageRegistry("host:2", "host")]
+        self.flushers = [PageFlusher(worker, self.sink, "ns") for worker in self.workers]
+        self.streams = [open_stream(worker) for worker in self.workers]
+
+    def exchange(self) -> None:
+        """Every worker passes on what it holds for the others, then every worker drains its inbox."""
+
+        async def run() -> None:
+            for flusher in self.flushers:
+                flusher.last_drain = -float("inf")
+                await flusher.exchange(time.monotonic())
+            for flusher in self.flushers:
+                flusher.last_drain = -float("inf")
+                await flusher.exchange(time.monotonic())
+
+        asyncio.run(run())
+
+    def reload(self, reload: Reload) -> WaitSummary:
+        for worker in self.workers:
+            worker.reload_arrived(reload)
+        return self.summary(str(reload.version))
+
+    def summary(self, version: str) -> WaitSummary:
+        raws = [json.dumps(w.rounds[version].summary(w.worker, w.host)) for w in self.workers]
+        return add_up(version, raws)
+
+
+def test_a_stream_id_names_its_worker_and_passes_as_a_stream_id() -> None:
+    registry = PageRegistry("host:1", "host")
+    stream = registry.new_stream_id()
+    assert owner_of(stream) == registry.token and stream != registry.new_stream_id()
+    assert registry.token != PageRegistry("host:1", "host").token
+    assert parse_report(report("page-0001", stream=stream).to_json()).stream == stream
+    assert owner_of("deadbeef00112233") is None  # an older worker's id: its reports stay where they land
+
+
+def test_a_forked_worker_has_a_token_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = PageRegistry("host:1", "host")  # built before the fork, as with gunicorn --preload
+    before = registry.token
+    monkeypatch.setattr(pages.os, "getpid", lambda: -1)
+    assert registry.token != before and owner_of(registry.new_stream_id()) == registry.token
+
+
+def test_a_report_for_another_workers_stream_is_listed_by_that_worker_only() -> None:
+    port = Port()
+    first, second = port.workers
+    assert first.report(report("page-0001", "/a", stream=port.streams[1]))
+    assert len(first) == 0 and first.outbox
+    port.exchange()
+    assert not first.outbox and len(first) == 0
+    assert second.pages["page-0001"].path == "/a" and second.pages["page-0001"].stream == port.streams[1]
+
+
+def test_a_page_whose_reports_alternate_between_workers_is_counted_once() -> None:
+    port = Port()
+    for number in range(6):
+        port.workers[number % 2].report(report("page-0001", f"/a{number}", stream=port.streams[0]))
+        port.exchange()
+    assert [len(worker) for worker in port.workers] == [1, 0]
+    assert port.workers[0].pages["page-0001"].path == "/a5"  # the latest report won
+    port.workers[1].report(report("page-0001", "/a5", V2, how="morphed", stream=port.streams[0]))
+    summary = port.reload(Reload(V2))
+    assert (summary.expected, summary.applied) == (1, 0)
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.outcome) == (1, 1, "applied")
+
+
+def test_a_reloaded_page_on_another_workers_stream_settles_the_round_where_it_was() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    second.report(report("page-0002", "/b", stream=port.streams[0]))
+    port.exchange()
+    assert port.reload(Reload(V2)).expected == 2
+    # Both reload: their new documents get a stream of the second worker and name the first's.
+    for page, path in (("page-0001", "/a"), ("page-0002", "/b")):
+        first.report(report(page, path, V1, state="reloading", stream=port.streams[0]))
+    first.stream_closed(port.streams[0])
+    assert len(first) == 2  # reloading pages wait for their new document
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
+    second.report(report("page-0002", "/b", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.outcome) == (2, 2, "applied")
+    assert len(first) == 0 and set(second.pages) == {"page-0001", "page-0002"}  # listed once, by the new one
+    # The next reload is the second worker's round alone.
+    v3 = ClusterVersion(EPOCH, 3)
+    assert port.reload(Reload(v3)).expected == 2
+    assert (first.rounds[str(v3)].expected, second.rounds[str(v3)].expected) == (0, 2)
+
+
+def test_a_page_closed_after_changing_stream_is_closed_in_the_round_it_was_open_for() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # Its stream's holder left: it listens through the second worker's now, and closes before applying.
+    second.report(report("page-0001", "/a", V1, stream=port.streams[1], was=port.streams[0]))
+    second.report(PageReport("page-0001", leave=True, stream=port.streams[1], was=port.streams[0]))
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert [p["path"] for p in summary.closed] == ["/a"] and summary.done
+    assert len(first) == len(second) == 0
+
+
+def test_a_stream_closed_before_its_page_named_it_reopens_when_the_page_does() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    first.stream_closed(port.streams[0])
+    first.close_vanished(time.monotonic() + VANISHED_SECONDS)  # it said nothing for that long
+    assert port.summary(str(V2)).closed_count == 1
+    second.report(report("page-0001", "/a", V2, stream=port.streams[1], was=port.streams[0]))
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.closed_count, summary.applied, summary.expected) == (0, 1, 1)
+
+
+def test_a_report_passed_on_after_its_stream_closed_counts_but_lists_no_page() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # Its "reloading" lands on the second worker; its new document's report on the first, directly.
+    second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.stream_closed(port.streams[0])
+    newer = open_stream(second)
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=newer, was=port.streams[0]))
+    port.exchange()  # the late "reloading" reaches the first worker after the page moved
+    assert len(first) == 0 and second.pages["page-0001"].stream == newer
+    summary = port.summary(str(V2))
+    assert (summary.applied, summary.expected) == (1, 1)
+
+
+def test_a_report_passed_on_late_through_a_stream_the_page_left_lists_it_nowhere_again() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # Its "reloading" lands on the second worker; its new document's report on the first, and the old
+    # stream's close has not reached the first worker yet.
+    second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
+    port.exchange()
+    first.stream_closed(port.streams[0])
+    assert len(first) == 0 and second.pages["page-0001"].state == "live"
+    assert port.summary(str(V2)).applied == 1
+    # Back to the first worker; a report through the second's stream, still open, comes after that.
+    newer = open_stream(first)
+    first.report(report("page-0001", "/a", V2, stream=newer, was=port.streams[1]))
+    port.exchange()
+    first.report(report("page-0001", "/a", V2, state="reloading", stream=port.streams[1]))
+    port.exchange()
+    assert len(second) == 0 and first.pages["page-0001"].stream == newer
+
+
+def test_a_page_whose_stream_closed_is_not_closed_while_its_report_is_on_its_way() -> None:
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    port.reload(Reload(V2))
+    # It shared a stream whose holder reloaded; its own "reloading" went through the other worker.
+    second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.stream_closed(port.streams[0])
+    port.exchange()
+    first.close_vanished(time.monotonic() + VANISHED_SECONDS)
+    summary = port.summary(str(V2))
+    assert (summary.closed_count, summary.pending_count) == (0, 1)  # still awaited, not closed
+
+
+def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(pages, "MAX_OUTBOX", 4)
+    monkeypatch.setattr(pages, "MAX_FORWARDED", 2)
+    port = Port()
+    first, second = port.workers
+    for number in range(6):
+        first.report(report(f"page-{number:04}", "/a", stream=port.streams[1]))
+    first.report(report("page-0000", "/latest", stream=port.streams[1]))  # replaces its unsent report
+    assert first.forwards_dropped == 2
+    assert [len(batch) for batch in first.take_outbox().values()] == [2]  # the rest go with the next flush
+    first.report(report("page-0000", "/latest", stream=port.streams[1]))
+    inbox = pages.inbox_key("ns", second.token)
+    port.sink.inboxes[inbox] = [
+        "not json",
+        "[" * 10_000,
+        '{"page": "x"}',
+        json.dumps({"page": "page-9999", "path": "//elsewhere/"}),
+        report("page-8888", "/ok").to_json(),
+    ]
+    caplog.set_level(logging.DEBUG, logger="distreload.pages")
+    port.exchange()
+    assert set(second.pages) == {"page-0000", "page-0003", "page-8888"}  # -0001 and -0002 were taken above
+    assert second.pages["page-0000"].path == "/latest"
+    assert port.flushers[1].bad_forwarded == 4
+    assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
+
+
+def test_an_idle_worker_drains_its_inbox_seldom_and_a_waiting_one_often() -> None:
+    registry = PageRegistry("host:1", "host")
+    flusher = PageFlusher(registry, InboxSink(), "ns")
+    now = time.monotonic()
+    later = now + pages.PAGES_REFRESH_SECONDS + 1
+    assert flusher.drain_period(now) == pages.PAGES_REFRESH_SECONDS
+    registry.stream_opened(registry.new_stream_id())  # its tabs' first reports may land elsewhere
+    assert flusher.drain_period(now) == pages.FLUSH_SECONDS
+    assert flusher.drain_period(later) == pages.PAGES_REFRESH_SECONDS
+
+    async def drains(start: float) -> int:
+        """Drains while the writer wakes every FLUSH_SECONDS for PAGES_REFRESH_SECONDS."""
+        flusher.drains = 0
+        flusher.last_drain = start
+        for step in range(1, int(pages.PAGES_REFRESH_SECONDS / pages.FLUSH_SECONDS)):
+            await flusher.exchange(start + step * pages.FLUSH_SECONDS)
+        return flusher.drains
+
+    assert asyncio.run(drains(later)) == 0  # idle: once in PAGES_REFRESH_SECONDS at most
+    registry.report(report("page-0001", stream=open_stream(registry)))
+    registry.reload_arrived(Reload(V2))
+    assert flusher.drain_period(later) == pages.FLUSH_SECONDS  # a round waits for a page
+    assert asyncio.run(drains(later)) == 9
+    assert flusher.drain_period(now + pages.ROUND_TTL_SECONDS + 1) == pages.PAGES_REFRESH_SECONDS
+    registry.report(report("page-0001", version=V2))
+    assert flusher.drain_period(later) == pages.PAGES_REFRESH_SECONDS
+
+
+def test_without_redis_reports_for_another_workers_stream_are_dropped() -> None:
+    registry = PageRegistry("host:1", "host")
+    registry.report(report("page-0001", stream=PageRegistry("host:2", "host").new_stream_id()))
+    flusher = PageFlusher(registry, MemorySink(), "ns")
+    asyncio.run(flusher.exchange(time.monotonic()))
+    assert not registry.outbox and len(registry) == 0
+
+
+def test_redis_keeps_an_inbox_bounded_expiring_and_drains_it_whole(
+    shared_redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.asyncio
+
+    monkeypatch.setattr(pages, "MAX_INBOX", 5)
+
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(shared_redis_url)
+        try:
+            sink = RedisSink(lambda: client)
+            key = pages.inbox_key(namespace, "0badcafe")
+            await sink.forward({key: [f"entry-{n}" for n in range(4)]})
+            await sink.forward({key: [f"entry-{n}" for n in range(4, 8)]})
+            assert 0 < await client.ttl(key) <= pages.INBOX_TTL_SECONDS
+            assert await sink.drain(key) == [f"entry-{n}".encode() for n in range(3, 8)]
+            assert await sink.drain(key) == [] and not await client.exists(key)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+class NoInboxRightsSink(InboxSink):
+    """Redis under an ACL that grants the page reports' keys but not the inboxes'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drains = 0
+
+    async def drain(self, key: str) -> list[str]:
+        from redis.exceptions import NoPermissionError
+
+        self.drains += 1
+        raise NoPermissionError("this user has no permissions to access the 'inbox' key")
+
+
+def test_a_worker_without_the_inbox_rights_still_writes_its_own_pages_reports() -> None:
+    async def run() -> None:
+        registry = PageRegistry("host:1", "host")
+        registry.report(report("page-0001", stream=open_stream(registry)))  # the inbox is read soon
+        sink = NoInboxRightsSink()
+        flusher = PageFlusher(registry, sink, "ns")
+        flusher.start()
+        registry.reload_arrived(Reload(V2))
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if sink.drains:
+                break
+        registry.report(report("page-0001", version=V2))  # after the refusal
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if any(json.loads(raw)["applied"] for _, raw in sink.rounds):
+                break
+        await flusher.stop()
+        assert sink.drains == 1, "refused, the inbox is not read again before REFUSED_RETRY_SECONDS"
+        assert any(json.loads(raw)["applied"] == 1 for _, raw in sink.rounds)
 
     asyncio.run(run())

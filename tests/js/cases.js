@@ -862,6 +862,57 @@
     check(other.id !== report.id && /^[0-9a-f]{16}$/.test(other.id), "another tab's id: " + other.id);
   });
 
+  test("a page whose stream changed names the one before, in its reports and its leave", function () {
+    var fake = reportingWindow(), storage = fakeStorage();
+    var path = function () { return "/tv/1"; };
+    var report = new parts.PageReport(fake, "/b", storage, path);
+    report.shown = "aaaaaaaa-1";
+    report.hello("aaaaaaaa00000000bbbbbbbb");
+    report.send({ state: "live" });
+    report.hello("aaaaaaaa00000000bbbbbbbb");  // the same stream again: nothing changed
+    report.send({ state: "live" });
+    equal(fake.sent.length, 1, "reports through one stream");
+    check(!("was" in fake.sent[0].body), "a first stream names none before it");
+    report.hello("cccccccc11111111dddddddd");  // the tab that held the shared stream left
+    report.send({ state: "live" });
+    equal(fake.sent[1].body.stream + " " + fake.sent[1].body.was, "cccccccc11111111dddddddd aaaaaaaa00000000bbbbbbbb",
+      "after a new stream");
+    report.reloading("aaaaaaaa-2");
+    var next = new parts.PageReport(fake, "/b", storage, path);
+    next.hello("eeeeeeee22222222ffffffff");
+    next.send({ state: "live" });
+    var last = fake.sent[fake.sent.length - 1].body;
+    equal(last.how + " " + last.stream + " " + last.was, "reloaded eeeeeeee22222222ffffffff cccccccc11111111dddddddd",
+      "the reloaded document names the stream its page had");
+    next.leave();
+    last = fake.sent[fake.sent.length - 1].body;
+    equal(JSON.stringify(last), JSON.stringify({ page: report.id, leave: true, stream: "eeeeeeee22222222ffffffff",
+      was: "cccccccc11111111dddddddd" }), "the leave names both");
+  });
+
+  test("a page names the stream a reload came through until the next reload, however often it moves", function () {
+    var fake = reportingWindow(), storage = fakeStorage();
+    var path = function () { return "/tv/1"; };
+    var report = new parts.PageReport(fake, "/b", storage, path);
+    report.shown = "aaaaaaaa-1";
+    report.hello("aaaaaaaa00000000bbbbbbbb");
+    report.reloadCame();
+    report.send({ state: "live" });
+    check(!("was" in fake.sent[0].body), "the stream the reload came through is the current one");
+    report.reloading("aaaaaaaa-2");
+    var next = new parts.PageReport(fake, "/b", storage, path);
+    next.hello("cccccccc11111111dddddddd");  // a tab's new document that led for a moment
+    next.hello("eeeeeeee22222222ffffffff");  // then another tab's
+    next.send({ state: "live" });
+    var last = fake.sent[fake.sent.length - 1].body;
+    equal(last.stream + " " + last.was, "eeeeeeee22222222ffffffff aaaaaaaa00000000bbbbbbbb", "the reload's stream");
+    next.reloadCame();
+    next.hello("9999999933333333aaaaaaaa");
+    next.send({ state: "live" });
+    last = fake.sent[fake.sent.length - 1].body;
+    equal(last.was, "eeeeeeee22222222ffffffff", "the next reload's stream");
+  });
+
   // --- run --------------------------------------------------------------------------------------------------
 
   (async function () {

@@ -202,6 +202,68 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         shared.close()
 
 
+@pytest.mark.browser
+@pytest.mark.parametrize("server_name", ["uvicorn", "gunicorn"])
+def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
+    server_name: str,
+    browser: Any,
+    screens: Callable[[ServerProcess, str], Tab],
+    start_server: ServerFactory,
+    shared_redis_url: str,
+    namespace: str,
+) -> None:
+    """Each connection goes to either worker: a tab's reports land on both, and its new document after a
+    reload may listen through the other worker's stream. Every page is still listed and counted once."""
+    env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
+    quick_exit = (
+        ["--timeout-graceful-shutdown", "1"] if server_name == "uvicorn" else ["--graceful-timeout", "1"]
+    )
+    server = start_server(
+        SCREENS_APP, workers=2, server=server_name, env=env, wait=False, extra_args=quick_exit
+    )
+    wait_for_port(server.port, 30, server.process)
+    wait_for_subscribers(shared_redis_url, namespace, 2)
+    # Three tabs of one browser share one stream; three more have a browser each.
+    shared = browser.new_context()
+    try:
+        together = [open_tab(shared, f"{server.base_url}/screen/shared/{n}") for n in ("one", "two", "three")]
+        alone = [screens(server, f"/screen/alone/{n}") for n in ("four", "five", "six")]
+        tabs = {tab.page.url.removeprefix(server.base_url): tab for tab in together + alone}
+        wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
+
+        status, pages = publish_waiting(shared_redis_url, namespace, "20")
+        assert status == 0, json.dumps(pages)
+        assert (pages["outcome"], pages["applied"], pages["expected"]) == ("applied", 6, 6), json.dumps(pages)
+        for tab in tabs.values():
+            assert tab.status()["version"] == pages["version"]
+            assert tab.reloads == 1, tab.navigations
+        wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))  # once each, wherever listed
+
+        # The tab that holds the shared stream goes: the others listen through a new one, counted once.
+        [holder] = [tab for tab in together if tab.page.evaluate("window.__distreload.leader")]
+        holder.page.close()
+        del tabs[holder.page.url.removeprefix(server.base_url)]
+        wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
+        status, pages = publish_waiting(shared_redis_url, namespace, "20")
+        assert status == 0, json.dumps(pages)
+        assert (pages["applied"], pages["expected"], pages["closed_count"]) == (5, 5, 0), json.dumps(pages)
+        wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
+
+        # A tab closed mid-wait (its reload still fetching the slow page) is named closed, not awaited.
+        control(server, "slow", "four", 6)
+        waiting = WaitInBackground(shared_redis_url, namespace, "30")
+        time.sleep(1.5)  # the other pages apply, the slow one is still being fetched
+        tabs.pop("/screen/alone/four").page.close()
+        status, pages = waiting.result()
+        assert status == 0, json.dumps(pages)
+        assert paths_of(pages["closed"]) == ["/screen/alone/four"]
+        assert (pages["applied"], pages["expected"]) == (4, 4), json.dumps(pages)
+        assert pages["elapsed"] < 6, "the closed page held the wait"
+        control(server, "slow", "four", 0)
+    finally:
+        shared.close()
+
+
 def wait_for_state(redis_url: str, namespace: str, path: str, state: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:
