@@ -128,7 +128,8 @@ def run(pages: int, workers: int, pace: float = 0.0, forwarded: bool = False) ->
     import redis
 
     from distreload.config import Target
-    from distreload.pages import PAGES_REFRESH_SECONDS, live_workers, wait_for_pages
+    from distreload.delivery import live_workers, wait_for_pages
+    from distreload.pages import PAGES_REFRESH_SECONDS
     from distreload.protocol import reload_request
     from distreload.publisher import publish_blocking
 

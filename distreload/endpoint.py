@@ -260,7 +260,7 @@ class ReloadEndpoint:
                 request.get("kind", "reload"), paths, request.get("spread", 0.0), request.get("match")
             )
             if wait is not None:
-                from .pages import PagesUnavailable
+                from .delivery import PagesUnavailable
                 from .publisher import publish_and_wait
 
                 try:

@@ -19,16 +19,8 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from .broker import Broker
-from .pages import (
-    MAX_REPORT_BYTES,
-    BadReport,
-    PageRegistry,
-    PagesUnavailable,
-    group_by_path,
-    parse_report,
-    read_page_tables,
-    wait_for_pages,
-)
+from .delivery import PagesUnavailable, group_by_path, read_page_tables, wait_for_pages
+from .pages import MAX_REPORT_BYTES, BadReport, PageRegistry, parse_report
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
-    from .pages import WaitSummary
+    from .delivery import WaitSummary
 
 ReloadKind = Literal["reload", "css", "morph", "images"]
 RELOAD_KINDS: tuple[ReloadKind, ...] = ("reload", "css", "morph", "images")
@@ -142,6 +142,19 @@ def state_key(namespace: str) -> str:
 
 def presence_prefix(namespace: str) -> str:
     return f"distreload:{{{namespace}}}:presence:"
+
+
+def round_key(namespace: str, version: str) -> str:
+    return f"distreload:{{{namespace}}}:wait:{version}"
+
+
+def pages_prefix(namespace: str) -> str:
+    return f"distreload:{{{namespace}}}:pages:"
+
+
+def inbox_key(namespace: str, token: str) -> str:
+    """The list a worker drains: the reports other workers received for its streams."""
+    return f"distreload:{{{namespace}}}:inbox:{token}"
 
 
 def new_epoch() -> str:

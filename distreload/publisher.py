@@ -165,7 +165,7 @@ async def send_reload_signal_async(
         return await broker.publish(request)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait <= 3600:
         raise ValueError(f"wait must be a number of seconds above 0, at most 3600, not {wait!r}")
-    from .pages import PagesUnavailable
+    from .delivery import PagesUnavailable
 
     try:
         return await publish_and_wait(broker, request, float(wait))
@@ -179,7 +179,7 @@ async def publish_and_wait(broker: Broker, request: ReloadRequest, wait: float) 
     import asyncio
     import dataclasses
 
-    from .pages import live_workers, wait_for_pages_async
+    from .delivery import live_workers, wait_for_pages_async
 
     workers = await asyncio.to_thread(live_workers, broker.target)
     result = await broker.publish(request)

@@ -482,7 +482,7 @@ def test_the_progress_line_is_rewritten_on_a_terminal_and_absent_elsewhere() -> 
     import io
 
     from distreload.cli.publish import ProgressLine
-    from distreload.pages import WaitSummary
+    from distreload.delivery import WaitSummary
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -122,7 +122,7 @@ def test_status_pages_adds_up_every_worker_s_pages_by_path(
 ) -> None:
     import redis
 
-    from distreload.pages import pages_prefix
+    from distreload.protocol import pages_prefix
 
     first = {
         "worker": "web-1:7",

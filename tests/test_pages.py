@@ -10,6 +10,7 @@ import time
 import pytest
 
 from distreload import pages
+from distreload.delivery import WaitSummary, add_up
 from distreload.pages import (
     MAX_REPORT_BYTES,
     RELOADING_SECONDS,
@@ -21,14 +22,10 @@ from distreload.pages import (
     PageReport,
     PageSink,
     RedisSink,
-    WaitSummary,
-    add_up,
-    group_by_path,
     owner_of,
     parse_report,
-    round_key,
 )
-from distreload.protocol import ClusterVersion, Reload
+from distreload.protocol import ClusterVersion, Reload, inbox_key, round_key
 
 EPOCH = "a" * 16
 V1, V2 = ClusterVersion(EPOCH, 1), ClusterVersion(EPOCH, 2)
@@ -177,54 +174,6 @@ def test_a_page_that_went_to_reload_and_never_came_back_is_forgotten_but_still_a
     registry.forget_stale_reloads(time.time() + RELOADING_SECONDS + 1)
     assert set(registry.pages) == {"live-0001"}
     assert "reloads-1" in registry.rounds[str(V2)].pending
-
-
-def test_the_page_table_groups_pages_by_path() -> None:
-    registry = registry_with(
-        report("page-aaaa", "/a", V1),
-        report("page-bbbb", "/a", V2, how="reloaded"),
-        report("page-cccc", "/b", V1, state="overlay", reason="no answer from the server"),
-    )
-    other = PageRegistry("other:2", "other")
-    other.report(report("page-dddd", "/a", V2, state="paused"))
-    merged = group_by_path([registry.table(), other.table(), {"paths": {"/x": "garbage"}}])
-    assert merged == {
-        "/a": {
-            "versions": {str(V1): 1, str(V2): 2},
-            "states": {"live": 2, "paused": 1},
-            "how": {"loaded": 2, "reloaded": 1},
-        },
-        "/b": {
-            "versions": {str(V1): 1},
-            "states": {"overlay: no answer from the server": 1},
-            "how": {"loaded": 1},
-        },
-    }
-
-
-# --- adding up --------------------------------------------------------------------------------------------
-
-
-def test_summaries_of_several_workers_add_up_and_garbage_is_skipped() -> None:
-    first = registry_with(*(report(f"first-{i:04}", "/a") for i in range(100)))
-    second = registry_with(*(report(f"second-{i:03}", "/b") for i in range(50)))
-    for registry in (first, second):
-        registry.reload_arrived(Reload(V2))
-        for page in list(registry.pages.values()):
-            registry.report(report(page.page, page.path, V2))
-    raw = [json.dumps(s) for r in (first, second) for _, s in r.dirty_rounds()]
-    summary = add_up(str(V2), [*raw, "not json", json.dumps({"worker": "x"})])
-    assert (summary.applied, summary.expected, summary.workers) == (150, 150, 2)
-    assert summary.percentile(0.5) is not None and summary.percentile(0.99) is not None
-    again = WaitSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
-    assert (again.applied, again.expected, again.outcome) == (150, 150, "applied")
-
-
-def test_a_worker_that_wrote_nothing_makes_the_wait_time_out() -> None:
-    summary = add_up(str(V2), [])
-    summary.workers_expected = 1
-    assert summary.outcome == "timed out"
-    assert any("wrote no report" in line for line in summary.describe())
 
 
 # --- writing ----------------------------------------------------------------------------------------------
@@ -519,7 +468,7 @@ def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(
     assert first.forwards_dropped == 2
     assert [len(batch) for batch in first.take_outbox().values()] == [2]  # the rest go with the next flush
     first.report(report("page-0000", "/latest", stream=port.streams[1]))
-    inbox = pages.inbox_key("ns", second.token)
+    inbox = inbox_key("ns", second.token)
     port.sink.inboxes[inbox] = [
         "not json",
         "[" * 10_000,
@@ -582,7 +531,7 @@ def test_redis_keeps_an_inbox_bounded_expiring_and_drains_it_whole(
         client = redis.asyncio.Redis.from_url(shared_redis_url)
         try:
             sink = RedisSink(lambda: client)
-            key = pages.inbox_key(namespace, "0badcafe")
+            key = inbox_key(namespace, "0badcafe")
             await sink.forward({key: [f"entry-{n}" for n in range(4)]})
             await sink.forward({key: [f"entry-{n}" for n in range(4, 8)]})
             assert 0 < await client.ttl(key) <= pages.INBOX_TTL_SECONDS

@@ -29,7 +29,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..pages import WaitSummary
+    from ..delivery import WaitSummary
     from ..protocol import PublishResult, ReloadRequest
 
 NAME = "publish"
@@ -119,7 +119,7 @@ def result_of(published: Published, request: ReloadRequest) -> dict[str, Any]:
 
 def run_waiting(args: argparse.Namespace, request: ReloadRequest) -> int:
     """Publish, wait for the pages, print the summary; the exit status says how it went."""
-    from ..pages import WaitSummary
+    from ..delivery import WaitSummary
 
     seconds = args.wait + request.spread
     if args.url is not None:
@@ -151,7 +151,7 @@ def run_waiting(args: argparse.Namespace, request: ReloadRequest) -> int:
 def publish_and_wait_blocking(
     args: argparse.Namespace, request: ReloadRequest, seconds: float
 ) -> tuple[Published, WaitSummary]:
-    from ..pages import PagesUnavailable, live_workers, wait_for_pages
+    from ..delivery import PagesUnavailable, live_workers, wait_for_pages
     from ..protocol import PublishError
     from ..publisher import publish_blocking
 

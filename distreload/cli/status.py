@@ -49,7 +49,7 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> Parser:
 
 
 def run_pages(args: argparse.Namespace) -> int:
-    from ..pages import PagesUnavailable, group_by_path, read_page_tables
+    from ..delivery import PagesUnavailable, group_by_path, read_page_tables
 
     target = redis_target(args)
     try:
