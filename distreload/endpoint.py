@@ -35,19 +35,47 @@ MAX_PUBLISH_BODY = 64 * 1024
 MAX_WAIT_SECONDS = 3600
 
 
-async def _send_simple(
+async def respond(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], *, head: bool = False
 ) -> None:
+    """A whole small response: status, headers with Content-Length, body (none for a HEAD request)."""
     all_headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the request header ``name`` (lower case), if any."""
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
             return bytes(value).decode("latin-1")
     return None
+
+
+def bearer_matches(scope: Scope, token: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>``; compared in constant time."""
+    scheme, _, credential = (header(scope, b"authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), token.encode())
+
+
+class BodyTooLarge(Exception):
+    """A request body past the route's limit; the rest of it was not read."""
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's whole body, or None when the client left first; raise BodyTooLarge past ``limit``
+    bytes, so that a client cannot make a worker hold more than that."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+        if not message.get("more_body", False):
+            return body
 
 
 class ReloadEndpoint:
@@ -100,7 +128,7 @@ class ReloadEndpoint:
             return self._publish(scope, receive, send)
         if self.fleet is not None and subpath in self.fleet.subpaths:
             return self.fleet(scope, receive, send, subpath)
-        return _send_simple(
+        return respond(
             send,
             404,
             b"distreload: no such endpoint\n",
@@ -109,7 +137,7 @@ class ReloadEndpoint:
         )
 
     async def _not_allowed(self, send: Send, allowed: str) -> None:
-        await _send_simple(
+        await respond(
             send,
             405,
             b"distreload: method not allowed\n",
@@ -127,7 +155,7 @@ class ReloadEndpoint:
             }
         ).encode()
         headers = [(b"content-type", b"application/json"), *self.version_headers()]
-        await _send_simple(send, 200, body, headers, head=head)
+        await respond(send, 200, body, headers, head=head)
 
     async def _client_script(self, scope: Scope, send: Send, *, head: bool) -> None:
         etag = f'"{CLIENT_SCRIPT_ETAG}"'.encode()
@@ -136,11 +164,11 @@ class ReloadEndpoint:
             (b"cache-control", b"public, max-age=86400"),
             (b"etag", etag),
         ]
-        if (_header(scope, b"if-none-match") or "").encode() == etag:
+        if (header(scope, b"if-none-match") or "").encode() == etag:
             await send({"type": "http.response.start", "status": 304, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
-        await _send_simple(send, 200, CLIENT_SCRIPT, headers, head=head)
+        await respond(send, 200, CLIENT_SCRIPT, headers, head=head)
 
     def _events(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # The stream's own serve() is the one frame an open stream keeps; the opening runs inside it.
@@ -153,7 +181,7 @@ class ReloadEndpoint:
         if self._ensure_started is not None:
             await self._ensure_started()
         if self.hub.closing:
-            await _send_simple(
+            await respond(
                 send,
                 503,
                 b"distreload: server is shutting down\n",
@@ -168,7 +196,7 @@ class ReloadEndpoint:
             }
         )
         query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-        last_event_id = _header(scope, b"last-event-id") or (query.get("last_event_id") or [""])[0]
+        last_event_id = header(scope, b"last-event-id") or (query.get("last_event_id") or [""])[0]
         seen = ClusterVersion.parse(last_event_id)
         current = self.broker.version
         # Registered before the first events go out, so a reload arriving while they are written is queued
@@ -215,28 +243,21 @@ class ReloadEndpoint:
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
         json_headers = [(b"content-type", b"application/json")]
-        supplied = _header(scope, b"authorization") or ""
-        scheme, _, credential = supplied.partition(" ")
-        expected = (self.token or "").encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
-            await _send_simple(
+        if not bearer_matches(scope, self.token or ""):
+            await respond(
                 send,
                 401,
                 b'{"error":"missing or wrong bearer token"}\n',
                 [*json_headers, (b"www-authenticate", b"Bearer")],
             )
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_PUBLISH_BODY:
-                await _send_simple(send, 413, b'{"error":"request body too large"}\n', json_headers)
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            body = await read_body(receive, MAX_PUBLISH_BODY)
+        except BodyTooLarge:
+            await respond(send, 413, b'{"error":"request body too large"}\n', json_headers)
+            return
+        if body is None:
+            return
         try:
             request = json.loads(body or b"{}")
             if not isinstance(request, dict):
@@ -269,14 +290,14 @@ class ReloadEndpoint:
                     raise PublishError(str(exc)) from None
                 answer = {"version": str(summary.version), "receivers": summary.receivers}
                 answer["pages"] = summary.pages.to_dict() if summary.pages is not None else None
-                await _send_simple(send, 200, json.dumps(answer).encode(), json_headers)
+                await respond(send, 200, json.dumps(answer).encode(), json_headers)
                 return
             result = await self.broker.publish(reload)
         except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to read
-            await _send_simple(send, 400, json.dumps({"error": str(exc)}).encode(), json_headers)
+            await respond(send, 400, json.dumps({"error": str(exc)}).encode(), json_headers)
             return
         except PublishError as exc:
-            await _send_simple(send, 503, json.dumps({"error": str(exc)}).encode(), json_headers)
+            await respond(send, 503, json.dumps({"error": str(exc)}).encode(), json_headers)
             return
         answer = {"version": str(result.version), "receivers": result.receivers}
-        await _send_simple(send, 200, json.dumps(answer).encode(), json_headers)
+        await respond(send, 200, json.dumps(answer).encode(), json_headers)

@@ -9,7 +9,6 @@ fragment, which never reaches a server, in the tab's session storage).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from .broker import Broker
 from .delivery import PagesUnavailable, group_by_path, read_page_tables, wait_for_pages
+from .endpoint import BodyTooLarge, bearer_matches, read_body, respond
 from .pages import MAX_REPORT_BYTES, BadReport, PageRegistry, parse_report
 
 logger = logging.getLogger(__name__)
@@ -45,60 +45,47 @@ class FleetRoutes:
         method = scope.get("method", "GET")
         if subpath == "/page":
             if method != "POST":
-                await _answer(send, 405, b"", [(b"allow", b"POST")])
+                await respond(send, 405, b"", [(b"allow", b"POST")])
                 return
             await self._report(receive, send)
         elif method != "GET":
-            await _answer(send, 405, b"", [(b"allow", b"GET")])
+            await respond(send, 405, b"", [(b"allow", b"GET")])
         elif subpath == "/fleet":
             headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
-            await _answer(send, 200, FLEET_PAGE, headers)
+            await respond(send, 200, FLEET_PAGE, headers)
         elif not self._authorized(scope):
-            await _answer(send, 401, b'{"error":"missing or wrong bearer token"}', JSON_HEADERS)
+            await respond(send, 401, b'{"error":"missing or wrong bearer token"}', JSON_HEADERS)
         else:
             try:
                 body = json.dumps(await asyncio.to_thread(self.snapshot)).encode()
             except PagesUnavailable as exc:
-                await _answer(send, 503, json.dumps({"error": str(exc)}).encode(), JSON_HEADERS)
+                await respond(send, 503, json.dumps({"error": str(exc)}).encode(), JSON_HEADERS)
                 return
-            await _answer(send, 200, body, JSON_HEADERS)
+            await respond(send, 200, body, JSON_HEADERS)
 
     def _authorized(self, scope: Scope) -> bool:
-        if not self.token:
-            return True
-        supplied = ""
-        for key, value in scope.get("headers", ()):
-            if key.lower() == b"authorization":
-                supplied = bytes(value).decode("latin-1")
-        scheme, _, credential = supplied.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            credential.strip().encode(), self.token.encode()
-        )
+        return not self.token or bearer_matches(scope, self.token)
 
     async def _report(self, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_REPORT_BYTES:
-                self._bad(f"a report over {MAX_REPORT_BYTES} bytes")
-                await _answer(send, 413, b"", [])
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            body = await read_body(receive, MAX_REPORT_BYTES)
+        except BodyTooLarge:
+            self._bad(f"a report over {MAX_REPORT_BYTES} bytes")
+            await respond(send, 413, b"", [])
+            return
+        if body is None:
+            return
         try:
             report = parse_report(body)
         except BadReport as exc:
             self._bad(str(exc))
-            await _answer(send, 400, json.dumps({"error": str(exc)}).encode(), JSON_HEADERS)
+            await respond(send, 400, json.dumps({"error": str(exc)}).encode(), JSON_HEADERS)
             return
         if not self.pages.report(report):
             self._bad(f"a new page past the limit of {self.pages.max_pages}")
-            await _answer(send, 429, b"", [])
+            await respond(send, 429, b"", [])
             return
-        await _answer(send, 204, b"", [])
+        await respond(send, 204, b"", [])
 
     def _bad(self, why: str) -> None:
         """Count a refused report; say so in one debug line per interval, never more."""
@@ -153,9 +140,3 @@ class FleetRoutes:
             "pages": group_by_path(tables),
             "last": last if last["expected"] or last["workers"] else None,
         }
-
-
-async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    all_headers = [*headers, (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": all_headers})
-    await send({"type": "http.response.body", "body": body})
