@@ -217,11 +217,13 @@ def test_no_state_in_redis_keeps_a_worker_off_its_subscription(
         read_before = worker.broker.catch_ups
         admin.client_kill_filter(_type="pubsub")
         assert wait_until(
-            lambda: worker.broker.catch_ups > read_before and worker.broker.connected and len(subscribers(admin)) == 1,
+            lambda: (
+                worker.broker.catch_ups > read_before
+                and worker.broker.connected
+                and len(subscribers(admin)) == 1
+            ),
             timeout=5,
-        ), (
-            f"the worker did not subscribe again after reading the state's last {last[:60]!r}"
-        )
+        ), f"the worker did not subscribe again after reading the state's last {last[:60]!r}"
         serves_a_real_reload(worker, target)
 
     for raw in ADVERSARIAL:  # every known attack first, then what hypothesis draws
