@@ -30,6 +30,21 @@ PAGE = (
     + "</main>\n<footer>footer</footer>\n</body>\n</html>\n"
 )
 
+# A longer page (about 20 KB): a listing, with a pager whose links carry query strings.
+PAGE_20K = (
+    '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>Benchmark listing</title>'
+    '<link rel="stylesheet" href="/static/site.css"></head>\n<body>\n<header><nav><a href="/">Home</a> '
+    '<a href="/about">About</a></nav></header>\n<main>\n<table>\n'
+    + "".join(
+        f'<tr id="r{i}"><td><a href="/item/{i}">Item {i}</a></td><td>A line of text describing item {i}'
+        f"</td><td><em>{i * 7 % 100}</em></td></tr>\n"
+        for i in range(166)
+    )
+    + "</table>\n<nav>"
+    + " ".join(f'<a href="/items?page={n}">{n}</a>' for n in range(1, 5))
+    + "</nav>\n</main>\n<footer>footer</footer>\n</body>\n</html>\n"
+)
+
 _FILLER_LINE = b"<p>" + b"streamed paragraph text " * 3 + b"</p>\n"
 FILLER_CHUNK = (_FILLER_LINE * (CHUNK_SIZE // len(_FILLER_LINE) + 1))[:CHUNK_SIZE]
 PAGE_HEAD = b"<!doctype html>\n<html><head><title>big page</title></head>\n<body>\n"
@@ -59,6 +74,10 @@ def base_app() -> FastAPI:
     @app.get("/page", response_class=HTMLResponse)
     async def page() -> str:
         return PAGE
+
+    @app.get("/page-20k", response_class=HTMLResponse)
+    async def page_20k() -> str:
+        return PAGE_20K
 
     @app.get("/big")
     async def big(mb: float = 10.0) -> StreamingResponse:

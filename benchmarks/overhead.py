@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks.apps import build_app
 from benchmarks.common import BARE, Skipped, cpu_seconds, log, median, uvicorn_server
 
-ROUTES = ("/json", "/page")
+ROUTES = ("/json", "/page", "/page-20k")  # JSON, a 2 KB and a 20 KB HTML page
 
 
 def http_scope(path: str, query: bytes = b"") -> dict[str, Any]:

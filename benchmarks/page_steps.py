@@ -38,22 +38,41 @@ body = response.body
 start = {{"type": "http.response.start", "status": 200, "headers": response.raw_headers}}
 tag = b'<script src="/---distreload---/client.js?v=0123456789abcdef" data-distreload="/---distreload---" ' \\
     b'data-distreload-version="0123456789abcdef-1" data-distreload-build="0123456789ab" async></script>'
-kept, length_at = injector._headers_to_keep(start)
 index = injector._last_marker(body, after=0)
+if hasattr(injector, "_page_headers"):  # one pass over the headers, Content-Length grown arithmetically
+    read_headers = lambda: injector._page_headers(start)
+    kept, length = injector._page_headers(start)
+    def grow():
+        return {{**start, "headers": injector._with_length(kept, length, len(tag))[0]}}
+else:
+    read_headers = lambda: injector._headers_to_keep(start)
+    kept, length_at = injector._headers_to_keep(start)
+    def grow():
+        headers = list(kept)
+        injector._grow_length(headers, length_at, len(tag))
+        return {{**start, "headers": headers}}
 try:
     from distreload.tag import holds_tag
     def tag_search():
         return holds_tag(body)
+    if hasattr(injector, "_page_headers"):  # the "?" looked for first, holds_tag() only where one is
+        def tag_search():
+            anchor = body.find(63)
+            return anchor != -1 and holds_tag(body, anchor)
+        def body_search():  # as the injector does it for a page in one message
+            found = body.rfind(b"</body", -injector.SCAN_WINDOW)
+            if found == -1 or not body[found + 1 :].islower():
+                found = injector._last_marker(body, 0)
+            return found
+    else:
+        body_search = lambda: injector._last_marker(body, after=0)
 except ImportError:  # before holds_tag: any "data-distreload" in the page
     from distreload.tag import PRESENT_MARKER
     def tag_search():
         return PRESENT_MARKER in body
+    body_search = lambda: injector._last_marker(body, after=0)
 def join():
     return b"".join((body[:index], tag, body[index:]))
-def grow():
-    headers = list(kept)
-    injector._grow_length(headers, length_at, len(tag))
-    return {{**start, "headers": headers}}
 scope = {{"type": "http", "method": "GET", "path": "/page", "headers": []}}
 async def ignore(message):
     pass
@@ -63,9 +82,9 @@ async def whole():
     await send({{"type": "http.response.body", "body": body, "more_body": False}})
 steps = {{
     "nothing": lambda: None,
-    "headers": lambda: injector._headers_to_keep(start),
+    "headers": read_headers,
     "tag search": tag_search,
-    "</body> search": lambda: injector._last_marker(body, after=0),
+    "</body> search": body_search,
     "join": join,
     "Content-Length": grow,
 }}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,27 +29,37 @@ logger = logging.getLogger(__name__)
 BODY_MARKER = b"</body"
 _MARKER_STARTS = tuple(BODY_MARKER[:length] for length in range(1, len(BODY_MARKER)))  # "<" to "</bod"
 SCAN_WINDOW = 1024
+# Past this many bytes before the tag, a page's head is joined from a view of it rather than a slice: one
+# copy instead of two, where a copy costs more than the view's few calls.
+_COPY_ONCE_ABOVE = 8 * 1024
 # Lowering a chunk's end to look for </body> in any case costs about 10 instructions a byte: as much for a
 # kilobyte as looking through a whole 64 KiB chunk for a tag. Chunks that go by untouched get a shorter look.
 CHUNK_WINDOW = 256
 HOLD_LIMIT = 64 * 1024  # the most of a page's tail held back while waiting to see whether </body> was last
+INJECTED_METHODS = ("GET", "HEAD")
 SCOPE_FLAG = "distreload.injected"  # set on the scope by the outermost injector: inner ones stand aside
 _BYTE_ORDER_MARKS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 and UTF-32 (LE starts FF FE)
 
 _PAGE_MEDIA_TYPES = (b"text/html", b"application/xhtml+xml")
-_HEADERS_LOOKED_AT = frozenset(
-    (
-        b"content-length",
-        b"content-encoding",
-        b"content-disposition",
-        b"content-range",
-        b"etag",
-        b"last-modified",
-    )
-)
+# What each response header means to the injector, by its name as sent (any case: ASGI asks for lower case,
+# not every app obeys). Most names mean nothing here: one dictionary lookup tells, without lowering the name.
+_OTHER, _TYPE, _LENGTH, _ENCODING, _DISPOSITION, _RANGE, _VALIDATOR = range(1, 8)  # all true: see below
+_ROLES_BY_LOWER_NAME = {
+    b"content-type": _TYPE,
+    b"content-length": _LENGTH,
+    b"content-encoding": _ENCODING,
+    b"content-disposition": _DISPOSITION,
+    b"content-range": _RANGE,
+    b"etag": _VALIDATOR,
+    b"last-modified": _VALIDATOR,
+}
+_header_roles: dict[bytes, int] = dict(_ROLES_BY_LOWER_NAME)
+_NAMES_KEPT = 512  # distinct header names remembered beyond the ones above: never an unbounded table
 _VERDICTS_KEPT = 64  # distinct Content-Type values remembered: a few in practice; never an unbounded table
 
 TagSource = Callable[[Scope], bytes]
+Header = tuple[bytes, bytes]
+Headers = Sequence[Header]
 
 
 class HtmlInjector:
@@ -71,7 +81,7 @@ def injecting(scope: Scope, send: Send, tag_for: TagSource) -> tuple[Scope, Send
     """The scope and ``send`` to hand the app so that its pages get the tag, or None for a request whose
     answer is never touched. A function rather than a middleware layer: every request of the app passes
     here, and a coroutine frame fewer is a measurable part of a small response's cost."""
-    if scope["type"] != "http" or SCOPE_FLAG in scope or scope["method"] not in ("GET", "HEAD"):
+    if scope["type"] != "http" or SCOPE_FLAG in scope or scope["method"] not in INJECTED_METHODS:
         return None
     scope[SCOPE_FLAG] = True
     extensions = scope.get("extensions")
@@ -83,7 +93,7 @@ def injecting(scope: Scope, send: Send, tag_for: TagSource) -> tuple[Scope, Send
                 key: value for key, value in extensions.items() if key != "http.response.pathsend"
             },
         }
-    return scope, _Injection(send, tag_for, scope).send
+    return scope, Injection(send, tag_for, scope).send
 
 
 _ascii_compatible_charsets: dict[str, bool] = {}
@@ -131,56 +141,66 @@ def _judge_content_type(content_type: bytes) -> bool:
     return True
 
 
-def _headers_to_keep(message: Message) -> tuple[list[tuple[bytes, bytes]], int] | None:
-    """The headers of an HTML page to inject into, minus the validators (the page will carry a per-render
-    tag: a 304 would bring back a stale copy of it), and where its Content-Length is among them (-1: none);
-    None for anything that is not to be touched. Every response of the app comes through here."""
+def _header_role(name: bytes) -> int:
+    role = _ROLES_BY_LOWER_NAME.get(name.lower(), _OTHER)
+    if len(_header_roles) < _NAMES_KEPT:
+        _header_roles[name] = role
+    return role
+
+
+def _page_headers(message: Message) -> tuple[Headers, Header | None] | None:
+    """For an HTML page to inject into: its headers minus the validators (the page will carry a
+    per-render tag: a 304 would bring back a stale copy of it), and its Content-Length header if it has
+    one; None for anything that is not to be touched. Every response of the app comes through here."""
     status = message.get("status", 200)
     if status < 200 or status in (204, 206, 304):
         return None
-    headers = message.get("headers", ())
-    for name, value in headers:  # most answers are no page: tell from the type alone, first
-        if name.lower() == b"content-type":
-            page = _page_content_types.get(value)  # the function's own first step, saving a call
-            if not (_is_page_type(value) if page is None else page):
-                return None
-            break
-    else:
-        return None
-    length_at = -1
-    kept: list[tuple[bytes, bytes]] = []
+    headers: Headers = message.get("headers", ())
+    page: bool | None = False
+    length = None
+    validators = False
     for header in headers:
-        name = header[0].lower()
-        if name not in _HEADERS_LOOKED_AT:  # one set lookup for most headers, not a chain of compares
-            pass
-        elif name == b"content-length":
-            length_at = len(kept)
-        elif name == b"content-encoding":
+        role = _header_roles.get(header[0]) or _header_role(header[0])
+        # The roles in the order HTML pages and JSON answers bring them (Starlette: length, then type).
+        if role == _LENGTH:
+            length = header
+        elif role == _TYPE:
+            value = header[1]
+            page = _page_content_types.get(value)  # the function's own first step, saving a call
+            if page is None:
+                page = _is_page_type(value)
+            if not page:
+                return None  # most answers are no page: this is the header that tells
+        elif role == _OTHER:
+            continue
+        elif role == _VALIDATOR:
+            validators = True
+        elif role == _ENCODING:
             if header[1].strip().lower() not in (b"", b"identity"):
                 return None
-        elif name == b"content-disposition":
+        elif role == _DISPOSITION:
             if b"attachment" in header[1].lower():
                 return None
-        elif name == b"content-range":
+        else:  # Content-Range
             return None
-        elif name == b"etag" or name == b"last-modified":
-            continue
-        kept.append(header)
-    return kept, length_at
+    if not page:
+        return None
+    if validators:
+        headers = [header for header in headers if _header_roles.get(header[0]) != _VALIDATOR]
+    return headers, length
 
 
-def _grow_length(headers: list[tuple[bytes, bytes]], length_at: int, added: int) -> bool:
-    """Grow the Content-Length at ``length_at`` (in place: the list is the injector's own) by ``added``;
-    whether the response declared a length that now counts the tag."""
-    if length_at < 0:
-        return False
-    name, value = headers[length_at]
+def _with_length(headers: Headers, length: Header, added: int) -> tuple[list[Header], bool]:
+    """A copy of ``headers`` (the app's own may be sent again) with the Content-Length header ``length``
+    grown by ``added``; and whether the response declared a length that now counts the added bytes."""
+    copied = list(headers)
+    at = copied.index(length)
     try:
-        headers[length_at] = (name, str(int(value) + added).encode())
+        copied[at] = (length[0], str(int(length[1]) + added).encode())
     except ValueError:
-        del headers[length_at]  # not a number: let the server frame the body itself
-        return False
-    return True
+        del copied[at]  # not a number: let the server frame the body itself
+        return copied, False
+    return copied, True
 
 
 # Where a response stands. Small ints: send() compares them on every message of every response.
@@ -190,10 +210,11 @@ _STREAMING = 2  # a page in several body messages: the tag goes in as the last <
 _PASSING = 3  # not a page, or the tag is in: every message goes out as it came
 
 
-class _Injection:
+class Injection:
     """Per-response state: decides from the headers, then places one tag before the last ``</body>``."""
 
     _start: Message
+    _headers: tuple[Headers, Header | None]
     _present: bool
     _seen_tail: bytes
     _tail_anchored: bool
@@ -205,7 +226,6 @@ class _Injection:
         "_state",
         "_start",
         "_headers",
-        "_length_at",
         "_tag",
         "_held",
         "_holding_marker",
@@ -222,71 +242,88 @@ class _Injection:
         self._scope = scope
         self._state = _DECIDING
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the server's own send() for whatever goes out as it came (a
+        # coroutine frame costs more than everything else done here for a JSON answer), a coroutine of its
+        # own only where one message becomes two.
         state = self._state
-        if state == _STREAMING:  # first: a long page's chunks are most of the messages that come here
-            if message["type"] == "http.response.body":
-                body: bytes = message.get("body", b"")
-                more_body: bool = message.get("more_body", False)
-                if not self._present:
-                    anchor = body.find(ANCHOR)
-                    if anchor == -1 and not self._tail_anchored:
-                        # No "?" in it nor at the end of the page before it: no tag starts in or across it.
-                        tail = self._seen_tail
-                        self._seen_tail = (
-                            body[-TAG_SPAN:] if len(body) >= TAG_SPAN else (tail + body)[-TAG_SPAN:]
-                        )
-                    else:
-                        self._present = self._tag_seen_in(body, anchor)
-                if more_body and not self._held:
-                    # The common chunk: nothing held, and unless its end holds (the start of) a </body>,
-                    # it goes out as the very same message. One lowered copy of the window, one search.
-                    window = (body[-CHUNK_WINDOW:] if len(body) > CHUNK_WINDOW else body).lower()
-                    if window.find(BODY_MARKER) == -1 and not window.endswith(_MARKER_STARTS):
-                        await self._send(message)
-                        return
-                out = self._place(body, final=not more_body)
-                if out is body and more_body:
-                    await self._send(message)
-                elif out or not more_body:
-                    await self._send({"type": "http.response.body", "body": out, "more_body": more_body})
-                return
-        elif state == _DECIDING:
+        # In the order a page's messages come: its start, its body, or the chunks of a long one.
+        if state == _DECIDING:
             if message["type"] == "http.response.start":
-                decided = _headers_to_keep(message)
+                decided = _page_headers(message)
                 if decided is not None:
-                    headers, length_at = decided
                     if self._scope["method"] == "HEAD":
                         # The headers GET would have: the length grown by the tag; HEAD has no body to change.
-                        _grow_length(headers, length_at, len(self._tag_for(self._scope)))
+                        headers, length = decided
+                        if length is not None:
+                            headers = _with_length(headers, length, len(self._tag_for(self._scope)))[0]
                         self._state = _PASSING
-                        await self._send({**message, "headers": headers})
-                        return
-                    self._state, self._start = _HOLDING_START, message
-                    self._headers, self._length_at = headers, length_at
-                    return
+                        return self._send({**message, "headers": headers})
+                    self._state, self._start, self._headers = _HOLDING_START, message, decided
+                    return _nothing()
             self._state = _PASSING
         elif state == _HOLDING_START:
             if message["type"] == "http.response.body":
-                body = message.get("body", b"")
+                body: bytes = message.get("body", b"")
                 if not message.get("more_body", False) and not body.startswith(_BYTE_ORDER_MARKS):
                     # The common case, a page in one message: place the tag and send, nothing held.
-                    # Here rather than in a method of its own: one coroutine frame fewer on every page.
+                    # Here rather than in a method of its own: a call fewer on every page.
                     self._state = _PASSING
-                    if holds_tag(body):
-                        tag = b""
-                    else:
+                    headers, length = self._headers
+                    # Looked for only where the page has a "?" at all (memchr): most pages are skipped whole.
+                    anchor = body.find(ANCHOR)
+                    if anchor == -1 or not holds_tag(body, anchor):
                         tag = self._tag_for(self._scope)
-                        index = _last_marker(body, 0)
-                        body = body + tag if index == -1 else b"".join((body[:index], tag, body[index:]))
-                    _grow_length(self._headers, self._length_at, len(tag))
-                    # A copy: an app may send the same start message for every response.
-                    await self._send({**self._start, "headers": self._headers})
-                    await self._send({"type": "http.response.body", "body": body, "more_body": False})
-                    return
-            await self._first_message(message)
-            return
-        await self._send(message)
+                        # _last_marker() inline, for the common page: its last </body> found as it is spelt,
+                        # with nothing after it in capitals that could be a later one in another case.
+                        index = body.rfind(BODY_MARKER, -SCAN_WINDOW)
+                        if index == -1 or not body[index + 1 :].islower():
+                            index = _last_marker(body, 0)
+                        if index == -1:
+                            body += tag
+                        elif index > _COPY_ONCE_ABOVE:
+                            # The page's head joined from a view of it: copied once, not sliced and copied.
+                            body = b"".join((memoryview(body)[:index], tag, body[index:]))
+                        else:
+                            body = b"".join((body[:index], tag, body[index:]))
+                        if length is not None:
+                            headers = list(headers)  # _with_length() inline
+                            at = headers.index(length)
+                            try:
+                                headers[at] = (length[0], str(int(length[1]) + len(tag)).encode())
+                            except ValueError:
+                                del headers[at]  # not a number: let the server frame the body itself
+                    return _send_both(
+                        self._send,
+                        # A copy: an app may send the same start message for every response.
+                        {**self._start, "headers": headers},
+                        {"type": "http.response.body", "body": body, "more_body": False},
+                    )
+            return self._first_message(message)
+        elif state == _STREAMING and message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            more_body: bool = message.get("more_body", False)
+            if not self._present:
+                anchor = body.find(ANCHOR)
+                if anchor == -1 and not self._tail_anchored:
+                    # No "?" in it nor at the end of the page before it: no tag starts in or across it.
+                    tail = self._seen_tail
+                    self._seen_tail = body[-TAG_SPAN:] if len(body) >= TAG_SPAN else (tail + body)[-TAG_SPAN:]
+                else:
+                    self._present = self._tag_seen_in(body, anchor)
+            if more_body and not self._held:
+                # The common chunk: nothing held, and unless its end holds (the start of) a </body>,
+                # it goes out as the very same message. One lowered copy of the window, one search.
+                window = (body[-CHUNK_WINDOW:] if len(body) > CHUNK_WINDOW else body).lower()
+                if window.find(BODY_MARKER) == -1 and not window.endswith(_MARKER_STARTS):
+                    return self._send(message)
+            out = self._place(body, final=not more_body)
+            if out is body and more_body:
+                return self._send(message)
+            if out or not more_body:
+                return self._send({"type": "http.response.body", "body": out, "more_body": more_body})
+            return _nothing()
+        return self._send(message)
 
     async def _first_message(self, message: Message) -> None:
         """The first message after a page's start, unless it is the whole page's body."""
@@ -309,9 +346,12 @@ class _Injection:
         self._tag = self._tag_for(self._scope)
         self._held, self._holding_marker, self._seen_tail, self._tail_anchored = b"", False, b"", False
         self._present = False
+        headers, length = self._headers
         # Only a length that promised room for the tag needs padding should a tag turn up later.
-        self._declared_length = _grow_length(self._headers, self._length_at, len(self._tag))
-        await self._send({**self._start, "headers": self._headers})
+        self._declared_length = False
+        if length is not None:
+            headers, self._declared_length = _with_length(headers, length, len(self._tag))
+        await self._send({**self._start, "headers": headers})
 
     def _tag_seen_in(self, chunk: bytes, anchor: int) -> bool:
         """Whether a tag already sits in ``chunk`` (whose first "?" is at ``anchor``), or across its
@@ -359,6 +399,15 @@ class _Injection:
         # The page carried the script already. A streamed response that declared its length up front
         # was promised the tag's bytes: keep that length true with white space in place of the tag.
         return b" " * len(self._tag) if self._declared_length else b""
+
+
+async def _nothing() -> None:
+    """What send() hands back for a message it keeps (a page's start, held until its body is seen)."""
+
+
+async def _send_both(send: Send, first: Message, second: Message) -> None:
+    await send(first)
+    await send(second)
 
 
 def _last_marker(data: bytes, after: int) -> int:

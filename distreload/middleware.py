@@ -21,17 +21,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import config
 from .broker import Broker, get_broker
 from .endpoint import CLIENT_SCRIPT_ETAG, ReloadEndpoint
-from .errors import details_requested, serve_reporting_errors
+from .errors import CHECK_HEADER, serve_reporting_errors
 from .fleet import FleetRoutes
 from .hub import StreamHub
-from .injector import injecting
+from .injector import INJECTED_METHODS, SCOPE_FLAG, Injection, injecting
 from .pages import MemorySink, PageFlusher, PageRegistry, PageSink, RedisSink, registry_name
 from .process import build_id as process_build_id
 from .process import has_sibling_workers
 from .protocol import Reload
 from .publisher import use_as_default
 from .shutdown import exit_watch
-from .tag import NonceSource, ScriptTag
+from .tag import NonceSource, ScriptTag, default_csp_nonce
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class DistReload:
             endpoint_url=endpoint_url,
         )
         self._explicit_build_id = build_id
+        self._tag_for = self.tag_for  # bound once: the request path hands it to every page's injection
+        self._plain_tag: tuple[object, str, str, bytes] = (object(), "", "", b"")  # see tag_for
         self.build_id = build_id or ""
         self._on_reload = on_reload
         self._inject = inject
@@ -128,10 +130,18 @@ class DistReload:
                 if subpath is not None:
                     await self.endpoint(scope, receive, send, subpath)
                     return
-            if details_requested(scope):
-                # The client's check before a reload: a server error is answered with the exception.
-                await serve_reporting_errors(self._serve_app, scope, receive, send)
-                return
+            for name, _ in scope["headers"]:  # details_requested() inline: a call fewer on every request
+                if name == CHECK_HEADER:
+                    # The client's check before a reload: a server error is answered with the exception.
+                    await serve_reporting_errors(self._serve_app, scope, receive, send)
+                    return
+            if self._inject and SCOPE_FLAG not in scope and scope["method"] in INJECTED_METHODS:
+                extensions = scope.get("extensions")
+                if not extensions or "http.response.pathsend" not in extensions:
+                    # injecting() inline for the common request (no scope to rewrite): a call fewer.
+                    scope[SCOPE_FLAG] = True
+                    await self.app(scope, receive, Injection(send, self._tag_for, scope).send)
+                    return
             # _serve_app inline: a coroutine frame fewer on every request.
             wrapped = injecting(scope, send, self.tag_for) if self._inject else None
             if wrapped is None:
@@ -161,14 +171,30 @@ class DistReload:
 
     def tag_for(self, scope: Scope) -> bytes:
         """The script tag for a page of this request."""
+        # Every page asks: the tag of the last page without a nonce is handed out again while the version,
+        # the build and the root path it was made for hold, and this page has no nonce either.
+        last = self._plain_tag
+        if (
+            last[0] is self._broker.version
+            and last[1] is self.build_id
+            and scope.get("root_path", "") == last[2]
+            and "csp_nonce" not in scope
+        ):
+            state = scope.get("state")
+            if not state or (type(state) is dict and "csp_nonce" not in state):
+                return last[3]
+        return self._render_tag(scope)
+
+    def _render_tag(self, scope: Scope) -> bytes:
         if not self.build_id:
             self.build_id = self._broker.build_id or process_build_id()
-        return self.tag.render(
-            scope,
-            base=self.tag.endpoint_base(scope, self.prefix),
-            version=self._broker.version,
-            build_id=self.build_id,
+        version = self._broker.version
+        tag = self.tag.render(
+            scope, base=self.tag.endpoint_base(scope, self.prefix), version=version, build_id=self.build_id
         )
+        if self.tag.csp_nonce is default_csp_nonce and default_csp_nonce(scope) is None:
+            self._plain_tag = (version, self.build_id, scope.get("root_path", ""), tag)
+        return tag
 
     async def ensure_started(self) -> None:
         """Start this worker's subscription: from the lifespan, or on the first request without one

@@ -36,12 +36,14 @@ TAG_SPAN = _BEFORE_ANCHOR + _AFTER_ANCHOR  # the most bytes of a page the start 
 _CHECKED_ANCHORS = 8  # past this many "?" in one piece, a literal search of the rest is the cheaper way
 
 
-def holds_tag(data: bytes) -> bool:
-    """Whether ``data`` holds the start of a tag as render() writes it (see _TAG_SHAPE)."""
-    at = data.find(ANCHOR)
+def holds_tag(data: bytes, first_anchor: int | None = None) -> bool:
+    """Whether ``data`` holds the start of a tag as render() writes it (see _TAG_SHAPE); ``first_anchor``:
+    where its first "?" is, if the caller looked already."""
+    at = data.find(ANCHOR) if first_anchor is None else first_anchor
     checked = 0
     while at != -1:
-        if data.startswith(_ANCHOR_FOLLOWED_BY, at) and _TAG_SHAPE.search(
+        # A slice compared, not startswith(..., at): no argument parsing for each "?" of the page.
+        if data[at : at + len(_ANCHOR_FOLLOWED_BY)] == _ANCHOR_FOLLOWED_BY and _TAG_SHAPE.search(
             data, max(0, at - _BEFORE_ANCHOR), at + _AFTER_ANCHOR
         ):
             return True

@@ -470,3 +470,80 @@ def test_pages_of_many_kilobytes_in_many_splits(page: bytes, cut_count: int, dat
     index = page.lower().rfind(b"</body")
     if index != -1 and len(page) - index <= min(SCAN_WINDOW, len(chunks[-1]) if chunks else 0):
         assert body == expected_with_tag(page, TAG)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [[b"Content-Type", b"text/html"], [b"Content-Length", b"28"]],  # lists, names in capitals
+        [(b"x-first", b"1"), (b"CONTENT-LENGTH", b"28"), (b"content-type", b"text/html"), (b"x-last", b"2")],
+    ],
+)
+async def test_headers_in_any_case_and_shape_are_read_and_the_length_grows(
+    headers: list[list[bytes]],
+) -> None:
+    page = b"<html><body>hi</body></html>"
+    sent = await call(wrap(raw_app(headers=headers, chunks=[page])))  # type: ignore[arg-type]
+    assert body_of(sent) == b"<html><body>hi" + TAG + b"</body></html>"
+    lengths = [value for name, value in headers_of(sent) if name.lower() == b"content-length"]
+    assert lengths == [str(len(page) + len(TAG)).encode()]
+    assert len(headers_of(sent)) == len(headers)
+
+
+async def test_a_content_length_that_is_no_number_is_left_to_the_server() -> None:
+    headers = [(b"content-type", b"text/html"), (b"content-length", b"many")]
+    sent = await call(wrap(raw_app(headers=headers, chunks=[b"<body>x</body>"])))
+    assert header(sent, b"content-length") == [] and body_of(sent) == b"<body>x" + TAG + b"</body>"
+
+
+async def test_a_page_holding_a_tag_keeps_its_headers_as_the_app_sent_them() -> None:
+    page = b"<html><body>" + TAG + b"</body></html>"
+    headers = [(b"content-type", b"text/html"), (b"content-length", str(len(page)).encode())]
+    sent = await call(wrap(raw_app(headers=headers, chunks=[page])))
+    assert body_of(sent) == page and headers_of(sent) == headers
+
+
+@pytest.mark.parametrize("size", [100, 9 * 1024, 64 * 1024])
+@pytest.mark.parametrize("ending", [b"</body>\n</html>\n", b"</body></HTML>", b"</body><!-- </BODY> -->"])
+async def test_a_page_in_one_message_of_any_size_gets_the_tag_before_its_last_body_close(
+    size: int, ending: bytes
+) -> None:
+    """The tag goes before the last </body> in any case, however the page's head was copied."""
+    page = b"<html><body>" + b"x" * size + ending
+    headers = [(b"content-type", b"text/html"), (b"content-length", str(len(page)).encode())]
+    sent = await call(wrap(raw_app(headers=headers, chunks=[page])))
+    last = page.lower().rfind(b"</body")
+    assert body_of(sent) == page[:last] + TAG + page[last:]
+    assert header(sent, b"content-length") == [str(len(page) + len(TAG)).encode()]
+
+
+async def test_a_page_with_question_marks_but_no_tag_gets_one_and_one_with_a_tag_after_them_none() -> None:
+    links = b"".join(b'<a href="/items?page=%d">%d</a>' % (n, n) for n in range(20))
+    without = b"<html><body>" + links + b"</body></html>"
+    assert body_of(await call(wrap(raw_app(chunks=[without])))) == without.replace(
+        b"</body>", TAG + b"</body>"
+    )
+    holding = b"<html><body>" + links + TAG + b"</body></html>"
+    assert body_of(await call(wrap(raw_app(chunks=[holding])))) == holding
+
+
+async def test_a_tag_split_across_two_chunks_after_many_question_marks_is_seen() -> None:
+    page = b"<html><body>" + b"?q=1&" * 50 + TAG + b"</body></html>"
+    cut = page.index(TAG) + len(TAG) // 2
+    sent = await call(wrap(raw_app(chunks=[page[:cut], page[cut:]])))
+    assert body_of(sent) == page
+
+
+async def test_send_hands_back_what_the_app_awaits_for_pages_json_and_chunks() -> None:
+    """The injection's send is a plain function: whatever it returns is awaited by the app, once."""
+    html = [(b"content-type", b"text/html")]
+    for headers, chunks in (
+        (html, [b"<body>one</body>"]),
+        ([(b"content-type", b"application/json")], [b"{}"]),
+        (html, [b"<body>", b"x" * 70_000, b"</body>"]),
+        (html, [b"<body>", b"", b"</bo", b"dy>"]),
+    ):
+        sent = await call(wrap(raw_app(headers=headers, chunks=chunks)))
+        assert sent[0]["type"] == "http.response.start" and not sent[-1].get("more_body", False)
+        joined = b"".join(chunks)
+        assert body_of(sent) == (joined.replace(b"</body>", TAG + b"</body>") if headers is html else joined)

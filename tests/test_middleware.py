@@ -22,7 +22,7 @@ from distreload import DistReload
 from distreload import middleware as middleware_module
 from distreload.broker import MemoryBroker
 from distreload.config import ConfigError, Target
-from distreload.protocol import ReloadRequest
+from distreload.protocol import ClusterVersion, ReloadRequest
 from distreload.shutdown import ExitWatch
 
 from .asgi import body_of, call, header, raw_app
@@ -307,3 +307,15 @@ async def test_apps_made_and_dropped_leave_nothing_on_the_broker() -> None:
     gc.collect()
     assert len(broker._listeners) == 0
     assert (await broker.publish(ReloadRequest())).receivers == 0
+
+
+async def test_the_tag_handed_out_again_follows_version_root_path_and_nonce() -> None:
+    app = wrap(raw_app())
+    first = app.tag_for({"root_path": "", "state": {}})
+    assert app.tag_for({"root_path": ""}) is first  # the last plain tag, as long as it holds
+    with_nonce = app.tag_for({"root_path": "", "state": {"csp_nonce": "n0nce"}})
+    assert b'nonce="n0nce"' in with_nonce and app.tag_for({"root_path": "", "csp_nonce": "n2"}) != first
+    assert b"/app/---distreload---/client.js" in app.tag_for({"root_path": "/app"})
+    app._broker.version = ClusterVersion(app._broker.version.epoch, app._broker.version.number + 1)
+    moved = app.tag_for({"root_path": ""})
+    assert moved != first and f'data-distreload-version="{app._broker.version}"'.encode() in moved
