@@ -11,6 +11,10 @@ from benchmarks.common import BARE, DISTRELOAD, DISTRELOAD_DROPIN, FASTAPI_RELOA
 
 CHUNK = 64 * 1024
 PAGE_20K = "/page-20k"
+# Redis commands that write, per worker per second while a reload is reported, whatever the number of pages:
+# by design at most a round summary twice a second (HSET and EXPIRE), the page table once (SET with EX), the
+# presence record on the new version, and when reports are passed on one RPUSH and LTRIM per other worker.
+PAGE_WRITES_TARGET = 10.0
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -209,6 +213,35 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "<= 350 ms",
                     figures["median_ms"] <= 350,
                 )
+
+    for mode, label in (
+        ("direct", "each to its stream's worker"),
+        ("forwarded", "passed on between workers"),
+    ):
+        figures = results.get("pages", {}).get(mode)
+        if not isinstance(figures, dict):
+            continue
+        scale = f"{figures['pages']} pages over {figures['workers']} workers, reports {label}"
+        add(
+            f"Page reports ({scale}): pages counted as applied",
+            f"{figures['applied']}/{figures['expected']}",
+            "every page, once",
+            figures["applied"] == figures["expected"] == figures["pages"],
+        )
+        add(
+            f"Page reports ({scale}): Redis writes per worker per second during the reload",
+            figures["redis_writes_per_worker_per_s"],
+            f"<= {PAGE_WRITES_TARGET:g}, whatever the page count",
+            figures["redis_writes_per_worker_per_s"] <= PAGE_WRITES_TARGET,
+            note=f"{figures['redis_writes_per_worker']} writes per worker in {figures['window_s']} s; idle: "
+            f"{figures['idle_redis_writes_per_worker_per_s']} per worker per second",
+        )
+        add(
+            f"Page reports ({scale}): `--wait` answered after the last page applied",
+            f"{figures['wait_returned_after_last_page_s']:.2f} s",
+            "<= 2 s",
+            figures["wait_returned_after_last_page_s"] <= 2.0,
+        )
     return targets
 
 
@@ -523,6 +556,29 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
                 for name, figures in topologies.items()
                 if "median_ms" in figures
             ]
+    page_runs = {k: v for k, v in results.get("pages", {}).items() if isinstance(v, dict)}
+    if page_runs:
+        lines += [
+            "",
+            "## Page reports and `publish --wait`",
+            "",
+            "`benchmarks/pages.py`: simulated pages report to uvicorn workers on a redis-server of the"
+            " benchmark's own; one reload is published and waited for as `distreload publish --wait` does;"
+            " every page then reports it applied. Writes are Redis's own command counters (SET, HSET, EXPIRE,"
+            " DEL, and the inbox's RPUSH, LTRIM when reports are passed on between workers).",
+            "",
+            "| reports | pages | applied | writes per worker | per worker per s | idle per worker per s "
+            "| inbox commands per worker per s | `--wait` after the last page |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode, figures in page_runs.items():
+            lines.append(
+                f"| {mode} | {figures['pages']} | {figures['applied']}/{figures['expected']} "
+                f"| {figures['redis_writes_per_worker']} | {figures['redis_writes_per_worker_per_s']} "
+                f"| {figures['idle_redis_writes_per_worker_per_s']} "
+                f"| {figures.get('inbox_commands_per_worker_per_s', 0)} "
+                f"| {figures['wait_returned_after_last_page_s']:.2f} s |"
+            )
     lines.append("")
     path = directory / "results.md"
     path.write_text("\n".join(lines))

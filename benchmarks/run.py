@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import cli_publish, fanout, idle, overhead, report, streaming  # noqa: E402
+from benchmarks import cli_publish, fanout, idle, overhead, pages, report, streaming  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     BARE,
     DISTRELOAD,
@@ -44,7 +44,7 @@ from benchmarks.common import (  # noqa: E402
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("overhead", "streaming", "fanout", "idle", "cli")
+BENCHMARKS = ("overhead", "streaming", "fanout", "idle", "cli", "pages")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Sizes:
     idle_seconds: float
     idle_baseline_seconds: float
     cli_runs: int
+    pages: tuple[int, int]  # (pages, workers) reporting one reload, in benchmarks/pages.py
     # (workers, streams) to measure instead of the whole fan-out curve (--fanout-points)
     fanout_points: tuple[tuple[int, int], ...] = ()
 
@@ -80,6 +81,7 @@ FULL = Sizes(
     idle_seconds=30,
     idle_baseline_seconds=10,
     cli_runs=20,
+    pages=(16_000, 4),
 )
 SMOKE = Sizes(
     calls=200,
@@ -95,6 +97,7 @@ SMOKE = Sizes(
     idle_seconds=1,
     idle_baseline_seconds=0.5,
     cli_runs=2,
+    pages=(200, 2),
 )
 
 
@@ -201,12 +204,23 @@ def _run_cli(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any]) 
     results["cli"] = cli_publish.measure(sizes.cli_runs)
 
 
+def _run_pages(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any]) -> None:
+    # Starts its own redis-server, so that Redis's command counters see these workers' writes only.
+    count, workers = sizes.pages
+    results["pages"] = {
+        "direct": pages.run(count, workers),
+        # As when workers share one port: every report is passed on to its stream's worker.
+        "forwarded": pages.run(count, workers, forwarded=True),
+    }
+
+
 RUNNERS: dict[str, Callable[[Sizes, bool, Path, dict[str, Any]], None]] = {
     "overhead": _run_overhead,
     "streaming": _run_streaming,
     "fanout": _run_fanout,
     "idle": _run_idle,
     "cli": _run_cli,
+    "pages": _run_pages,
 }
 
 
@@ -250,6 +264,11 @@ def check_sane(results: dict[str, Any], directory: Path) -> list[str]:
     cli = results.get("cli")
     if cli:
         expect(finite_positive(cli["median_ms"]), f"cli: {cli}")
+    for mode, figures in results.get("pages", {}).items():
+        expect(
+            figures["applied"] == figures["expected"] == figures["pages"] and figures["outcome"] == "applied",
+            f"pages {mode}: not every page counted once as applied: {figures}",
+        )
     if results.get("fanout", {}).get("distreload"):
         png = directory / "fanout.png"
         expect(png.exists() and png.stat().st_size > 1000, "fanout.png was not drawn")
