@@ -1,5 +1,5 @@
-"""Run the distreload benchmarks: ``python benchmarks/run.py`` (full, about 15 minutes on 2 cores) or
-``python benchmarks/run.py --smoke`` (every benchmark at tiny sizes, under 2 minutes, no timing targets).
+"""Run the distreload benchmarks: ``python benchmarks/run.py`` (full, about 23 minutes on 2 cores) or
+``python benchmarks/run.py --smoke`` (every benchmark at tiny sizes, about 5 minutes, no timing targets).
 
 A full run writes benchmarks/results/{results.json,results.md,fanout.png}; a smoke run writes to a
 temporary directory (or ``--out``) and fails only when a benchmark breaks or gives figures that make no sense.
