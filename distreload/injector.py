@@ -287,12 +287,7 @@ class Injection:
                         else:
                             body = b"".join((body[:index], tag, body[index:]))
                         if length is not None:
-                            headers = list(headers)  # _with_length() inline
-                            at = headers.index(length)
-                            try:
-                                headers[at] = (length[0], str(int(length[1]) + len(tag)).encode())
-                            except ValueError:
-                                del headers[at]  # not a number: let the server frame the body itself
+                            headers = _with_length(headers, length, len(tag))[0]
                     return _send_both(
                         self._send,
                         # A copy: an app may send the same start message for every response.
