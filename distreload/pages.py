@@ -463,7 +463,7 @@ class PageRegistry:
     def forget_stale_reloads(self, now: float) -> None:
         """Drop the pages that said "reloading" RELOADING_SECONDS ago and were not heard of since: the new
         document reported to another worker, or never loaded. A round still waiting for one keeps it
-        (``--wait`` names it unanswered). The streams pages left are forgotten after as long."""
+        (``--wait`` names it unanswered). ``now``: wall-clock time, as the pages' ``since``."""
         stale = [
             page.page
             for page in self.pages.values()
@@ -473,12 +473,6 @@ class PageRegistry:
             del self.pages[page_id]
         if stale:
             self.changed = True
-        monotonic = time.monotonic()
-        while self.left_streams:
-            _, since = next(iter(self.left_streams.values()))
-            if monotonic - since < RELOADING_SECONDS:
-                break
-            self.left_streams.popitem(last=False)
 
     def stream_opened(self, stream: str) -> None:
         self.open_streams.add(stream)
@@ -506,13 +500,19 @@ class PageRegistry:
         self.wake()
 
     def close_vanished(self, now: float) -> None:
-        """Count as closed the pages whose stream closed VANISHED_SECONDS ago and that said nothing since."""
+        """Count as closed the pages whose stream closed VANISHED_SECONDS ago and that said nothing since, and
+        forget the streams pages left RELOADING_SECONDS ago. ``now``: monotonic time, as both records'."""
         while self.vanished:
             page_id, since = next(iter(self.vanished.items()))
             if now - since < VANISHED_SECONDS:
                 break
             del self.vanished[page_id]
             self._left(page_id)
+        while self.left_streams:
+            _, since = next(iter(self.left_streams.values()))
+            if now - since < RELOADING_SECONDS:
+                break
+            self.left_streams.popitem(last=False)
 
     def reload_arrived(self, reload: Reload) -> None:
         """A new version reached this worker: the pages open now are its round."""
