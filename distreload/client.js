@@ -1544,8 +1544,9 @@
   // reloads for a reload says "reloading" instead, and the page it becomes reports under the same id (kept
   // in sessionStorage), "reloaded". A tab whose stream changed (its new document got another one, the tab
   // that held the stream it shared left) also names an earlier one ("was", kept with the id): the one it
-  // listened through when the latest reload came (that stream's worker counts it for that reload), or
-  // before any reload, the one before. Workers that share a port pass its reports on to the worker of each.
+  // listened through when the latest reload came (that stream's worker counts it for that reload, and
+  // "came" names that reload, so that the worker of the new stream does not count it too), or before any
+  // reload, the one before. Workers that share a port pass its reports on to the worker of each.
   function PageReport(window, base, storage, pathname) {
     this.window = window;
     this.base = base;
@@ -1561,6 +1562,7 @@
     this.previous = streamId(kept.stream);  // the last document's
     this.was = streamId(kept.was);
     this.pinned = Boolean(kept.pinned && this.was);  // "was" is the stream a reload came through
+    this.came = this.pinned && typeof kept.came === "string" ? kept.came.slice(0, 64) : "";  // that reload
     this.excluded = "";
     this.last = "";
     this.gone = false;
@@ -1593,16 +1595,23 @@
   };
 
   // A reload came through the current stream: its worker counts this page for it, wherever it goes next.
-  PageReport.prototype.reloadCame = function () {
+  PageReport.prototype.reloadCame = function (version) {
     if (!this.stream) return;
     this.was = this.stream;
     this.pinned = true;
+    this.came = version || "";
     this.keep();
   };
 
   PageReport.prototype.keep = function (reloading) {
     this.remember({ id: this.id, reloading: reloading, stream: this.stream || this.previous, was: this.was,
-      pinned: this.pinned });
+      pinned: this.pinned, came: this.came });
+  };
+
+  // What a report says of the stream it left: {was, came} (came: the reload that came through it).
+  PageReport.prototype.earlier = function () {
+    if (!this.was || this.was === this.stream) return {};
+    return this.pinned && this.came ? { was: this.was, came: this.came } : { was: this.was };
   };
 
   PageReport.prototype.applied = function (how, version) {
@@ -1620,9 +1629,10 @@
   // ``state``: {state, reason} or null while something is under way (nothing worth saying yet).
   PageReport.prototype.send = function (state) {
     if (this.gone || !state || !this.stream) return;
+    var earlier = this.earlier();
     var report = JSON.stringify({ page: this.id, path: this.pathname().slice(0, 2048) || "/", version: this.shown,
       how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream,
-      was: this.was && this.was !== this.stream ? this.was : undefined });
+      was: earlier.was, came: earlier.came });
     if (report === this.last) return;
     this.last = report;
     this.post(report, false);
@@ -1649,8 +1659,9 @@
     if (this.gone) return;
     this.gone = true;
     this.last = "";
-    this.post(JSON.stringify({ page: this.id, leave: true, stream: this.stream || undefined,
-      was: this.was && this.was !== this.stream ? this.was : undefined }), true);
+    var earlier = this.earlier();
+    this.post(JSON.stringify({ page: this.id, leave: true, stream: this.stream || undefined, was: earlier.was,
+      came: earlier.came }), true);
   };
 
   // Back from the back-forward cache: a page again.
@@ -1756,7 +1767,7 @@
         report.hello(message.stream);
       } else if (message.type === "reload") {
         heard = newer(heard, message.version);
-        report.reloadCame();
+        report.reloadCame(message.version);
         plan.reload(message);
         if (message.match && !matchesGlob(message.match, pathname())) report.exclude(message.version);
       }

@@ -7,9 +7,12 @@ nothing. A page leaves the registry when its browser says so (``pagehide`` and `
 cannot, when the event stream it listens through closes (the stream's heartbeat finds a closed connection
 within one interval).
 
-When a reload reaches the worker, the pages open at that moment are its round: each one is expected to
-apply it (or is excluded by the match, or paused). The round's outcome per page (applied and how long it
-took, failed and why, closed, or still pending) is summarised per worker and written to one Redis hash per
+When a reload reaches the worker, the pages listening through its open streams are its round: each one is
+expected to apply it (or is excluded by the match, or paused). A page between two documents then (reloading,
+or its stream closed) joins the round when it reports again: here if the reload came through its stream
+here, else at the worker of its next stream; so does a page whose first report reached the worker late,
+through a stream the reload went out through. The round's outcome per page (applied and how long it took,
+failed and why, closed, or still pending) is summarised per worker and written to one Redis hash per
 version, a few times per second at most, whatever the number of pages: ``distreload publish --wait`` reads
 those summaries until every page open at publish time applied the reload or failed, or the time is up.
 
@@ -17,12 +20,12 @@ Workers that share one port (``gunicorn -w N``, ``uvicorn --workers N``) get a t
 the worker serving the tab's event stream decides. Stream ids begin with their worker's token, and a worker
 that receives a report for a stream it does not serve passes it on through Redis, to a list the stream's
 worker drains (:class:`PageFlusher`). A tab that changed stream (its document reloaded, the tab that held
-the stream it shared left) names an earlier one (``was``: the one the latest reload came through, or before
-any reload the one before): that stream's worker keeps counting the page in the rounds it was open for, and
-the worker of the new stream lists it. A page whose stream closed is counted as closed only VANISHED_SECONDS
-later (its last report may be on its way through another worker), and a report passed on late through a
-stream the page has left counts but lists it nowhere. With no Redis, several workers cannot tell each other
-anything: reports for another worker's stream are dropped.
+the stream it shared left) names an earlier one (``was``: the one the latest reload came through, with that
+reload, ``came``; or before any reload the one before): that stream's worker keeps counting the page in the
+rounds it was open for, and the worker of the new stream lists it. A page whose stream closed is counted as
+closed only VANISHED_SECONDS later (its last report may be on its way through another worker), and a report
+passed on late through a stream the page has left counts but lists it nowhere. With no Redis, several
+workers cannot tell each other anything: reports for another worker's stream are dropped.
 """
 
 from __future__ import annotations
@@ -100,6 +103,7 @@ class PageReport:
     stream: str = ""
     leave: bool = False
     was: str = ""  # a stream the tab left: the one the latest reload came through, else the one before
+    came: ClusterVersion | None = None  # the reload that came through ``was``, if one did
 
     def to_json(self, **extra: object) -> str:
         """The report as the client sends it (what :func:`parse_report` reads back)."""
@@ -112,6 +116,8 @@ class PageReport:
         for name in ("stream", "was"):
             if getattr(self, name):
                 data[name] = getattr(self, name)
+        if self.came is not None:
+            data["came"] = str(self.came)
         return json.dumps({**data, **extra}, separators=(",", ":"))
 
 
@@ -141,8 +147,12 @@ def read_report(data: object) -> PageReport:
     if not isinstance(page, str) or not _PAGE_ID.fullmatch(page):
         raise BadReport("page must be an id of 8 to 64 letters, digits, '-' or '_'")
     stream, was = _stream_field(data, "stream"), _stream_field(data, "was")
+    came_text = data.get("came", "")
+    came = ClusterVersion.parse(came_text) if isinstance(came_text, str) and was else None
+    if came_text and was and came is None:
+        raise BadReport("came must be 'epoch-number'")
     if data.get("leave") is True:
-        return PageReport(page, stream=stream, leave=True, was=was)
+        return PageReport(page, stream=stream, leave=True, was=was, came=came)
     path = data.get("path")
     if not is_same_origin_path(path):
         raise BadReport("path must be a same-origin URL path")
@@ -160,7 +170,7 @@ def read_report(data: object) -> PageReport:
     if not isinstance(reason, str):
         raise BadReport("reason must be text")
     reason = _printable(reason)[:MAX_REASON]
-    return PageReport(page, path[:MAX_PATH], version, how, state, reason, stream, was=was)
+    return PageReport(page, path[:MAX_PATH], version, how, state, reason, stream, was=was, came=came)
 
 
 def _printable(text: str) -> str:
@@ -184,6 +194,11 @@ def _reached(page_version: ClusterVersion | None, wanted: ClusterVersion) -> boo
     return page_version is not None and not page_version.is_behind(wanted)
 
 
+def _came_elsewhere(report: PageReport, current: Round) -> bool:
+    """Whether the round's reload (or a later one) reached the page through a stream it has left since."""
+    return bool(report.was) and report.was != report.stream and _reached(report.came, current.version)
+
+
 @dataclass
 class Round:
     """The pages open when one reload reached this worker, and what became of each."""
@@ -199,7 +214,27 @@ class Round:
     closed: dict[str, str] = field(default_factory=dict)
     excluded: int = 0
     expected: int = 0
+    members: set[str] = field(default_factory=set)  # every page counted or excluded here
     dirty: bool = True
+
+    def joinable(self, page_id: str, now: float) -> bool:
+        """Whether a page not counted when the reload arrived may still be (it was between two documents,
+        or its first report came late): not counted yet, and the reload is recent."""
+        return page_id not in self.members and now - self.started < RELOADING_SECONDS
+
+    def count_in(self, page: Page, now: float) -> None:
+        """Count ``page`` in this round (or as excluded by its match)."""
+        self.members.add(page.page)
+        if self.match and not glob_matches(self.match, page.path):
+            self.excluded += 1
+            return
+        self.expected += 1
+        self.pending[page.page] = page.path
+        # Paused already, or showing this version already (its report came through another worker
+        # first): settled from the start.
+        if page.state == "paused" or (page.state == "live" and _reached(page.version, self.version)):
+            self.settle(page, now)
+        self.dirty = True
 
     def settle(self, page: Page, now: float) -> None:
         """Take what ``page`` now shows as its outcome, if it is one."""
@@ -290,7 +325,7 @@ class PageRegistry:
         self.max_pages = max_pages
         self.pages: OrderedDict[str, Page] = OrderedDict()
         self.rounds: OrderedDict[str, Round] = OrderedDict()
-        self.open_streams: set[str] = set()
+        self.open_streams: dict[str, float] = {}  # stream id -> when it opened (monotonic)
         self.stream_opened_at = -float("inf")  # monotonic
         self.changed = True  # the page table differs from what was last written
         self.wake: Callable[[], None] = lambda: None  # the flusher's doorbell
@@ -387,7 +422,7 @@ class PageRegistry:
         if report.leave:
             self._left(report.page)
             return
-        self._settle_only(report)
+        self._settle_only(report, join=True)
 
     def _note_left(self, report: PageReport) -> None:
         """Remember the stream of this worker's that the page left: a report through it that comes later
@@ -398,8 +433,10 @@ class PageRegistry:
             while len(self.left_streams) > self.max_pages:
                 self.left_streams.popitem(last=False)
 
-    def _settle_only(self, report: PageReport) -> None:
-        """What ``report`` says counts in this worker's rounds; the page is not listed here."""
+    def _settle_only(self, report: PageReport, *, join: bool = False) -> None:
+        """What ``report`` says counts in this worker's rounds; the page is not listed here. ``join``: the
+        page left one of this worker's streams, and a reload that came through it counts it here even if
+        it was reloading when the reload arrived (see :meth:`reload_arrived`)."""
         self.vanished.pop(report.page, None)
         now = time.monotonic()
         elsewhere = Page(
@@ -407,6 +444,8 @@ class PageRegistry:
         )
         underway = report.state in ("reloading", "waiting")
         for current in self.rounds.values():
+            if join and current.joinable(report.page, now) and _reached(report.came, current.version):
+                current.count_in(elsewhere, now)
             # Passed on, it may be older than the close: only an outcome reopens a page counted as closed.
             if not (underway and report.page in current.closed):
                 current.settle(elsewhere, now)
@@ -444,7 +483,18 @@ class PageRegistry:
         page.since = time.time()
         if report.stream:
             page.stream = report.stream
+        opened = self.open_streams.get(page.stream)
+        moved_in = bool(report.was) and report.was != report.stream
         for current in self.rounds.values():
+            # Not counted when the reload arrived, but open then: its first report here came after it
+            # through a stream the reload went out through (passed on by another worker, or sent late), or
+            # it was between two documents and the reload did not come through the stream it left (it
+            # got the reload here). The worker of a stream the reload did come through counts it there.
+            if current.joinable(page.page, now) and (
+                (opened is not None and opened <= current.started and not _came_elsewhere(report, current))
+                or (moved_in and not _reached(report.came, current.version))
+            ):
+                current.count_in(page, now)
             current.settle(page, now)
         self.changed = True
         self.wake()
@@ -475,8 +525,7 @@ class PageRegistry:
             self.changed = True
 
     def stream_opened(self, stream: str) -> None:
-        self.open_streams.add(stream)
-        self.stream_opened_at = time.monotonic()
+        self.stream_opened_at = self.open_streams[stream] = time.monotonic()
 
     def awaits_reports(self, now: float) -> bool:
         """Whether reports passed on to this worker matter soon: a round still waits for a page, or a
@@ -490,7 +539,7 @@ class PageRegistry:
         hidden or reloaded reports again through its next stream). A round counts them as closed only
         VANISHED_SECONDS later if they said nothing since: a tab that shared the stream reports through
         the next one, and its latest report may be on its way through another worker."""
-        self.open_streams.discard(stream)
+        self.open_streams.pop(stream, None)
         now = time.monotonic()
         for page in [p for p in self.pages.values() if p.stream == stream]:
             if page.state != "reloading":
@@ -515,22 +564,21 @@ class PageRegistry:
             self.left_streams.popitem(last=False)
 
     def reload_arrived(self, reload: Reload) -> None:
-        """A new version reached this worker: the pages open now are its round."""
+        """A new version reached this worker: the pages listening through its open streams are its round.
+
+        A page that is reloading, or whose stream here has closed, is between two documents: it is counted
+        once it reports again, by this worker if the reload came through its stream here (:meth:`moved`), else
+        by the worker of its next stream (:meth:`take`)."""
         key = str(reload.version)
         if key in self.rounds:
             return
         now = time.monotonic()
         current = Round(reload.version, reload.match, now)
         for page in self.pages.values():
-            if reload.match and not glob_matches(reload.match, page.path):
-                current.excluded += 1
+            reloading = page.state == "reloading"
+            if reloading or (owner_of(page.stream) == self.token and page.stream not in self.open_streams):
                 continue
-            current.expected += 1
-            current.pending[page.page] = page.path
-            # Paused already, or showing this version already (its report came through another worker
-            # first): settled from the start.
-            if page.state == "paused" or (page.state == "live" and _reached(page.version, reload.version)):
-                current.settle(page, now)
+            current.count_in(page, now)
         self.rounds[key] = current
         while len(self.rounds) > MAX_ROUNDS:
             self.rounds.popitem(last=False)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ EPOCH = "a" * 16
 V1, V2 = ClusterVersion(EPOCH, 1), ClusterVersion(EPOCH, 2)
 
 
-def report(page: str, path: str = "/", version: ClusterVersion | None = V1, **fields: str) -> PageReport:
+def report(page: str, path: str = "/", version: ClusterVersion | None = V1, **fields: Any) -> PageReport:
     stream = fields.pop("stream", "00112233")  # no worker's token: a report stays where it lands
     return PageReport(page=page, path=path, version=version, stream=stream, **fields)
 
@@ -91,6 +92,17 @@ def test_a_report_is_read_as_the_client_sends_it() -> None:
 def test_anything_the_client_would_not_send_is_refused(body: bytes) -> None:
     with pytest.raises(BadReport):
         parse_report(body)
+
+
+def test_a_report_names_the_reload_that_came_through_the_stream_it_left() -> None:
+    moved = report("0123456789abcdef", "/a", V2, stream="deadbeef00112233", was="cafebabe00112233", came=V2)
+    assert parse_report(moved.to_json()) == moved
+    without_was = parse_report(
+        b'{"page": "0123456789abcdef", "path": "/", "came": "' + f"{EPOCH}-2".encode() + b'"}'
+    )
+    assert without_was.came is None  # it names no stream it left: nothing came through one
+    with pytest.raises(BadReport, match="came"):
+        parse_report(b'{"page": "0123456789abcdef", "path": "/", "was": "cafebabe00112233", "came": "x"}')
 
 
 def test_a_full_registry_refuses_new_pages_and_keeps_counting_the_ones_it_has() -> None:
@@ -363,8 +375,9 @@ def test_a_reloaded_page_on_another_workers_stream_settles_the_round_where_it_wa
         first.report(report(page, path, V1, state="reloading", stream=port.streams[0]))
     first.stream_closed(port.streams[0])
     assert len(first) == 2  # reloading pages wait for their new document
-    first.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
-    second.report(report("page-0002", "/b", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
+    moved = {"stream": port.streams[1], "was": port.streams[0], "came": V2}  # V2 came through the first's
+    first.report(report("page-0001", "/a", V2, how="reloaded", **moved))
+    second.report(report("page-0002", "/b", V2, how="reloaded", **moved))
     port.exchange()
     summary = port.summary(str(V2))
     assert (summary.expected, summary.applied, summary.outcome) == (2, 2, "applied")
@@ -381,8 +394,8 @@ def test_a_page_closed_after_changing_stream_is_closed_in_the_round_it_was_open_
     first.report(report("page-0001", "/a", stream=port.streams[0]))
     port.reload(Reload(V2))
     # Its stream's holder left: it listens through the second worker's now, and closes before applying.
-    second.report(report("page-0001", "/a", V1, stream=port.streams[1], was=port.streams[0]))
-    second.report(PageReport("page-0001", leave=True, stream=port.streams[1], was=port.streams[0]))
+    second.report(report("page-0001", "/a", V1, stream=port.streams[1], was=port.streams[0], came=V2))
+    second.report(PageReport("page-0001", leave=True, stream=port.streams[1], was=port.streams[0], came=V2))
     port.exchange()
     summary = port.summary(str(V2))
     assert [p["path"] for p in summary.closed] == ["/a"] and summary.done
@@ -397,7 +410,7 @@ def test_a_stream_closed_before_its_page_named_it_reopens_when_the_page_does() -
     first.stream_closed(port.streams[0])
     first.close_vanished(time.monotonic() + VANISHED_SECONDS)  # it said nothing for that long
     assert port.summary(str(V2)).closed_count == 1
-    second.report(report("page-0001", "/a", V2, stream=port.streams[1], was=port.streams[0]))
+    second.report(report("page-0001", "/a", V2, stream=port.streams[1], was=port.streams[0], came=V2))
     port.exchange()
     summary = port.summary(str(V2))
     assert (summary.closed_count, summary.applied, summary.expected) == (0, 1, 1)
@@ -412,7 +425,7 @@ def test_a_report_passed_on_after_its_stream_closed_counts_but_lists_no_page() -
     second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
     first.stream_closed(port.streams[0])
     newer = open_stream(second)
-    first.report(report("page-0001", "/a", V2, how="reloaded", stream=newer, was=port.streams[0]))
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=newer, was=port.streams[0], came=V2))
     port.exchange()  # the late "reloading" reaches the first worker after the page moved
     assert len(first) == 0 and second.pages["page-0001"].stream == newer
     summary = port.summary(str(V2))
@@ -427,7 +440,9 @@ def test_a_report_passed_on_late_through_a_stream_the_page_left_lists_it_nowhere
     # Its "reloading" lands on the second worker; its new document's report on the first, and the old
     # stream's close has not reached the first worker yet.
     second.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
-    first.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[0]))
+    first.report(
+        report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[0], came=V2)
+    )
     port.exchange()
     first.stream_closed(port.streams[0])
     assert len(first) == 0 and second.pages["page-0001"].state == "live"
@@ -453,6 +468,70 @@ def test_a_page_whose_stream_closed_is_not_closed_while_its_report_is_on_its_way
     first.close_vanished(time.monotonic() + VANISHED_SECONDS)
     summary = port.summary(str(V2))
     assert (summary.closed_count, summary.pending_count) == (0, 1)  # still awaited, not closed
+
+
+def test_a_page_first_heard_of_after_the_reload_that_went_out_through_its_stream_is_counted() -> None:
+    port = Port()
+    first, second = port.workers
+    # Its document listens through the second worker's stream; its first report, which reached the first
+    # worker, is still on its way when the reload arrives.
+    first.report(report("page-0001", "/a", V1, stream=port.streams[1]))
+    assert port.reload(Reload(V2)).expected == 0
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.pending_count) == (1, 0, 1)
+    # A tab opened after the reload (its stream is newer) is not waited for.
+    second.report(report("page-0002", "/b", V2, stream=open_stream(second)))
+    second.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1]))
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.outcome) == (1, 1, "applied")
+
+
+@pytest.mark.parametrize("heard_first_by", ["old", "new"])
+def test_a_page_between_two_streams_when_a_reload_arrives_is_counted_once_by_the_one_it_listens_to(
+    heard_first_by: str,
+) -> None:
+    """The page reloaded (its stream on the first worker closed) and its new document listens through the
+    second worker's; the next reload comes before every worker heard of the move."""
+    port = Port()
+    first, second = port.workers
+    first.report(report("page-0001", "/a", stream=port.streams[0]))
+    first.report(report("page-0001", "/a", V1, state="reloading", stream=port.streams[0]))
+    first.stream_closed(port.streams[0])
+    moved = report("page-0001", "/a", V1, how="reloaded", stream=port.streams[1], was=port.streams[0])
+    port.workers[0 if heard_first_by == "old" else 1].report(moved)
+    assert port.reload(Reload(V2)).expected == (0 if heard_first_by == "old" else 1)
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.pending_count) == (1, 1)
+    assert len(first) == 0 and set(second.pages) == {"page-0001"}
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=port.streams[1], was=port.streams[1]))
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.outcome) == (1, 1, "applied")
+
+
+@pytest.mark.parametrize("came_through_old_stream", [True, False])
+def test_a_page_reloading_when_a_reload_arrives_is_counted_once_it_reports_again(
+    came_through_old_stream: bool,
+) -> None:
+    """Mid-reload (for the reload before) when V2 arrives: if V2's event still reached it through its old
+    stream, that worker counts it; if not, it gets V2 through its next stream and that worker does."""
+    port = Port()
+    first, second = port.workers
+    old = open_stream(first)
+    first.report(report("page-0001", "/a", V1, state="reloading", stream=old))
+    assert port.reload(Reload(V2)).expected == 0
+    first.stream_closed(old)
+    newer = open_stream(second)
+    came = {"came": V2} if came_through_old_stream else {}
+    first.report(report("page-0001", "/a", V2, how="reloaded", stream=newer, was=old, **came))
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.outcome) == (1, 1, "applied")
+    counted_by = [worker.rounds[str(V2)].expected for worker in port.workers]
+    assert counted_by == ([1, 0] if came_through_old_stream else [0, 1])
+    assert len(first) == 0 and set(second.pages) == {"page-0001"}
 
 
 def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(

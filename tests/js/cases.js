@@ -896,7 +896,7 @@
     var report = new parts.PageReport(fake, "/b", storage, path);
     report.shown = "aaaaaaaa-1";
     report.hello("aaaaaaaa00000000bbbbbbbb");
-    report.reloadCame();
+    report.reloadCame("aaaaaaaa-2");
     report.send({ state: "live" });
     check(!("was" in fake.sent[0].body), "the stream the reload came through is the current one");
     report.reloading("aaaaaaaa-2");
@@ -905,12 +905,13 @@
     next.hello("eeeeeeee22222222ffffffff");  // then another tab's
     next.send({ state: "live" });
     var last = fake.sent[fake.sent.length - 1].body;
-    equal(last.stream + " " + last.was, "eeeeeeee22222222ffffffff aaaaaaaa00000000bbbbbbbb", "the reload's stream");
-    next.reloadCame();
+    equal(last.stream + " " + last.was + " " + last.came, "eeeeeeee22222222ffffffff aaaaaaaa00000000bbbbbbbb aaaaaaaa-2",
+      "the reload's stream, and that reload");
+    next.reloadCame("aaaaaaaa-3");
     next.hello("9999999933333333aaaaaaaa");
     next.send({ state: "live" });
     last = fake.sent[fake.sent.length - 1].body;
-    equal(last.was, "eeeeeeee22222222ffffffff", "the next reload's stream");
+    equal(last.was + " " + last.came, "eeeeeeee22222222ffffffff aaaaaaaa-3", "the next reload's stream");
   });
 
   // --- run --------------------------------------------------------------------------------------------------

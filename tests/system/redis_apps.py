@@ -335,6 +335,22 @@ def cli_rule(namespace: str, *, cluster: bool = False) -> list[str]:
     ]
 
 
+def pages_worker_rule(namespace: str) -> list[str]:
+    """What a worker's rule gains for page reports (``publish --wait``, ``status --pages``, the fleet page):
+    its round summaries and page table, and the inboxes of the workers that share its port."""
+    kinds = ("wait", "pages", "inbox")
+    keys = [f"~distreload:{{{namespace}}}:{kind}:*" for kind in kinds]
+    commands = ["+hset", "+expire", "+set", "+del", "+rpush", "+ltrim", "+llen", "+lrange", "+multi", "+exec"]
+    return [*commands, *keys]
+
+
+def pages_reader_rule(namespace: str) -> list[str]:
+    """What reads the page reports gains: the command line, and a worker that serves the fleet page or
+    ``POST <prefix>/publish`` with a wait (which also reads the presence keys, as ``status`` does)."""
+    keys = [f"~distreload:{{{namespace}}}:{kind}:*" for kind in ("wait", "pages")]
+    return ["+hgetall", "+scan", "+mget", *keys, f"%R~distreload:{{{namespace}}}:presence:*"]
+
+
 def set_user(nodes: Sequence[object], name: str, password: str, rule: Sequence[str]) -> None:
     """Create (or replace) an ACL user on every node (ACL rules are not replicated)."""
     for node in nodes:

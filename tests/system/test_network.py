@@ -39,14 +39,25 @@ from typing import Any
 
 import pytest
 
+from distreload.process import ENV_HOST_NAME
 from distreload.protocol import channel_name
 
-from .. import conftest
+from .. import conftest, test_client
 from ..conftest import ROOT, cli_published, missing, unique_namespace
 from ..sse import SSEReader
 from ..waiting import wait_until
 from . import redis_servers
 from .redis_servers import NetHosts, RedisNode, Unavailable, require_binaries
+from .test_pages import (
+    EXIT_FAILED,
+    SCREENS_APP,
+    WaitInBackground,
+    control,
+    paths_of,
+    publish_waiting,
+    wait_for_pages,
+    wait_for_state,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -254,9 +265,10 @@ def nap() -> None:
     time.sleep(0.05)
 
 
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[Network]:
-    """Redis on ``redis``, uvicorn (2 workers) on ``app1`` and ``app2``, every worker subscribed."""
+@contextlib.contextmanager
+def running_network(directory: Path, app: str) -> Iterator[Network]:
+    """Redis on ``redis``, uvicorn (2 workers) serving ``app`` on ``app1`` and ``app2``, every worker
+    subscribed."""
     with network_hosts() as hosts:
         try:
             server = hosts.start_redis("redis")
@@ -269,20 +281,33 @@ def network(tmp_path: Path) -> Iterator[Network]:
         net = Network(hosts, server, unique_namespace())
         try:
             for name in ("app1", "app2"):
-                net.apps[name] = start_app(hosts, name, net, tmp_path)
-            for app in net.apps.values():
-                per_worker(app, worker_info)  # a worker accepts connections only once it subscribed
+                net.apps[name] = start_app(hosts, name, app, net, directory)
+            for host in net.apps.values():
+                per_worker(host, worker_info)  # a worker accepts connections only once it subscribed
             wait_until(lambda: net.subscribers() == 2 * WORKERS, 20, "every worker subscribed", pump=nap)
             yield net
         finally:
             # Before the hosts go: without the bridge their addresses would be routed off this machine.
             for stream in net.streams:
                 stream.close()
-            for app in net.apps.values():
-                app.stop()
+            for host in net.apps.values():
+                host.stop()
 
 
-def start_app(hosts: NetHosts, name: str, net: Network, directory: Path) -> AppHost:
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[Network]:
+    with running_network(tmp_path, APP) as net:
+        yield net
+
+
+@pytest.fixture
+def screens_network(tmp_path: Path) -> Iterator[Network]:
+    """The same hosts serving the screens that ``publish --wait`` counts (tests/apps/screens_app.py)."""
+    with running_network(tmp_path, SCREENS_APP) as net:
+        yield net
+
+
+def start_app(hosts: NetHosts, name: str, app: str, net: Network, directory: Path) -> AppHost:
     address = hosts[name].address
     env = {
         **os.environ,
@@ -291,8 +316,9 @@ def start_app(hosts: NetHosts, name: str, net: Network, directory: Path) -> AppH
         "DISTRELOAD_ENABLED": "1",
         "DISTRELOAD_REDIS_URL": net.redis_url,
         "DISTRELOAD_NAMESPACE": net.namespace,
+        ENV_HOST_NAME: name,  # how summaries and `status` name this host's workers ("app1:<pid>")
     }
-    command = [sys.executable, "-m", "uvicorn", APP, "--host", address, "--port", str(APP_PORT)]
+    command = [sys.executable, "-m", "uvicorn", app, "--host", address, "--port", str(APP_PORT)]
     log_path = directory / f"{name}.log"
     with log_path.open("wb") as log:
         process = hosts.popen(
@@ -308,13 +334,13 @@ def start_app(hosts: NetHosts, name: str, net: Network, directory: Path) -> AppH
             cwd=str(ROOT),
             start_new_session=True,
         )
-    app = AppHost(name, address, process, log_path)
+    host = AppHost(name, address, process, log_path)
     try:
         redis_servers.wait_for_port(address, APP_PORT, 30, process)
     except Exception:
-        app.stop()
-        raise AssertionError(f"uvicorn on {name} did not start:\n{app.log()}") from None
-    return app
+        host.stop()
+        raise AssertionError(f"uvicorn on {name} did not start:\n{host.log()}") from None
+    return host
 
 
 # --- event streams that reconnect like a browser ----------------------------------------------------------
@@ -625,3 +651,88 @@ def test_a_host_cut_off_from_redis_keeps_serving_and_each_page_reloads_once_when
     assert (app1.log_lines(LOST), app1.log_lines(BACK)) == (WORKERS, WORKERS), app1.log()
     for tab in every_tab:
         assert tab.status()["version"] == last, tab.status()
+
+
+# -- confirmed delivery: pages on two hosts, two workers each -----------------------------------------------
+
+
+def screens_on_both_workers(
+    new_context: Callable[..., Any], host: AppHost, paths: list[str], attempts: int = 40
+) -> dict[str, test_client.Tab]:
+    """One tab per path on ``host``, each in a browser of its own, whose streams cover both its workers
+    (the kernel hands connections out unevenly: the last tab is opened again until they do)."""
+    tabs = {path: test_client.open_tab(new_context(), host.base_url + path) for path in paths}
+    for _ in range(attempts):
+        if len({tab.status()["worker"] for tab in tabs.values()}) == WORKERS:
+            return tabs
+        last = paths[-1]
+        tabs[last].page.context.close()
+        tabs[last] = test_client.open_tab(new_context(), host.base_url + last)
+    raise AssertionError(f"the tabs on {host.name} never reached both its workers")
+
+
+@pytest.mark.browser
+def test_publish_wait_counts_every_page_on_two_hosts_of_two_workers_each(
+    screens_network: Network, new_context: Callable[..., Any]
+) -> None:
+    """Each host's tabs reach either of its workers (a report may land on the worker that does not hold
+    the tab's stream and be passed on through Redis); the driver, outside both hosts, publishes and waits."""
+    net = screens_network
+    app1, app2 = net.apps["app1"], net.apps["app2"]
+    tabs = {
+        **screens_on_both_workers(
+            new_context, app1, ["/screen/lobby/one", "/screen/lobby/two", "/screen/bar/three"]
+        ),
+        **screens_on_both_workers(
+            new_context, app2, ["/screen/lobby/four", "/screen/lobby/five", "/screen/lobby/six"]
+        ),
+    }
+    url, namespace = net.redis_url, net.namespace
+    wait_for_pages(url, namespace, dict.fromkeys(tabs, 1))
+    workers = {path: str(tab.status()["worker"]) for path, tab in tabs.items()}
+    assert len(set(workers.values())) == 2 * WORKERS, workers
+    assert {worker.split(":")[0] for worker in workers.values()} == {"app1", "app2"}, workers
+
+    # Every page applies: exit 0, every worker of both hosts answered.
+    status, pages = publish_waiting(url, namespace, "20")
+    assert status == 0, json.dumps(pages)
+    assert (pages["outcome"], pages["applied"], pages["expected"], pages["workers"]) == ("applied", 6, 6, 4)
+    for tab in tabs.values():
+        assert tab.status()["version"] == pages["version"]
+        assert tab.reloads == 1, tab.navigations
+
+    # A page whose server answers 500 is named with its host's worker and the status: exit 3.
+    control(app2.base_url, "fail", "four", 500)
+    status, pages = publish_waiting(url, namespace, "20")
+    assert status == EXIT_FAILED, json.dumps(pages)
+    assert (pages["outcome"], pages["applied"], pages["expected"]) == ("failed", 5, 6), json.dumps(pages)
+    [failed] = pages["failed"]
+    assert failed["path"] == "/screen/lobby/four" and "500" in failed["reason"], failed
+    assert failed["worker"] == tabs["/screen/lobby/four"].status_now()["worker"], failed
+    assert failed["worker"].startswith("app2:"), failed
+    control(app2.base_url, "fail", "four", 0)
+    tabs["/screen/lobby/four"].page.wait_for_function(
+        "window.__distreload && !window.__distreload.overlay", timeout=20_000
+    )
+
+    # A paused tab and one the match leaves out are listed, not awaited.
+    tabs["/screen/lobby/two"].page.evaluate("distreload.pause()")
+    wait_for_state(url, namespace, "/screen/lobby/two", "paused")
+    status, pages = publish_waiting(url, namespace, "20", "--match", "/screen/lobby/*")
+    assert status == 0, json.dumps(pages)
+    assert (pages["applied"], pages["expected"], pages["excluded"]) == (4, 4, 1), json.dumps(pages)
+    assert paths_of(pages["paused"]) == ["/screen/lobby/two"]
+    assert pages["paused"][0]["worker"].startswith("app1:"), pages["paused"]
+    tabs["/screen/lobby/two"].page.evaluate("distreload.resume()")
+
+    # A tab closed mid-wait (its reload still fetching the slow page) is named closed and does not hold it.
+    control(app2.base_url, "slow", "five", 6)
+    waiting = WaitInBackground(url, namespace, "30")
+    time.sleep(1.5)  # the other pages apply; the slow one is still being fetched
+    tabs.pop("/screen/lobby/five").page.close()
+    status, pages = waiting.result()
+    control(app2.base_url, "slow", "five", 0)
+    assert status == 0, json.dumps(pages)
+    assert paths_of(pages["closed"]) == ["/screen/lobby/five"]
+    assert (pages["applied"], pages["expected"]) == (5, 5), json.dumps(pages)
+    assert pages["elapsed"] < 6, "the closed page held the wait"

@@ -44,8 +44,9 @@ def start_hosts(start_server: ServerFactory, redis_url: str, namespace: str) -> 
     return servers
 
 
-def control(server: ServerProcess, what: str, name: str, value: object) -> None:
-    request = urllib.request.Request(f"{server.base_url}/control/{what}/{name}/{value}", method="POST")
+def control(base_url: str, what: str, name: str, value: object) -> None:
+    """Tell the screens app (on every host: the setting lives in Redis) how the screen ``name`` answers."""
+    request = urllib.request.Request(f"{base_url}/control/{what}/{name}/{value}", method="POST")
     with urllib.request.urlopen(request, timeout=10):
         pass
 
@@ -141,14 +142,14 @@ def test_publish_wait_counts_every_page_over_two_hosts(
             assert tab.reloads == 1, tab.navigations
 
         # A page whose server answers 500 is named, with its worker and the status: exit 3.
-        control(host_b, "fail", "five", 500)
+        control(host_b.base_url, "fail", "five", 500)
         status, pages = publish_waiting(shared_redis_url, namespace, "20")
         assert status == EXIT_FAILED, pages
         assert (pages["outcome"], pages["applied"], pages["expected"]) == ("failed", 4, 5)
         [failed] = pages["failed"]
         assert failed["path"] == "/screen/lobby/five" and "500" in failed["reason"]
         assert failed["worker"] == lobby_five.status_now()["worker"]
-        control(host_b, "fail", "five", 0)
+        control(host_b.base_url, "fail", "five", 0)
         lobby_five.page.wait_for_function(
             "window.__distreload && !window.__distreload.overlay", timeout=20_000
         )
@@ -165,7 +166,7 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         lobby_two.page.evaluate("distreload.resume()")
 
         # A page that does not answer within the wait: exit 4, named as unanswered.
-        control(host_a, "slow", "one", 6)
+        control(host_a.base_url, "slow", "one", 6)
         status, pages = publish_waiting(shared_redis_url, namespace, "2")
         assert status == EXIT_TIMED_OUT, pages
         assert paths_of(pages["unanswered"]) == ["/screen/lobby/one"]
@@ -185,7 +186,7 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         assert paths_of(pages["closed"]) == ["/screen/lobby/one"]
         assert (pages["applied"], pages["expected"]) == (4, 4)
         assert pages["elapsed"] < 6, "the closed page did not hold the wait"
-        control(host_a, "slow", "one", 0)
+        control(host_a.base_url, "slow", "one", 0)
 
         # Through the app's endpoint with the token, as a CI runner that cannot reach Redis does.
         done = distreload_cli(
@@ -250,7 +251,7 @@ def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
         wait_for_pages(shared_redis_url, namespace, dict.fromkeys(tabs, 1))
 
         # A tab closed mid-wait (its reload still fetching the slow page) is named closed, not awaited.
-        control(server, "slow", "four", 6)
+        control(server.base_url, "slow", "four", 6)
         waiting = WaitInBackground(shared_redis_url, namespace, "30")
         time.sleep(1.5)  # the other pages apply, the slow one is still being fetched
         tabs.pop("/screen/alone/four").page.close()
@@ -259,7 +260,7 @@ def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
         assert paths_of(pages["closed"]) == ["/screen/alone/four"]
         assert (pages["applied"], pages["expected"]) == (4, 4), json.dumps(pages)
         assert pages["elapsed"] < 6, "the closed page held the wait"
-        control(server, "slow", "four", 0)
+        control(server.base_url, "slow", "four", 0)
     finally:
         shared.close()
 
@@ -366,8 +367,18 @@ def test_the_fleet_page_shows_hosts_workers_and_pages_and_publishes(
 # --- on a Redis Cluster and through Sentinels (pages simulated: reports as client.js sends them) ----------
 
 
-def report_page(server: ServerProcess, stream: str, version: str, how: str = "loaded") -> None:
-    body = {"page": "simulated-page-1", "path": "/tv/1", "version": version, "how": how, "state": "live"}
+def report_page(
+    server: ServerProcess,
+    stream: str,
+    version: str,
+    how: str = "loaded",
+    *,
+    page: str = "simulated-page-1",
+    path: str = "/tv/1",
+) -> None:
+    """A page's report as client.js sends it, to ``server`` (which passes it on if ``stream`` is not its
+    worker's)."""
+    body = {"page": page, "path": path, "version": version, "how": how, "state": "live"}
     request = urllib.request.Request(
         server.base_url + "/---distreload---/page",
         method="POST",

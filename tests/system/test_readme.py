@@ -660,12 +660,17 @@ def test_recipe_deploy_hook(shared_redis_url: str, namespace: str, channel: Call
 
 def test_the_acl_rules_are_the_ones_the_suite_runs_under() -> None:
     """The worker and command-line rules the README gives are the ones tests/system/test_redis_acl.py,
-    test_redis_cluster.py and test_redis_sentinel.py create their users with."""
-    from .redis_apps import cli_rule, worker_rule
+    test_redis_cluster.py and test_redis_sentinel.py create their users with, and so are the page
+    reports' parts."""
+    from .redis_apps import cli_rule, pages_reader_rule, pages_worker_rule, worker_rule
 
     for user, rule in (("dr-worker", worker_rule("shop")), ("dr-cli", cli_rule("shop"))):
         given = re.findall(rf"^    ACL SETUSER {user} on >PASSWORD (.+)$", README, re.M)
         assert len(given) == 1 and sorted(given[0].split()) == sorted(rule), (user, given)
+    # The page reports' parts, added to those users.
+    for user, rule in (("dr-worker", pages_worker_rule("shop")), ("dr-cli", pages_reader_rule("shop"))):
+        given = re.findall(rf"^ +ACL SETUSER {user} (\+hset|\+hgetall)(.+)$", README, re.M)
+        assert len(given) == 1 and sorted("".join(given[0]).split()) == sorted(rule), (user, given)
 
 
 def test_benchmarks_section_has_its_markers() -> None:

@@ -37,8 +37,11 @@ from ..sse import SSEReader
 from . import redis_servers
 from .redis_apps import (
     APP,
+    TOKEN,
     cli_rule,
     info,
+    pages_reader_rule,
+    pages_worker_rule,
     set_user,
     start_fleet,
     trigger,
@@ -46,6 +49,7 @@ from .redis_apps import (
     worker_rule,
 )
 from .redis_servers import RedisNode, free_port
+from .test_pages import page_count, report_page
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -337,3 +341,60 @@ def test_the_worker_rule_on_a_database_other_than_0_needs_select(server: RedisNo
     assert asyncio.run(worker_does_everything(url, namespace, "dr-worker", in_3)) == "did not subscribe"
     set_user([server], "dr-worker", "pw", [*worker_rule(namespace), "+select"])
     assert asyncio.run(worker_does_everything(url, namespace, "dr-worker", in_3)) is None
+
+
+# --- Page reports ------------------------------------------------------------------------------------------
+
+
+def test_page_reports_are_counted_under_the_documented_rules_direct_or_passed_on(
+    server: RedisNode, namespace: str, start_server: ServerFactory, open_sse: Callable[..., SSEReader]
+) -> None:
+    """Two workers under the worker rule and its page part; one page reports to its own stream's worker,
+    the other to the worker that does not hold its stream (passed on through that worker's inbox), as tabs
+    of workers that share a port do. The command line, under its rule and the reading part, waits for both;
+    so does a worker asked over HTTP."""
+    set_user([server], "dr-worker", "pw", [*worker_rule(namespace), *pages_worker_rule(namespace)])
+    set_user([server], "dr-cli", "pw", [*cli_rule(namespace), *pages_reader_rule(namespace)])
+    worker_url, cli_url = url_of(server, "dr-worker"), url_of(server, "dr-cli")
+    fleet = start_fleet(start_server, open_sse, [worker_url, worker_url], namespace, workers=1)
+    first, second = fleet.servers
+    hellos = [reader.wait_for("hello")[0].json() for reader in fleet.readers]
+
+    def report_both(version: str, how: str) -> None:
+        report_page(first, hellos[0]["stream"], version, how, page="screen-one", path="/tv/1")
+        report_page(first, hellos[1]["stream"], version, how, page="screen-two", path="/tv/2")  # passed on
+
+    report_both(hellos[0]["version"], "loaded")
+    deadline = time.monotonic() + 20
+    while page_count(cli_url, namespace) != {"/tv/1": 1, "/tv/2": 1}:
+        assert time.monotonic() < deadline, page_count(cli_url, namespace)
+        time.sleep(0.2)
+
+    token = {"DISTRELOAD_TOKEN": TOKEN}
+
+    def wait_and_report(*how: str) -> dict[str, Any]:
+        reloads_before = len(fleet.readers[0].of("reload"))
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(distreload_cli, "publish", *how, "--json", "--wait", "20", env=token)
+            reloads = fleet.readers[0].wait_for("reload", count=reloads_before + 1, timeout=20)
+            report_both(str(reloads[-1].json()["version"]), "reloaded")
+            done = waiting.result()
+        logs = [app.log()[-2000:] for app in fleet.servers]
+        assert done.returncode == 0, (how, done.stdout, done.stderr, logs)
+        pages: dict[str, Any] = json.loads(done.stdout)["pages"]
+        assert (pages["applied"], pages["expected"], pages["workers"]) == (2, 2, 2), (how, pages)
+        return pages
+
+    wait_and_report("--redis-url", cli_url, "--namespace", namespace)
+    # A worker asked over HTTP to wait reads the summaries itself: under the worker rule alone it says so in
+    # one line and publishes nothing; with the reading part added it waits like the command line.
+    refused = distreload_cli("publish", "--url", second.base_url, "--wait", "20", env=token)
+    assert refused.returncode != 0 and refused.stdout == "", refused
+    [line] = refused.stderr.splitlines()
+    assert "no permissions to run the 'scan' command" in line, line
+    time.sleep(0.5)
+    assert len(fleet.readers[0].of("reload")) == 1, "a refused publish still sent a reload"
+    server.command("ACL", "SETUSER", "dr-worker", *pages_reader_rule(namespace))
+    wait_and_report("--url", second.base_url)
+    for app in fleet.servers:
+        assert "could not" not in app.log(), app.log()
