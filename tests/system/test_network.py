@@ -18,6 +18,11 @@ their PING deadline, while the driver, and the browser, still reach app1's pages
 app1's bridge port down instead would cut the driver off too, and "its workers keep serving pages" could not
 be observed.
 
+The same hosts serve the screens of tests/apps/screens_app.py for ``publish --wait``: tabs in Chromium on
+both hosts, over both workers of each (each host names its workers with DISTRELOAD_HOST_NAME), counted from
+the driver: every page applies, a page answers 500, a paused tab, a tab the match leaves out, a tab closed
+mid-wait.
+
 Figures (heal-to-reload times, catch-up times, reconnects) are printed: run with ``-s`` to see them.
 """
 

@@ -1,7 +1,8 @@
 """``distreload publish --wait`` against real pages in Chromium, served by two hosts (two server processes)
 on one Redis: every page applies (exit 0), a page whose server answers 500 is named (exit 3), a page that
 does not answer in time (exit 4), a paused tab, a tab the match leaves out, a tab closed mid-wait, the same
-through ``--url --token``, ``status --pages`` and the fleet page."""
+through ``--url --token``, ``status --pages`` and the fleet page. The same over two network hosts of two
+workers each: tests/system/test_network.py."""
 
 from __future__ import annotations
 
