@@ -257,7 +257,10 @@ class Round:
             self.paused[page.page] = self.pending.pop(page.page)
             self.waiting.discard(page.page)
         elif page.state == "excluded":
+            if not _reached(page.version, self.version):
+                return  # left out by an earlier reload's match (a report passed on late): not by this one
             self.pending.pop(page.page)
+            self.expected -= 1  # left out, as the pages the worker's own match check leaves out
             self.excluded += 1
         elif page.state == "waiting":
             self.waiting.add(page.page)
@@ -380,18 +383,29 @@ class PageRegistry:
         batch[key] = report.to_json(moved=True) if moved else report.to_json()
         self.wake()
 
-    def take_outbox(self) -> dict[str, list[str]]:
+    def take_outbox(self) -> dict[str, list[tuple[tuple[str, bool], str]]]:
         """The reports to pass on now, per worker token, taken out: MAX_FORWARDED per worker at most, the
-        oldest first."""
-        batches: dict[str, list[str]] = {}
+        oldest first, each with its key in the outbox (see :meth:`put_back`)."""
+        batches: dict[str, list[tuple[tuple[str, bool], str]]] = {}
         for owner, batch in list(self.outbox.items()):
             taken = batches[owner] = []
             while batch and len(taken) < MAX_FORWARDED:
-                taken.append(batch.popitem(last=False)[1])
+                taken.append(batch.popitem(last=False))
             if not batch:
                 del self.outbox[owner]
         self.forwarded += sum(len(taken) for taken in batches.values())
         return {owner: taken for owner, taken in batches.items() if taken}
+
+    def put_back(self, batches: dict[str, list[tuple[tuple[str, bool], str]]]) -> None:
+        """Reports that could not be passed on (Redis away): first in line again, unless a newer report of
+        the same page is waiting already."""
+        for owner, taken in batches.items():
+            batch = self.outbox.setdefault(owner, OrderedDict())
+            for key, text in reversed(taken):
+                if key not in batch and len(batch) < MAX_OUTBOX:
+                    batch[key] = text
+                    batch.move_to_end(key, last=False)
+            self.forwarded -= len(taken)
 
     def take_forwarded(self, entries: Iterable[bytes | str]) -> int:
         """Take the reports other workers passed on to this one; the number of unreadable ones, skipped."""
@@ -688,7 +702,9 @@ class RedisSink(PageSink):
 
     async def forward(self, batches: dict[str, list[str]]) -> None:
         client = self.client_of()
-        if client is None or not batches:
+        if client is None:
+            raise ConnectionError("no connection to Redis now")  # kept for the next flush
+        if not batches:
             return
         # One round trip; the keys share the namespace's hash tag, so a Redis Cluster takes them together.
         async with client.pipeline(transaction=False) as pipe:
@@ -814,8 +830,17 @@ class PageFlusher:
         if now < self.inbox_refused_until:  # an ACL without the inbox's rights: nothing goes through
             return
         if batches:
+            try:
+                await self.sink.forward(
+                    {
+                        inbox_key(self.namespace, owner): [text for _, text in b]
+                        for owner, b in batches.items()
+                    }
+                )
+            except BaseException:  # not sent: sent with the next flush (cancelled: lost with the worker)
+                registry.put_back(batches)
+                raise
             self.forwards += 1
-            await self.sink.forward({inbox_key(self.namespace, owner): b for owner, b in batches.items()})
         if now < self.last_drain + self.drain_period(now):
             return
         self.last_drain = now

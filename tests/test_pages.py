@@ -147,6 +147,24 @@ def test_each_page_open_at_the_reload_applies_fails_pauses_or_leaves() -> None:
     assert (summary.applied, summary.failed_count, summary.outcome) == (2, 0, "applied")
 
 
+def test_a_page_left_out_by_a_match_counts_as_left_out_only_for_that_reload() -> None:
+    v3 = ClusterVersion(EPOCH, 3)
+    registry = registry_with(report("page-0001", "/bar"), report("page-0002", "/lobby"))
+    registry.reload_arrived(Reload(V2))
+    # The client says it was left out (its match check disagreed with the worker's): not awaited.
+    registry.report(report("page-0001", "/bar", V2, state="excluded"))
+    registry.report(report("page-0002", "/lobby", V2, how="reloaded"))
+    summary = add_up(str(V2), [json.dumps(s) for _, s in registry.dirty_rounds()])
+    assert (summary.expected, summary.applied, summary.excluded, summary.outcome) == (1, 1, 1, "applied")
+    # The next reload matches it; a report of the earlier exclusion (passed on late) changes nothing.
+    registry.reload_arrived(Reload(v3))
+    registry.report(report("page-0001", "/bar", V2, state="excluded"))
+    current = registry.rounds[str(v3)]
+    assert (current.expected, current.excluded, "page-0001" in current.pending) == (2, 0, True)
+    registry.report(report("page-0001", "/bar", v3, how="reloaded"))
+    assert "page-0001" not in current.pending and len(current.applied_ms) == 1
+
+
 def test_a_page_waiting_out_a_spread_is_pending_and_says_so() -> None:
     registry = registry_with(report("spread-01", "/a"))
     registry.reload_arrived(Reload(V2, spread=30))
@@ -532,6 +550,39 @@ def test_a_page_reloading_when_a_reload_arrives_is_counted_once_it_reports_again
     counted_by = [worker.rounds[str(V2)].expected for worker in port.workers]
     assert counted_by == ([1, 0] if came_through_old_stream else [0, 1])
     assert len(first) == 0 and set(second.pages) == {"page-0001"}
+
+
+class FailingOnceSink(InboxSink):
+    """Redis away for one flush: passing reports on fails once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def forward(self, batches: dict[str, list[str]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("no connection to Redis now")
+        await super().forward(batches)
+
+
+def test_reports_that_could_not_be_passed_on_go_with_the_next_flush_behind_nothing_newer() -> None:
+    port = Port()
+    port.sink = FailingOnceSink()
+    port.flushers = [PageFlusher(worker, port.sink, "ns") for worker in port.workers]
+    first, second = port.workers
+    first.report(report("page-0001", "/old", stream=port.streams[1]))
+    first.report(report("page-0002", "/b", stream=port.streams[1]))
+    with pytest.raises(ConnectionError):
+        asyncio.run(port.flushers[0].exchange(time.monotonic()))
+    first.report(report("page-0001", "/new", stream=port.streams[1]))  # newer than the one put back
+    assert first.forwarded == 0 and len(first.outbox[second.token]) == 2
+    port.exchange()
+    assert {page: listed.path for page, listed in second.pages.items()} == {
+        "page-0001": "/new",
+        "page-0002": "/b",
+    }
+    assert not first.outbox and first.forwarded == 2
 
 
 def test_reports_passed_on_are_bounded_newest_first_and_garbage_is_skipped(
