@@ -7,12 +7,15 @@ Redis, under ``distreload-test:<namespace>:`` and expiring on its own, so every 
 - ``/screen/{group}/{name}``: a small page;
 - ``POST /control/fail/{name}/{status}``: the screen ``name`` answers that status (0: mended);
 - ``POST /control/slow/{name}/{seconds}``: the screen ``name`` answers after that long (0: at once).
+
+With SCREENS_DEBUG=1 distreload's debug lines go to stderr (the server's log), for a test that failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -23,6 +26,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from distreload import DistReload
+
+if os.environ.get("SCREENS_DEBUG") == "1":
+    logging.basicConfig(format="%(asctime)s %(process)d %(name)s: %(message)s")
+    logging.getLogger("distreload").setLevel(logging.DEBUG)
 
 NAMESPACE = os.environ["DISTRELOAD_NAMESPACE"]
 KEY = f"distreload-test:{NAMESPACE}"

@@ -322,6 +322,7 @@ def start_app(hosts: NetHosts, name: str, app: str, net: Network, directory: Pat
         "DISTRELOAD_REDIS_URL": net.redis_url,
         "DISTRELOAD_NAMESPACE": net.namespace,
         ENV_HOST_NAME: name,  # how summaries and `status` name this host's workers ("app1:<pid>")
+        "SCREENS_DEBUG": "1",  # the screens app's workers log distreload's debug lines (other apps: nothing)
     }
     command = [sys.executable, "-m", "uvicorn", app, "--host", address, "--port", str(APP_PORT)]
     log_path = directory / f"{name}.log"
@@ -693,7 +694,12 @@ def test_publish_wait_counts_every_page_on_two_hosts_of_two_workers_each(
         ),
     }
     url, namespace = net.redis_url, net.namespace
-    wait_for_pages(url, namespace, dict.fromkeys(tabs, 1))
+    try:
+        wait_for_pages(url, namespace, dict.fromkeys(tabs, 1))
+    except AssertionError as exc:  # which worker holds which tab, and what the workers logged
+        workers = {path: tab.status_now().get("worker") for path, tab in tabs.items()}
+        logs = "\n".join(f"--- {host.name}\n{host.log()[-4000:]}" for host in net.apps.values())
+        raise AssertionError(f"{exc}\ntabs' workers: {workers}\n{logs}") from None
     workers = {path: str(tab.status()["worker"]) for path, tab in tabs.items()}
     assert len(set(workers.values())) == 2 * WORKERS, workers
     assert {worker.split(":")[0] for worker in workers.values()} == {"app1", "app2"}, workers
