@@ -194,11 +194,6 @@ def _reached(page_version: ClusterVersion | None, wanted: ClusterVersion) -> boo
     return page_version is not None and not page_version.is_behind(wanted)
 
 
-def _came_elsewhere(report: PageReport, current: Round) -> bool:
-    """Whether the round's reload (or a later one) reached the page through a stream it has left since."""
-    return bool(report.was) and report.was != report.stream and _reached(report.came, current.version)
-
-
 @dataclass
 class Round:
     """The pages open when one reload reached this worker, and what became of each."""
@@ -500,13 +495,15 @@ class PageRegistry:
         opened = self.open_streams.get(page.stream)
         moved_in = bool(report.was) and report.was != report.stream
         for current in self.rounds.values():
-            # Not counted when the reload arrived, but open then: its first report here came after it
-            # through a stream the reload went out through (passed on by another worker, or sent late), or
-            # it was between two documents and the reload did not come through the stream it left (it
-            # got the reload here). The worker of a stream the reload did come through counts it there.
-            if current.joinable(page.page, now) and (
-                (opened is not None and opened <= current.started and not _came_elsewhere(report, current))
-                or (moved_in and not _reached(report.came, current.version))
+            # Not counted when the reload arrived, but open then: it was between two documents (it names
+            # the stream it left) or its first report here came after the reload, through a stream the
+            # reload went out through (passed on by another worker, or sent late). Unless the reload came
+            # through the stream it left: that stream's worker counts it (see moved).
+            came_through_left = moved_in and _reached(report.came, current.version)
+            if (
+                current.joinable(page.page, now)
+                and not came_through_left
+                and (moved_in or (opened is not None and opened <= current.started))
             ):
                 current.count_in(page, now)
             current.settle(page, now)
@@ -589,8 +586,10 @@ class PageRegistry:
         now = time.monotonic()
         current = Round(reload.version, reload.match, now)
         for page in self.pages.values():
-            reloading = page.state == "reloading"
-            if reloading or (owner_of(page.stream) == self.token and page.stream not in self.open_streams):
+            # The dictionary lookup first: owner_of's pattern runs only for the few pages off an open stream.
+            if page.state == "reloading" or (
+                page.stream not in self.open_streams and owner_of(page.stream) == self.token
+            ):
                 continue
             current.count_in(page, now)
         self.rounds[key] = current

@@ -49,7 +49,7 @@ from .redis_apps import (
     worker_rule,
 )
 from .redis_servers import RedisNode, free_port
-from .test_pages import page_count, report_page
+from .test_pages import report_page, wait_for_pages
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -365,14 +365,11 @@ def test_page_reports_are_counted_under_the_documented_rules_direct_or_passed_on
         report_page(first, hellos[1]["stream"], version, how, page="screen-two", path="/tv/2")  # passed on
 
     report_both(hellos[0]["version"], "loaded")
-    deadline = time.monotonic() + 20
-    while page_count(cli_url, namespace) != {"/tv/1": 1, "/tv/2": 1}:
-        assert time.monotonic() < deadline, page_count(cli_url, namespace)
-        time.sleep(0.2)
+    wait_for_pages(cli_url, namespace, {"/tv/1": 1, "/tv/2": 1})
 
     token = {"DISTRELOAD_TOKEN": TOKEN}
 
-    def wait_and_report(*how: str) -> dict[str, Any]:
+    def wait_and_report(*how: str) -> None:
         reloads_before = len(fleet.readers[0].of("reload"))
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(distreload_cli, "publish", *how, "--json", "--wait", "20", env=token)
@@ -383,7 +380,6 @@ def test_page_reports_are_counted_under_the_documented_rules_direct_or_passed_on
         assert done.returncode == 0, (how, done.stdout, done.stderr, logs)
         pages: dict[str, Any] = json.loads(done.stdout)["pages"]
         assert (pages["applied"], pages["expected"], pages["workers"]) == (2, 2, 2), (how, pages)
-        return pages
 
     wait_and_report("--redis-url", cli_url, "--namespace", namespace)
     # A worker asked over HTTP to wait reads the summaries itself: under the worker rule alone it says so in
