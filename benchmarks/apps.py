@@ -6,8 +6,10 @@ the Redis in ``BENCH_REDIS_URL`` (namespace ``BENCH_NAMESPACE``) when it is set,
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -92,33 +94,96 @@ def base_app() -> FastAPI:
     return app
 
 
-async def floor_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """An event stream that costs only what the server needs to hold the connection open."""
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/ready":
+# The floor's reload: as many bytes as distreload's reload event, so that both cost the server the same write.
+FLOOR_RELOAD = (
+    b'event: reload\nid: 0123456789abcdef-1\ndata: {"version": "0123456789abcdef-1", "kind": "full", '
+    b'"paths": [], "match": null, "spread": 0}\n\n'
+)
+
+
+class FloorApp:
+    """The least an ASGI app on uvicorn can do to hold event streams and reach them all: a stream costs only
+    what the server needs to hold the connection open (the idle floor), and a reload is one loop awaiting
+    the server's ``send`` for each stream in turn: no task, no context, no record per stream (the fan-out
+    floor). With a Redis URL, POST /trigger publishes on a channel every worker listens to; without one it
+    reaches the streams of the worker it lands on."""
+
+    def __init__(self, redis_url: str | None = None, namespace: str | None = None) -> None:
+        self.redis_url = redis_url
+        self.channel = f"{namespace or 'floor'}:floor-reload"
+        self.sends: set[Send] = set()
+        self.listener: asyncio.Task[None] | None = None
+        self.publisher: Any = None  # one connection kept, as distreload keeps its own
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/ready":
+            await _answer(send, str(os.getpid()).encode())
+            return
+        if scope["path"] == "/trigger":
+            await self.trigger()
+            await _answer(send, b"{}")
+            return
         await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
         )
-        await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-        return
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
-    )
-    await send(
-        {
-            "type": "http.response.body",
-            "body": b'event: hello\ndata: {"worker": "floor"}\n\n',
-            "more_body": True,
-        }
-    )
-    while (await receive())["type"] != "http.disconnect":
-        pass
+        if self.redis_url is not None and self.listener is None:
+            self.listener = asyncio.get_running_loop().create_task(self.listen())
+        self.sends.add(send)
+        try:
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b'event: hello\ndata: {"worker": "floor-%d"}\n\n' % os.getpid(),
+                    "more_body": True,
+                }
+            )
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            self.sends.discard(send)
+
+    async def trigger(self) -> None:
+        if self.redis_url is None:
+            await self.reach_all()
+            return
+        if self.publisher is None:
+            import redis.asyncio
+
+            self.publisher = redis.asyncio.Redis.from_url(self.redis_url)
+        await self.publisher.publish(self.channel, b"reload")
+
+    async def listen(self) -> None:
+        import redis.asyncio
+
+        async with redis.asyncio.Redis.from_url(self.redis_url) as client, client.pubsub() as pubsub:
+            await pubsub.subscribe(self.channel)
+            async for message in pubsub.listen():
+                if message["type"] == "message":
+                    await self.reach_all()
+
+    async def reach_all(self) -> None:
+        message = {"type": "http.response.body", "body": FLOOR_RELOAD, "more_body": True}
+        for send in list(self.sends):
+            try:
+                await send(message)
+            except Exception:
+                self.sends.discard(send)
+
+
+async def _answer(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def build_app(variant: str, *, redis_url: str | None = None, namespace: str | None = None) -> ASGIApp:
     if variant == FLOOR:
-        return floor_app
+        return FloorApp(redis_url, namespace)
     app = base_app()
     if variant == BARE:
         return app

@@ -3,7 +3,10 @@
 distreload: the trigger route calls ``send_reload_signal_async()``; the reload goes through Redis (the
 shared one at 127.0.0.1:6379, a namespace of its own) to every worker, and each worker writes it to its
 streams. fastapi-reloader: the trigger route calls its ``send_reload_signal()``, which reaches only the
-streams of the worker that runs it, so it is measured with one worker (its best case).
+streams of the worker that runs it, so it is measured with one worker (its best case). The floor
+(``apps.FloorApp``): a bare ASGI app on the same Redis whose reload is one loop awaiting uvicorn's ``send``
+for each of its streams, the least any app can do on this server; measured at the target points, it tells
+what uvicorn, the kernel and the reading client cost there whatever the app does.
 """
 
 from __future__ import annotations
@@ -36,8 +39,14 @@ PROTOCOLS = {
 
 
 @contextlib.contextmanager
-def fanout_server(variant: str, workers: int, log_dir: Path) -> Iterator[Server]:
-    if variant == DISTRELOAD:
+def fanout_server(
+    variant: str, workers: int, log_dir: Path, *, through_redis: bool | None = None
+) -> Iterator[Server]:
+    """``variant`` served by ``workers`` uvicorn workers; ``through_redis`` (distreload's default): with
+    the shared Redis, in a namespace of its own."""
+    if through_redis is None:
+        through_redis = variant == DISTRELOAD
+    if through_redis:
         namespace = unique_namespace()
         try:
             with uvicorn_server(
@@ -84,12 +93,18 @@ def measure(server: Server, clients: int, repeats: int) -> dict[str, Any]:
 
 
 def curve(
-    variant: str, worker_counts: Sequence[int], client_counts: Sequence[int], repeats: int, log_dir: Path
+    variant: str,
+    worker_counts: Sequence[int],
+    client_counts: Sequence[int],
+    repeats: int,
+    log_dir: Path,
+    *,
+    through_redis: bool | None = None,
 ) -> list[dict[str, Any]]:
     points = []
     for workers in worker_counts:
         log(f"fan-out: {variant}, {workers} worker(s), streams {', '.join(map(str, client_counts))}")
-        with fanout_server(variant, workers, log_dir) as server:
+        with fanout_server(variant, workers, log_dir, through_redis=through_redis) as server:
             for clients in client_counts:
                 points.append(measure(server, clients, repeats))
     return points

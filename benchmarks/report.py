@@ -32,6 +32,20 @@ def _point(points: list[dict[str, Any]], clients: int, workers: int) -> dict[str
     return None
 
 
+def _floor_note(
+    floor_points: list[dict[str, Any]], point: dict[str, Any], reference: dict[str, Any] | None = None
+) -> str:
+    """The fan-out floor's figure at ``point`` (a bare app's loop of sends, through the same Redis): what
+    uvicorn, the kernel and the reading client take there whatever the app does."""
+    floor = _point(floor_points, point["clients"], point["workers"])
+    if floor is None:
+        return ""
+    said = f"; floor (bare ASGI app, one loop of sends) p99 {floor['p99_ms']:.1f} ms"
+    if reference is not None:
+        said += f", ratio {floor['p99_ms'] / reference['p99_ms']:.3f}"
+    return said + f"; distreload / floor {point['p99_ms'] / floor['p99_ms']:.2f}"
+
+
 FANOUT_P99_TARGET_MS = 150  # 8000 streams over 4 workers, through Redis
 FANOUT_RATIO_TARGET = 0.25  # 2000 streams on 1 worker, against fastapi-reloader in the same run
 FANOUT_LARGEST_P99_TARGET_MS = 200  # 16 000 streams over 4 workers, through Redis
@@ -135,6 +149,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     fanout = results.get("fanout", {})
     points = fanout.get("distreload", [])
     reference_points = fanout.get("fastapi_reloader", [])
+    floor_points = fanout.get("floor", [])
     if points:
         most_workers = max(p["workers"] for p in points)
         curve = [p for p in points if p["workers"] == most_workers]
@@ -144,7 +159,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{target_point['p99_ms']:.1f} ms",
             f"<= {FANOUT_P99_TARGET_MS} ms, all delivered",
             target_point["p99_ms"] <= FANOUT_P99_TARGET_MS and target_point["all_delivered"],
-            note=f"delivered {target_point['delivered_min']}/{target_point['clients']}",
+            note=f"delivered {target_point['delivered_min']}/{target_point['clients']}"
+            + _floor_note(floor_points, target_point),
         )
         largest = max(curve, key=lambda p: p["clients"])
         if largest is not target_point:
@@ -153,7 +169,8 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{largest['p99_ms']:.1f} ms",
                 f"<= {FANOUT_LARGEST_P99_TARGET_MS} ms, all delivered",
                 largest["p99_ms"] <= FANOUT_LARGEST_P99_TARGET_MS and largest["all_delivered"],
-                note=f"delivered {largest['delivered_min']}/{largest['clients']}",
+                note=f"delivered {largest['delivered_min']}/{largest['clients']}"
+                + _floor_note(floor_points, largest),
             )
         one_worker = [p for p in points if p["workers"] == 1]
         if one_worker and reference_points:
@@ -168,7 +185,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"<= {FANOUT_RATIO_TARGET:.2f}",
                     ratio <= FANOUT_RATIO_TARGET and ours["all_delivered"],
                     f"{theirs['p99_ms']:.1f} ms",
-                    note=f"distreload p99 {ours['p99_ms']:.1f} ms",
+                    note=f"distreload p99 {ours['p99_ms']:.1f} ms" + _floor_note(floor_points, ours, theirs),
                 )
 
     idle = results.get("idle", {})
@@ -505,7 +522,9 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
             "`send_reload_signal_async()`; fastapi-reloader: its `send_reload_signal()`) to the reload "
             "bytes arriving on each stream, read by one epoll loop over raw sockets. distreload goes "
             "through the Redis at 127.0.0.1:6379 (own namespace) to every worker; fastapi-reloader reaches "
-            "only its own worker. Medians over the repeats of each point.",
+            "only its own worker. uvicorn-floor: a bare ASGI app on the same Redis whose reload is one "
+            "loop awaiting uvicorn's `send` for each stream (`apps.FloorApp`), at the target points: the "
+            "least any app can take there. Medians over the repeats of each point.",
             "",
             "![fan-out latency](fanout.png)",
             "",
@@ -513,7 +532,7 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
             "delivered |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for key in ("distreload", "fastapi_reloader"):
+        for key in ("distreload", "floor", "fastapi_reloader"):
             for p in fanout.get(key, []):
                 lines.append(
                     f"| {p['variant']} | {p['workers']} | {p['clients']} | {p['p50_ms']:.1f} | "

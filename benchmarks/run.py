@@ -172,6 +172,16 @@ def _run_fanout(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any
             + fanout.curve(DISTRELOAD, (sizes.largest[0],), (sizes.largest[1],), sizes.repeats, log_dir)
         }
         reference_counts = list(sizes.client_counts)
+    # The floor at the points the targets name (or the chosen ones): what is left for any app to spend.
+    floor_points = sizes.fanout_points or ((1, 2000), (4, 8000), sizes.largest)
+    if smoke:
+        floor_points = ((1, sizes.client_counts[-1]), sizes.largest)
+    section["floor"] = []
+    for workers in sorted({workers for workers, _ in floor_points}):
+        counts = sorted({clients for w, clients in floor_points if w == workers})
+        section["floor"] += fanout.curve(
+            FLOOR, (workers,), counts, sizes.repeats, log_dir, through_redis=True
+        )
     if fastapi_reloader_available():
         if reference_counts:
             section["fastapi_reloader"] = fanout.curve(
