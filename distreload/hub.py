@@ -2,22 +2,22 @@
 
 An open stream is its request's task waiting in the server's ``receive()`` (the one way a server tells of a
 disconnect, which so ends the request as soon as the server says it), and a small object in the hub: no
-other task, future or queue while nothing happens. An event is one pass over the streams that starts, for
-each, a task writing it through the stream's ``send`` in a copy of the stream request's context (a
-request-id or tracing middleware sees the write as part of the stream's request, not of whatever triggered
-the reload), awaited to its end as ASGI asks. A send the server makes wait (the client's connection is full)
-holds up no other stream; what is said to that client meanwhile queues behind it, up to a limit, after
-which it is given up.
+other task, future or queue while nothing happens. An event is one task that goes over the streams and, for
+each, makes the write there and then: it calls the stream's ``send`` and runs the awaitable it hands back up
+to its first wait, in a copy of the stream request's context (a request-id or tracing middleware sees the
+write as part of the stream's request, not of whatever triggered the reload). A server takes almost every
+write at once, so most writes are over in that one step: no task, no turn of the loop per stream. A write the
+server makes wait (the client's connection is full) keeps the task it started in, which drives it to its
+end, still in the stream's context, and a new task carries on with the streams after it: whatever a send
+wrapper tied to the running task (an ``asyncio.timeout``, an anyio cancel scope) is tied to that write and
+nothing else, and no slow client holds up another. What is said to a client meanwhile queues behind its
+write, up to a limit, after which it is given up.
 
 A stream ends when its last message is written (shutdown: ``event: shutdown``), when a write fails, or when
 the client leaves; the request then returns normally (the stream cancels its wait in ``receive()`` and takes
 the cancellation back), so no server is left waiting for a response that would never finish. When the
 server cancels the request instead (it is stopping, and done waiting), the stream still says goodbye
 (``event: shutdown``, the last body), within a bound, before the cancellation goes on.
-
-Each write runs in a task of its own, so that whatever a send wrapper ties to the running task (an
-``asyncio.timeout``, an anyio cancel scope) is tied to that write and nothing else. From Python 3.12 it is an
-eager task, which makes the write there and then; Python 3.11 makes it on the loop's next turn.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 from starlette.types import Receive, Send
@@ -62,28 +62,97 @@ def shutdown_event(reason: str) -> bytes:
     return sse_event("shutdown", json.dumps({"reason": reason}))
 
 
-# A stream's writer while an eager task runs its first step, before the task is handed back.
+# A stream's writer while its write is being made here and now, before it is over or has to wait.
 WRITING_NOW = object()
 
 if sys.version_info >= (3, 12):
 
-    def _start_write(write: Coroutine[Any, Any, None], context: contextvars.Context) -> asyncio.Task[None]:
-        # An eager task runs its first step here and now, as a task of its own: a send the server takes at
-        # once costs no turn of the loop, and whatever a send wrapper ties to the running task (an
-        # asyncio.timeout, an anyio cancel scope) is tied to this write.
-        return asyncio.eager_task_factory(asyncio.get_running_loop(), write, context=context)
+    def _start(writes: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # An eager task makes its first step here and now: the writes the server takes at once are made
+        # before the call returns, without a turn of the loop.
+        return asyncio.eager_task_factory(asyncio.get_running_loop(), writes)
 
 else:
 
-    def _start_write(write: Coroutine[Any, Any, None], context: contextvars.Context) -> asyncio.Task[None]:
-        # Python 3.11 has no eager tasks: the write starts on the loop's next turn.
-        return asyncio.get_running_loop().create_task(write, context=context)
+    def _start(writes: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # Python 3.11 has no eager tasks: the writes start on the loop's next turn.
+        return asyncio.get_running_loop().create_task(writes)
+
+
+async def _write_each(streams: Sequence[Stream], body: bytes, more_body: bool, start: int = 0) -> None:
+    """Write ``body`` to each of ``streams`` (each already marked as being written to) from ``start`` on.
+    The first write the server makes wait keeps this task, which drives it and what queues behind it to
+    the end; a new task carries on with the streams after it (on the loop's next turn: never nested, however
+    many clients are slow)."""
+    for index in range(start, len(streams)):
+        stream = streams[index]
+        waiting = stream._write_now(body, more_body)
+        if waiting is not None:
+            if index + 1 < len(streams):
+                asyncio.get_running_loop().create_task(_write_each(streams, body, more_body, index + 1))
+            await stream._finish(waiting)
+            return
+
+
+def _first_step(send: Send, body: bytes, more_body: bool) -> tuple[Iterator[Any], Any] | None:
+    """Call ``send`` and run what it hands back up to its first wait: None when the write is over, else
+    the write's steps and what it waits on. Stepped as ``await`` steps an awaitable: granian's hands back an
+    iterator with no ``send`` or ``throw``."""
+    steps = send({"type": "http.response.body", "body": body, "more_body": more_body}).__await__()
+    try:
+        return steps, next(steps)
+    except StopIteration:
+        return None
+
+
+class _Waiting:
+    """A write the server made wait, resumed in its stream request's context by the task that awaits it."""
+
+    __slots__ = ("steps", "waited_on", "more_body", "context")
+
+    def __init__(
+        self, steps: Iterator[Any], waited_on: Any, more_body: bool, context: contextvars.Context
+    ) -> None:
+        self.steps = steps
+        self.waited_on = waited_on  # what the write waits on (a future), handed to the task awaiting this
+        self.more_body = more_body
+        self.context = context
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        # What ``yield from`` does with the write's steps, each step run in the request's context.
+        steps, context, waited_on = self.steps, self.context, self.waited_on
+        self.waited_on = None
+        while True:
+            try:
+                result = yield waited_on
+            except GeneratorExit:
+                close = getattr(steps, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as exc:  # a cancellation (a timeout's, the stream given up) is the write's
+                throw = getattr(steps, "throw", None)
+                if throw is None:
+                    raise
+                try:
+                    waited_on = context.run(throw, exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    if result is None:
+                        waited_on = context.run(next, steps)
+                    else:
+                        waited_on = context.run(steps.send, result)  # type: ignore[attr-defined]
+                except StopIteration:
+                    return
 
 
 class Stream:
     """One open event-stream response. Its request's task waits in the server's ``receive()`` (the one way a
-    server tells of a disconnect); what the hub writes goes to the server's ``send`` in a task of its own,
-    in a copy of the request's context, one write after another."""
+    server tells of a disconnect); what the hub writes goes to the server's ``send`` in a copy of the
+    request's context, one write after another: made at once by the task that writes an event to every
+    stream, or, once the server makes one wait, by a task that is that write's own."""
 
     __slots__ = (
         "client_ahead",
@@ -123,28 +192,28 @@ class Stream:
 
     def write(self, body: bytes, *, last: bool = False) -> None:
         """Queue ``body`` for this stream; ``last`` ends the response after it."""
+        if self._take(body, last):
+            _start(_write_each((self,), body, not last))
+
+    def _take(self, body: bytes, last: bool) -> bool:
+        """Queue ``body``; True (the stream marked as being written to) when nothing is in flight and the
+        caller is to write it now, through ``_write_each``."""
         if self._ending:
-            return
+            return False
         queue = self._queue
         if queue and self._stalled(queue):
             self._give_up()
-            return
+            return False
         if last:
             self._ending = True
         if self._writer is None and self._serving:
-            self._start_writer(body, not last)
-        elif queue is None:
+            self._writer = WRITING_NOW  # writes made while this one runs queue behind it
+            return True
+        if queue is None:
             self._queue = [(body, not last)]
         else:
             queue.append((body, not last))
-
-    def _start_writer(self, body: bytes, more_body: bool) -> None:
-        """Write ``body``, then what queues behind it, in a task of its own in the request's context (at once
-        where eager tasks exist, Python 3.12 on): a write the server makes wait holds up no other stream."""
-        self._writer = WRITING_NOW  # writes made while an eager first step runs queue behind it
-        writer = _start_write(self._write(body, more_body), self._context)
-        if not writer.done():
-            self._writer = writer
+        return False
 
     def _stalled(self, queue: list[tuple[bytes, bool]]) -> bool:
         writing_since = self._writing_since
@@ -177,37 +246,62 @@ class Stream:
         if self._serving and task is not None:
             task.cancel()  # serve() takes this cancellation back and returns normally
 
-    async def _write(self, body: bytes, more_body: bool) -> None:
-        """Hand ``body``, then what queues behind it, to the server in order, each write awaited as ASGI
-        asks; runs in the request's context."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                self._writing_since = loop.time()
-                await self._send({"type": "http.response.body", "body": body, "more_body": more_body})
-                if not more_body:
-                    # The response is complete. One turn of the loop before the request returns lets the
-                    # server flush it: daphne, stopping, closes at once the connections of requests that
-                    # have returned.
-                    await asyncio.sleep(0)
-                    self._end_request()
-                    return
-                queue = self._queue
-                if not queue:
-                    self._queue = None  # an idle stream keeps no list
-                    return
-                body, more_body = queue.pop(0)
-        except (Exception, asyncio.CancelledError) as exc:
-            # The server refused a write (the client is gone or the response broken), or the write was
-            # cancelled: given up, or its client left. Either way this stream is over; the task is this
-            # write's own, so the cancellation ends here.
-            logger.debug("distreload: event stream write failed (%r); dropping the stream", exc)
-            self._ending = True
-            self._queue = None
-            self._end_request()
-        finally:
+    def _write_now(self, body: bytes, more_body: bool) -> _Waiting | None:
+        """Hand ``body``, then what queues behind it, to the server here and now, in the request's context;
+        the write the server makes wait (this task then has to drive it: ``_finish``), or None."""
+        if self._ended:
+            self._writer = None  # the request is over (its client left before this task's turn came)
+            return None
+        while True:
+            try:
+                started = self._context.run(_first_step, self._send, body, more_body)
+            except (Exception, asyncio.CancelledError) as exc:
+                self._failed(exc)
+                return None
+            if started is not None:
+                self._writer = asyncio.current_task()
+                self._writing_since = asyncio.get_running_loop().time()
+                return _Waiting(*started, more_body, self._context)
+            if self._written(more_body):
+                return None
+            body, more_body = self._queue.pop(0)  # type: ignore[union-attr]  # _written() saw it
+
+    async def _finish(self, waiting: _Waiting | None) -> None:
+        """Drive a write the server made wait to its end, then write what queued behind it."""
+        while waiting is not None:
+            try:
+                await waiting
+            except (Exception, asyncio.CancelledError) as exc:
+                # The server refused the write, or it was cancelled: given up, its client left, or a send
+                # wrapper's timeout. This task is the write's own, so the cancellation ends here.
+                self._failed(exc)
+                return
             self._writing_since = None
+            if self._written(waiting.more_body):
+                return
+            waiting = self._write_now(*self._queue.pop(0))  # type: ignore[union-attr]  # _written() saw it
+
+    def _written(self, more_body: bool) -> bool:
+        """A write is over: True when nothing more is to be written now."""
+        if not more_body:
+            # The response is complete. One turn of the loop before the request returns lets the server
+            # flush it: daphne, stopping, closes at once the connections of requests that have returned.
             self._writer = None
+            asyncio.get_running_loop().call_soon(self._end_request)
+            return True
+        if not self._queue:
+            self._queue = None  # an idle stream keeps no list
+            self._writer = None
+            return True
+        return False
+
+    def _failed(self, exc: BaseException) -> None:
+        logger.debug("distreload: event stream write failed (%r); dropping the stream", exc)
+        self._writing_since = None
+        self._writer = None
+        self._ending = True
+        self._queue = None
+        self._end_request()
 
     async def serve(self, receive: Receive, opening: Awaitable[bool] | None = None) -> None:
         """Wait in the server's ``receive()`` until the client leaves or the stream ends; the hub's writes
@@ -224,8 +318,9 @@ class Stream:
             self._serving = True
             queue = self._queue
             if queue:
-                self._queue = queue[1:]
-                self._start_writer(*queue[0])
+                self._queue = queue[1:] or None
+                self._writer = WRITING_NOW
+                _start(_write_each((self,), *queue[0]))
             while (await receive())["type"] != "http.disconnect":
                 pass  # the request itself (its empty body): listen on
         except asyncio.CancelledError:
@@ -255,15 +350,16 @@ class Stream:
         if not self._ending:
             queue.append((shutdown_event("shutdown"), False))
             self._ending = True
-        if self._writer is None:
+        writer = self._writer
+        if writer is None:
             if not queue:
                 return  # the last message is already written
-            self._queue = queue[1:]
-            self._start_writer(*queue[0])
+            self._queue = queue[1:] or None
+            self._writer = WRITING_NOW
+            writer = _start(_write_each((self,), *queue[0]))
         else:
             self._queue = queue
-        writer = self._writer
-        if not isinstance(writer, asyncio.Task):
+        if not isinstance(writer, asyncio.Task) or writer.done():
             return  # written at once
         try:
             await within(writer, FAREWELL_SECONDS)
@@ -316,20 +412,29 @@ class StreamHub:
             self.on_close(stream)
 
     def broadcast(self, body: bytes) -> None:
-        for stream in list(self._streams):
-            stream.write(body)
+        self._write_all(list(self._streams), body)
+
+    def _write_all(self, streams: Iterable[Stream], body: bytes, *, last: bool = False) -> None:
+        """Write ``body`` to ``streams``: one task for all (see ``_write_each``)."""
+        ready = [stream for stream in streams if stream._take(body, last)]
+        if ready:
+            _start(_write_each(ready, body, not last))
 
     def deliver(self, reload: Reload) -> None:
         """A new version reached this worker (called by the broker): tell every stream whose client does
         not have it yet, then the app."""
         body = reload_event(reload)
-        for stream in list(self._streams):
+        ready = []
+        for stream in list(self._streams):  # a stream given up on the way leaves the set
             ahead = stream.client_ahead
             if ahead is not None:
                 if not ahead.is_behind(reload.version):
                     continue  # the worker is catching up with what this client already has
                 stream.client_ahead = None
-            stream.write(body)
+            if stream._take(body, False):
+                ready.append(stream)
+        if ready:
+            _start(_write_each(ready, body, True))
         if self._on_reload is not None:
             self._on_reload(reload)
 
@@ -337,9 +442,8 @@ class StreamHub:
         """End every stream now, so a server that is stopping does not wait for open pages."""
         self.closing = True
         farewell = shutdown_event(reason)
-        streams, self._streams = list(self._streams), set()
-        for stream in streams:
-            stream.write(farewell, last=True)
+        streams, self._streams = self._streams, set()
+        self._write_all(streams, farewell, last=True)
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             self._heartbeat_task = None

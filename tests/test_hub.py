@@ -22,10 +22,30 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 
 
 class Ready:
-    """An awaitable that is not a coroutine, as granian's ``send`` returns."""
+    """An awaitable that is not a coroutine, made by a generator."""
 
     def __await__(self) -> Generator[Any, None, None]:
         yield from asyncio.sleep(0).__await__()
+
+
+class PlainIterator:
+    """What granian's ``send`` hands back: an awaitable whose ``__await__`` is itself, a plain iterator (no
+    ``send``, no ``throw``), here one that waits a turn of the loop before it is done."""
+
+    def __init__(self) -> None:
+        self.waited = False
+
+    def __await__(self) -> PlainIterator:
+        return self
+
+    def __iter__(self) -> PlainIterator:
+        return self
+
+    def __next__(self) -> None:
+        if self.waited:
+            raise StopIteration
+        self.waited = True
+        return None  # a bare yield: the task runs again on the loop's next turn
 
 
 class FakeServer:
@@ -84,7 +104,7 @@ def reload(number: int) -> Reload:
     return Reload(ClusterVersion("0123456789abcdef", number))
 
 
-@pytest.mark.parametrize("shape", ["coroutine", "awaitable object", "future"])
+@pytest.mark.parametrize("shape", ["coroutine", "awaitable object", "future", "plain iterator"])
 async def test_every_reload_arrives_whatever_awaitable_send_returns(shape: str) -> None:
     """Including reloads published long after the heartbeats began (granian's send is no coroutine)."""
 
@@ -93,7 +113,12 @@ async def test_every_reload_arrives_whatever_awaitable_send_returns(shape: str) 
         future.set_result(None)
         return future
 
-    awaitable = {"coroutine": None, "awaitable object": Ready, "future": done_future}[shape]
+    awaitable = {
+        "coroutine": None,
+        "awaitable object": Ready,
+        "future": done_future,
+        "plain iterator": PlainIterator,
+    }[shape]
     hub = StreamHub(heartbeat_interval=0.01)
     server = FakeServer(awaitable=awaitable)
     task = open_stream(hub, server)
@@ -438,3 +463,39 @@ async def test_a_send_that_raises_cancelled_at_once_drops_its_stream_and_no_othe
     assert len(healthy.bodies) == 2
     hub.close_all()
     await asyncio.wait_for(healthy_task, 2)
+
+
+async def test_writes_the_server_takes_at_once_cost_no_task_and_each_waiting_one_keeps_one() -> None:
+    """An event is one pass over the streams: a write the server takes at once is over in it; a write the
+    server makes wait keeps a task of its own (and its request's context) while the streams after it are
+    written without waiting for it."""
+    hub = StreamHub(heartbeat_interval=60)
+    servers = [FakeServer() for _ in range(20)]
+    slow = (servers[4], servers[11])
+    for server in slow:
+        server.gate = asyncio.Event()
+    tasks = [open_stream(hub, server, request_id=f"r{index}") for index, server in enumerate(servers)]
+    await settle()
+    before = asyncio.all_tasks()
+    hub.deliver(reload(1))
+    # No task per stream: one for the event (Python 3.11: its turn comes next), or one per write that
+    # waits and one carrying on after it (eager, from 3.12).
+    assert len(asyncio.all_tasks() - before) <= len(slow) + 1
+    await settle()
+    assert [len(server.bodies) for server in servers] == [0 if server in slow else 1 for server in servers]
+    assert len(asyncio.all_tasks() - before) == len(slow)  # one per waiting write, none for the others
+    hub.deliver(reload(2))  # queued behind the waiting writes, written at once to the others
+    await settle()
+    for server in slow:
+        server.gate.set()
+    await settle()
+    assert asyncio.all_tasks() - before == set()
+    for index, server in enumerate(servers):
+        assert [body.split(b"\n")[1] for body in server.bodies] == [
+            b"id: 0123456789abcdef-1",
+            b"id: 0123456789abcdef-2",
+        ]
+        assert server.request_ids == [f"r{index}"] * 2
+    hub.close_all()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    assert all(server.finished for server in servers)
