@@ -356,6 +356,7 @@ def machine_description() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "uvicorn_flavour": UVICORN_FLAVOUR,
         "packages": versions,
         "redis_server": redis_version,
         "wrk": wrk or "",

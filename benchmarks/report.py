@@ -46,6 +46,12 @@ def _floor_note(
     return said + f"; distreload / floor {point['p99_ms'] / floor['p99_ms']:.2f}"
 
 
+_SERVED_BY = {
+    "standard": "uvicorn served with its standard extras (httptools, uvloop).",
+    "plain": "uvicorn served as `pip install uvicorn` gives it: h11 and asyncio's own loop "
+    "(`DISTRELOAD_BENCH_UVICORN=plain`).",
+}
+
 FANOUT_P99_TARGET_MS = 150  # 8000 streams over 4 workers, through Redis
 FANOUT_RATIO_TARGET = 0.25  # 2000 streams on 1 worker, against fastapi-reloader in the same run
 FANOUT_LARGEST_P99_TARGET_MS = 200  # 16 000 streams over 4 workers, through Redis
@@ -403,7 +409,8 @@ def write_markdown(results: dict[str, Any], directory: Path) -> Path:
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, Linux "
         f"{machine['kernel']}, Python {machine['python']}, Redis {machine['redis_server'] or 'n/a'}; "
-        f"{packages}. Other work on the machine moves single figures: ratios come from interleaved runs in "
+        f"{packages}. {_SERVED_BY[machine.get('uvicorn_flavour', 'standard')]} Other work on the machine "
+        "moves single figures: ratios come from interleaved runs in "
         "one process, and costs are counted in CPU time where a target allows it (see benchmarks/README.md).",
         "",
         "## Targets",
