@@ -181,7 +181,8 @@ class Stream:
         self._task = asyncio.current_task()
         # (body, more_body) not yet handed to the server, behind a write in flight; made when needed.
         self._queue: list[tuple[bytes, bool]] | None = None
-        # While the queue is being written: the task writing it (WRITING_NOW while an eager one starts).
+        # While a write is in flight: the task driving one the server made wait, else WRITING_NOW (being made,
+        # or waiting for its task's first turn).
         self._writer: asyncio.Task[None] | object | None = None
         # The request has written its first events and waits in the server's receive(): the stream's writes
         # are its own to make, and the stream may end the request by cancelling that wait.
