@@ -319,9 +319,7 @@ class Stream:
             self._serving = True
             queue = self._queue
             if queue:
-                self._queue = queue[1:] or None
-                self._writer = WRITING_NOW
-                _start(_write_each((self,), *queue[0]))
+                self._write_alone(queue)
             while (await receive())["type"] != "http.disconnect":
                 pass  # the request itself (its empty body): listen on
         except asyncio.CancelledError:
@@ -344,6 +342,13 @@ class Stream:
                 writer.cancel()  # the client left: a write waiting on its connection never completes
             self._hub.closed(self)
 
+    def _write_alone(self, queue: list[tuple[bytes, bool]]) -> asyncio.Task[None]:
+        """Start writing ``queue`` (nothing in flight): its first message in a task for this stream alone,
+        the rest behind it."""
+        self._queue = queue[1:] or None
+        self._writer = WRITING_NOW
+        return _start(_write_each((self,), *queue[0]))
+
     async def _say_farewell(self) -> None:
         self._hub.discard(self)
         queue = self._queue or []
@@ -355,9 +360,7 @@ class Stream:
         if writer is None:
             if not queue:
                 return  # the last message is already written
-            self._queue = queue[1:] or None
-            self._writer = WRITING_NOW
-            writer = _start(_write_each((self,), *queue[0]))
+            writer = self._write_alone(queue)
         else:
             self._queue = queue
         if not isinstance(writer, asyncio.Task) or writer.done():
@@ -416,7 +419,8 @@ class StreamHub:
         self._write_all(list(self._streams), body)
 
     def _write_all(self, streams: Iterable[Stream], body: bytes, *, last: bool = False) -> None:
-        """Write ``body`` to ``streams``: one task for all (see ``_write_each``)."""
+        """Write ``body`` to ``streams`` (not the hub's set itself: a stream given up on the way leaves it):
+        one task for all (see ``_write_each``)."""
         ready = [stream for stream in streams if stream._take(body, last)]
         if ready:
             _start(_write_each(ready, body, not last))
@@ -424,18 +428,15 @@ class StreamHub:
     def deliver(self, reload: Reload) -> None:
         """A new version reached this worker (called by the broker): tell every stream whose client does
         not have it yet, then the app."""
-        body = reload_event(reload)
-        ready = []
-        for stream in list(self._streams):  # a stream given up on the way leaves the set
+        behind = []
+        for stream in self._streams:
             ahead = stream.client_ahead
             if ahead is not None:
                 if not ahead.is_behind(reload.version):
                     continue  # the worker is catching up with what this client already has
                 stream.client_ahead = None
-            if stream._take(body, False):
-                ready.append(stream)
-        if ready:
-            _start(_write_each(ready, body, True))
+            behind.append(stream)
+        self._write_all(behind, reload_event(reload))
         if self._on_reload is not None:
             self._on_reload(reload)
 
