@@ -1,11 +1,11 @@
 """Instructions per step of placing the tag in a small page (valgrind's callgrind), step by step.
 
 ``python benchmarks/page_steps.py`` counts each step of what the injector does to the 2 KB page of
-``apps.py`` (as FastAPI's HTMLResponse sends it): reading the headers, looking for a tag already there,
-finding ``</body>``, joining the bytes, growing Content-Length (with the copy of the start message), and the
-whole page through the injector's ``send`` with a ``send`` that does nothing. Each step runs in a loop of
-FEW and of MANY calls; the difference over the extra calls is one call's cost (start-up cancelled out),
-less that of a loop calling a function that does nothing.
+``apps.py`` (``--page 20k``: its 20 KB page) as FastAPI's HTMLResponse sends it: reading the headers,
+looking for a tag already there, finding ``</body>``, joining the bytes, growing Content-Length (with the
+copy of the start message), and the whole page through the injector's ``send`` with a ``send`` that does
+nothing. Each step runs in a loop of FEW and of MANY calls; the difference over the extra calls is one
+call's cost (start-up cancelled out), less that of a loop calling a function that does nothing.
 
 ``--source DIR`` counts another checkout's distreload (e.g. an older commit unpacked with ``git archive``):
 the steps are taken from whichever of its functions it has.
@@ -30,10 +30,10 @@ import asyncio, sys
 sys.path.insert(0, {source!r})
 sys.path.insert(1, {root!r})
 from distreload import injector
-from benchmarks.apps import PAGE
+from benchmarks.apps import {page}
 from starlette.responses import HTMLResponse
 
-response = HTMLResponse(PAGE)
+response = HTMLResponse({page})
 body = response.body
 start = {{"type": "http.response.start", "status": 200, "headers": response.raw_headers}}
 tag = b'<script src="/---distreload---/client.js?v=0123456789abcdef" data-distreload="/---distreload---" ' \\
@@ -106,8 +106,11 @@ else:
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
-def _count(source: Path, step: str, count: int) -> int:
-    script = _DRIVER.format(source=str(source), root=str(ROOT), step=step, count=count)
+PAGES = {"2k": "PAGE", "20k": "PAGE_20K"}  # --page: the name of the page in apps.py
+
+
+def _count(source: Path, step: str, count: int, page: str) -> int:
+    script = _DRIVER.format(source=str(source), root=str(ROOT), step=step, count=count, page=PAGES[page])
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", script],
         capture_output=True,
@@ -121,11 +124,14 @@ def _count(source: Path, step: str, count: int) -> int:
     return int(found.group(1))
 
 
-def count_steps(source: Path) -> dict[str, int]:
-    """Instructions of one call of each step, for the distreload found in ``source``."""
-    return {
-        step: round((_count(source, step, MANY) - _count(source, step, FEW)) / (MANY - FEW)) for step in STEPS
-    }
+def count_steps(source: Path, page: str = "2k") -> dict[str, int]:
+    """Instructions of one call of each step on ``page``, for the distreload found in ``source``."""
+
+    def per_call(step: str) -> float:
+        return (_count(source, step, MANY, page) - _count(source, step, FEW, page)) / (MANY - FEW)
+
+    loop, async_loop = per_call("nothing"), per_call("nothing async")
+    return {step: round(per_call(step) - (async_loop if step == "whole page" else loop)) for step in STEPS}
 
 
 def main() -> int:
@@ -133,12 +139,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--source", type=Path, default=ROOT, help="the folder holding the distreload package")
+    parser.add_argument("--page", choices=sorted(PAGES), default="2k", help="the page of apps.py to count")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 1
     print("| step | instructions |\n|---|---:|")
-    for step, instructions in count_steps(args.source.resolve()).items():
+    for step, instructions in count_steps(args.source.resolve(), args.page).items():
         print(f"| {step} | {instructions} |")
     return 0
 

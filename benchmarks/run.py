@@ -75,7 +75,7 @@ FULL = Sizes(
     page_runs=5,
     worker_counts=(1, 2, 4),
     client_counts=(100, 500, 1000, 2000, 4000, 8000),
-    largest=(4, 16000),
+    largest=report.FANOUT_LARGEST_POINT,
     repeats=3,
     idle_streams=2000,
     idle_seconds=30,
@@ -173,7 +173,11 @@ def _run_fanout(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any
         }
         reference_counts = list(sizes.client_counts)
     # The floor at the points the targets name (or the chosen ones): what is left for any app to spend.
-    floor_points = sizes.fanout_points or ((1, 2000), (4, 8000), sizes.largest)
+    floor_points = sizes.fanout_points or (
+        report.FANOUT_RATIO_POINT,
+        report.FANOUT_TARGET_POINT,
+        sizes.largest,
+    )
     if smoke:
         floor_points = ((1, sizes.client_counts[-1]), sizes.largest)
     section["floor"] = []

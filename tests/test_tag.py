@@ -102,9 +102,12 @@ def test_a_rendered_tag_is_recognised_in_a_page_and_its_attribute_name_alone_is_
 ) -> None:
     tag = render(ScriptTag(script_version="abc", client_options=options), scope).encode()
     questions = b"".join(b'<a href="?page=%d">?</a>' % i for i in range(40))  # past the per-"?" checks
-    for before in (b"", b"<p>text</p>", questions):
-        assert holds_tag(b"<html><body>" + before + tag + b"</body></html>")
-        assert not holds_tag(b"<html><!-- data-distreload --><body>" + before + b"</body></html>")
+    # Near the end of a page one search covers the rest; further from it each "?" is looked at.
+    far_from_the_end = b"<p>" + b"text " * 400 + b"</p>"
+    for before in (b"", b"<p>text</p>", b'<a href="?page=2">2</a>', questions):
+        for after in (b"", far_from_the_end):
+            assert holds_tag(b"<html><body>" + before + tag + after + b"</body></html>")
+            assert not holds_tag(b"<html><!-- data-distreload --><body>" + before + after + b"</body></html>")
     override = ScriptTag(script_version="abc", endpoint_url="https://dev.example.test/reload/")
     assert holds_tag(b"<p>?</p>" + render(override).encode())
     assert not holds_tag(tag[: tag.index(b"data-distreload=")])
