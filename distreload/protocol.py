@@ -34,6 +34,7 @@ MAX_MATCH_WILDCARDS = 16
 _EPOCH_PATTERN = re.compile(r"[0-9a-f]{8,32}")
 _VERSION_TEXT_PATTERN = re.compile(r"([0-9a-f]{8,32})-([0-9]{1,16})")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The most a published message adds around its request ('{"epoch":"...","version":...,').
 _MESSAGE_OVERHEAD = 80
 
@@ -288,9 +289,12 @@ def reload_request(
     if match is None:
         match = ""
     if match != "":
+        typed = match
+        match = as_in_location_pathname(match)
         problem = path_pattern_problem(match)
         if problem:
-            raise ValueError(f"match {_shown(match)} {problem}")
+            encoded = f" (as a URL path: {_shown(match)})" if match != typed else ""
+            raise ValueError(f"match {_shown(typed)} {problem}{encoded}")
     # Each value was checked above; the casts only tell the type checker what the checks proved.
     request = ReloadRequest(kind, cast(tuple[str, ...], tuple(paths)), seconds, cast(str, match))
     # Every worker drops a message over the size limit as not distreload's: refuse to publish one.
@@ -336,6 +340,27 @@ def is_same_origin_path(path: object) -> bool:
     )
 
 
+# What every browser's location.pathname holds percent-encoded (UTF-8, upper-case hex): anything past ASCII,
+# the space, '"', '<' and '>'. A glob is matched against that form, so "/écrans/*" is taken as
+# "/%C3%A9crans/*"; what a glob holds encoded already stays as it is, and '?' stays its wildcard.
+_ENCODED_IN_PATHNAMES = re.compile(r'[^\x00-\x7f]|[ "<>]')  # control characters are refused instead
+
+
+def _percent_encoded(found: re.Match[str]) -> str:
+    try:
+        return "".join(f"%{byte:02X}" for byte in found.group().encode())
+    except UnicodeEncodeError:
+        return found.group()  # a lone surrogate: no URL holds it, and the glob is refused below
+
+
+def as_in_location_pathname(pattern: object) -> object:
+    """``pattern`` with the characters a browser's ``location.pathname`` percent-encodes written that way,
+    as pages compare it; anything but a string as it came (refused by :func:`path_pattern_problem`)."""
+    if not isinstance(pattern, str):
+        return pattern
+    return _ENCODED_IN_PATHNAMES.sub(_percent_encoded, pattern)
+
+
 def is_path_pattern(pattern: object) -> bool:
     """A glob on a page's path that every page can match safely (see :func:`path_pattern_problem`)."""
     return path_pattern_problem(pattern) == ""
@@ -355,6 +380,8 @@ def path_pattern_problem(pattern: object) -> str:
         return f"is over {MAX_MATCH_LENGTH} characters"
     if _CONTROL_CHARACTERS.search(pattern) is not None:
         return "holds a control character or a backslash"
+    if _LONE_SURROGATE.search(pattern) is not None:
+        return "holds a lone UTF-16 surrogate, which no URL can hold"
     if "***" in pattern:
         return (
             "has three or more '*' in a row, which mean nothing: "

@@ -986,13 +986,14 @@ def test_kiosk_screens_on_two_workers_reload_spread_over_the_window_and_only_whe
 ) -> None:
     hosts = start_page_hosts(start_server, shared_redis_url, namespace)
     server = hosts[0]
-    # Two browsers of seven screens, five of the lobby and two of the hall, each screen on either host.
+    # Two browsers of seven screens, five of the lobby and two of the hall, each screen on either host. The
+    # hall's name is not ASCII: its pages' location.pathname holds it percent-encoded ("/kiosk/hall%C3%A9/").
     lobby: list[Tab] = []
     hall: list[Tab] = []
     for browser_index in range(2):
         context = new_context()
         for index in range(7):
-            group, screens = ("lobby", lobby) if index < 5 else ("hall", hall)
+            group, screens = ("lobby", lobby) if index < 5 else ("hallé", hall)
             host = hosts[index % 2]
             screens.append(open_tab(context, f"{host.base_url}/kiosk/{group}/{browser_index}-{index}"))
     assert len({tab.status()["worker"] for tab in lobby}) == 2
@@ -1025,8 +1026,9 @@ def test_kiosk_screens_on_two_workers_reload_spread_over_the_window_and_only_whe
         f"(median {offsets[5]:.2f} s); all reloaded within {took:.2f} s; hall screens untouched"
     )
 
-    # The hall's turn, published the way a deploy script would: over HTTP, with the token, to the other host.
-    answer = publish_over_http(hosts[1], {"kind": "reload", "match": "/kiosk/hall/*"})
+    # The hall's turn, published the way a deploy script would: over HTTP, with the token, to the other host;
+    # its glob typed with the letter itself, as a person writes it.
+    answer = publish_over_http(hosts[1], {"kind": "reload", "match": "/kiosk/hallé/*"})
     assert answer["receivers"] == 2
     wait_until(lambda: reload_counts(hall) == [1] * len(hall), 10, hall[0], "every hall screen to reload")
     settle(hall[0], 0.5)

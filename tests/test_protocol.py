@@ -220,6 +220,28 @@ def test_a_glob_built_to_backtrack_is_matched_at_once_and_refused_with_a_reason(
     assert path_pattern_problem("/" + "*/" * MAX_MATCH_WILDCARDS) == ""
 
 
+def test_a_glob_is_matched_against_the_path_as_the_browser_writes_it_whatever_it_was_typed_in() -> None:
+    # location.pathname of https://host/écrans/salle 1 is "/%C3%A9crans/salle%201".
+    pathname = "/%C3%A9crans/salle%201"
+    for typed in ("/écrans/*", "/%C3%A9crans/*", "/écrans/salle 1", "/é*/salle*"):
+        glob = reload_request("reload", [], 0, typed).match
+        assert glob_matches(glob, pathname), (typed, glob)
+        assert reload_request("reload", [], 0, glob).match == glob  # as every worker reads it again
+        assert parse_message(message(match=typed)).match == glob
+    assert reload_request("reload", [], 0, '/"a"/<b>/日本').match == "/%22a%22/%3Cb%3E/%E6%97%A5%E6%9C%AC"
+    assert not glob_matches(reload_request("reload", [], 0, "/ecrans/*").match, pathname)
+    # Refused with the glob as it was typed, and what it is as a URL path where the length is the reason.
+    for typed, reason in (
+        ("/a\nb", "control character"),
+        ("/\ud800x", "surrogate"),
+        ("/" + "é" * 43, "is over 256 characters (as a URL path: '/%C3%A9"),
+    ):
+        with pytest.raises(ValueError) as refused:
+            reload_request("reload", [], 0, typed)
+        assert str(refused.value).startswith(f"match {typed[:10]!r}"[:-1]) and reason in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+
 def test_what_a_worker_that_missed_reloads_is_told() -> None:
     last = Reload(ClusterVersion(EPOCH, 5), "css", ("/a.css",))
     state = State(ClusterVersion(EPOCH, 5), last)

@@ -271,7 +271,7 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="only pages whose path matches this glob follow the reload (* within a path "
         "segment, ** across segments, ? one character; at most 16 wildcards, never three * in a row), "
-        "e.g. '/screens/lobby/*'",
+        "e.g. '/screens/lobby/*'; letters past ASCII and spaces as typed or percent-encoded, alike",
     )
 
 
