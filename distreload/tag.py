@@ -21,25 +21,28 @@ NonceSource = Callable[[Scope], str | None]
 # elsewhere in a page's text (a comment, a code sample) does not count.
 _LONGEST_BASE = 512  # a longer endpoint URL is not recognised as a tag already in the page
 _TAG_START = b'<script src="'
+_LITERAL = b"/client.js?v="  # between the base and the script version: the tag's one fixed middle
 _TAG_SHAPE = re.compile(
-    re.escape(_TAG_START) + rb'[^"<>]{0,%d}/client\.js\?v=[^"<>]{0,64}" data-distreload="' % _LONGEST_BASE
+    re.escape(_TAG_START)
+    + rb'[^"<>]{0,%d}' % _LONGEST_BASE
+    + re.escape(_LITERAL)
+    + rb'[^"<>]{0,64}" data-distreload="'
 )
 # The anchor is the "?" of "client.js?v=": the rarest byte of the tag in HTML, so memchr (what bytes.find
 # does for one byte given as an int: given as bytes, `in` first fails to read it as an int, at the cost of
 # an exception) skips most pages whole at memory speed, where a search for a longer string costs several
 # times as much per byte.
 ANCHOR = ord("?")
-_ANCHOR_FOLLOWED_BY = b"?v="
-_BEFORE_ANCHOR = len(_TAG_START) + _LONGEST_BASE + len(b"/client.js")
+_ANCHOR_IN_LITERAL = _LITERAL.index(ANCHOR)
+_ANCHOR_FOLLOWED_BY = _LITERAL[_ANCHOR_IN_LITERAL:]  # "?v="
+_BEFORE_ANCHOR = len(_TAG_START) + _LONGEST_BASE + _ANCHOR_IN_LITERAL
 _AFTER_ANCHOR = len(b'?v=" data-distreload="') + 64
 TAG_SPAN = _BEFORE_ANCHOR + _AFTER_ANCHOR  # the most bytes of a page the start of a tag spans
 _CHECKED_ANCHORS = 8  # past this many "?" in one piece, a literal search of the rest is the cheaper way
-_LITERAL = b"/client.js?v="
 # Looking at one "?" costs about as much as a literal search through 700 bytes (bytes.find of a longer
 # string: a quarter of a nanosecond a byte, against memchr's hundredth): from a first "?" this close to the
 # end (pagers, footer links), one search of the rest costs a hop or two, however many "?" follow.
 _SEARCH_REST_WITHIN = 1024
-_ANCHOR_IN_LITERAL = _LITERAL.index(b"?")
 
 
 def holds_tag(data: bytes, first_anchor: int | None = None) -> bool:
