@@ -343,14 +343,12 @@ def is_same_origin_path(path: object) -> bool:
 # What every browser's location.pathname holds percent-encoded (UTF-8, upper-case hex): anything past ASCII,
 # the space, '"', '<' and '>'. A glob is matched against that form, so "/écrans/*" is taken as
 # "/%C3%A9crans/*"; what a glob holds encoded already stays as it is, and '?' stays its wildcard.
-_ENCODED_IN_PATHNAMES = re.compile(r'[^\x00-\x7f]|[ "<>]')  # control characters are refused instead
+# Control characters and lone surrogates are left as they are: path_pattern_problem() refuses them.
+_ENCODED_IN_PATHNAMES = re.compile('[^\x00-\x7f\ud800-\udfff]|[ "<>]')
 
 
 def _percent_encoded(found: re.Match[str]) -> str:
-    try:
-        return "".join(f"%{byte:02X}" for byte in found.group().encode())
-    except UnicodeEncodeError:
-        return found.group()  # a lone surrogate: no URL holds it, and the glob is refused below
+    return "".join(f"%{byte:02X}" for byte in found.group().encode())
 
 
 def as_in_location_pathname(pattern: object) -> object:
