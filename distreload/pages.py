@@ -494,16 +494,19 @@ class PageRegistry:
             page.stream = report.stream
         opened = self.open_streams.get(page.stream)
         moved_in = bool(report.was) and report.was != report.stream
+        left_here = moved_in and owner_of(report.was) == self.token
         for current in self.rounds.values():
             # Not counted when the reload arrived, but open then: it was between two documents (it names
             # the stream it left) or its first report here came after the reload, through a stream the
             # reload went out through (passed on by another worker, or sent late). Unless the reload came
-            # through the stream it left: that stream's worker counts it (see moved).
+            # through the stream it left: that stream's worker counts it (see moved), and when that worker
+            # is this one, nobody passes the move on, so it is counted here (a tab that got the reload
+            # on connecting, before it said anything, and reloaded onto this worker again).
             came_through_left = moved_in and _reached(report.came, current.version)
-            if (
-                current.joinable(page.page, now)
-                and not came_through_left
-                and (moved_in or (opened is not None and opened <= current.started))
+            if current.joinable(page.page, now) and (
+                left_here
+                if came_through_left
+                else moved_in or (opened is not None and opened <= current.started)
             ):
                 current.count_in(page, now)
             current.settle(page, now)

@@ -552,6 +552,30 @@ def test_a_page_reloading_when_a_reload_arrives_is_counted_once_it_reports_again
     assert len(first) == 0 and set(second.pages) == {"page-0001"}
 
 
+@pytest.mark.parametrize("reports_reach", ["its worker", "the other worker"])
+def test_a_page_that_caught_up_on_connect_and_reloaded_on_the_same_worker_is_counted(
+    reports_reach: str,
+) -> None:
+    """A tab resumed after a paused reload: its new document connects after V2 reached the worker, gets V2
+    on connect, and reloads before it reported anything else; its next document's stream is on the same
+    worker, so no other worker is told of the move and this one counts it."""
+    port = Port()
+    first, _ = port.workers
+    landing = port.workers[0 if reports_reach == "its worker" else 1]
+    assert port.reload(Reload(V2)).expected == 0
+    caught_up = open_stream(first)
+    landing.report(report("page-0001", "/a", V1, how="reloaded", state="reloading", stream=caught_up))
+    port.exchange()
+    first.stream_closed(caught_up)
+    newer = open_stream(first)
+    landing.report(report("page-0001", "/a", V2, how="reloaded", stream=newer, was=caught_up, came=V2))
+    port.exchange()
+    summary = port.summary(str(V2))
+    assert (summary.expected, summary.applied, summary.outcome) == (1, 1, "applied")
+    assert [worker.rounds[str(V2)].expected for worker in port.workers] == [1, 0]
+    assert set(first.pages) == {"page-0001"} and first.pages["page-0001"].stream == newer
+
+
 class FailingOnceSink(InboxSink):
     """Redis away for one flush: passing reports on fails once."""
 

@@ -1,8 +1,8 @@
 """``distreload publish --wait`` against real pages in Chromium, served by two hosts (two server processes)
 on one Redis: every page applies (exit 0), a page whose server answers 500 is named (exit 3), a page that
 does not answer in time (exit 4), a paused tab, a tab the match leaves out, a tab closed mid-wait, the same
-through ``--url --token``, ``status --pages`` and the fleet page. The same over two network hosts of two
-workers each: tests/system/test_network.py."""
+through ``--url --token``, ``status --pages`` and the fleet page; a tab still loading at publish time. The
+same over two network hosts of two workers each: tests/system/test_network.py."""
 
 from __future__ import annotations
 
@@ -202,6 +202,56 @@ def test_publish_wait_counts_every_page_over_two_hosts(
         assert (pages["applied"], pages["expected"]) == (4, 4)
     finally:
         shared.close()
+
+
+@pytest.mark.browser
+def test_a_tab_still_loading_at_publish_time_is_counted_once_it_catches_up(
+    browser: Any,
+    screens: Callable[[ServerProcess, str], Tab],
+    start_server: ServerFactory,
+    shared_redis_url: str,
+    namespace: str,
+) -> None:
+    """The tab's page came before the reload, its script after: it connects behind, gets the reload on
+    connecting and reloads, onto the same worker again (one worker here, so always). The wait counts it,
+    as it counts a tab that resumes from a pause and reloads just as the next reload arrives."""
+    env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
+    server = start_server(SCREENS_APP, env=env, wait=False, extra_args=["--timeout-graceful-shutdown", "1"])
+    wait_for_port(server.port, 30, server.process)
+    wait_for_subscribers(shared_redis_url, namespace, 1)
+    slow = screens(server, "/screen/lobby/slow")  # holds the wait open while the late tab catches up
+    wait_for_pages(shared_redis_url, namespace, {"/screen/lobby/slow": 1})
+    control(server.base_url, "slow", "slow", 2)
+    late_context = browser.new_context()
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.continue_()  # the next document's script
+        else:
+            held.append(route)
+
+    try:
+        late_context.route("**/client.js*", hold_the_first)
+        late = Tab(late_context.new_page())
+        late.page.goto(server.base_url + "/screen/lobby/late", wait_until="commit")
+        late.page.wait_for_timeout(500)
+        assert len(held) == 1 and late.page.evaluate("window.__distreload") is None
+        waiting = WaitInBackground(shared_redis_url, namespace, "30")
+        deadline = time.monotonic() + 20
+        while not slow.page.evaluate("window.__distreload.reloading"):  # the reload reached the worker
+            assert time.monotonic() < deadline, "the reload never reached the slow screen"
+            slow.page.wait_for_timeout(50)
+        held[0].continue_()
+        while waiting.thread.is_alive():  # route handlers run while Playwright is called
+            late.page.wait_for_timeout(100)
+        status, pages = waiting.result()
+        assert status == 0, json.dumps(pages)
+        assert (pages["applied"], pages["expected"]) == (2, 2), json.dumps(pages)
+        assert late.status()["version"] == pages["version"] and late.reloads == 1, late.navigations
+    finally:
+        control(server.base_url, "slow", "slow", 0)
+        late_context.close()
 
 
 @pytest.mark.browser
