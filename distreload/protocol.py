@@ -359,11 +359,6 @@ def as_in_location_pathname(pattern: object) -> object:
     return _ENCODED_IN_PATHNAMES.sub(_percent_encoded, pattern)
 
 
-def is_path_pattern(pattern: object) -> bool:
-    """A glob on a page's path that every page can match safely (see :func:`path_pattern_problem`)."""
-    return path_pattern_problem(pattern) == ""
-
-
 def path_pattern_problem(pattern: object) -> str:
     """Why ``pattern`` is no glob a page may be given, one line that follows "match '...' "; "" if it is one.
 

@@ -109,11 +109,17 @@ class ExitWatch:
             if not callable(previous):
                 continue  # no server handler to chain: the default action ends the process anyway
 
-            def handler(sig: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            def handler(
+                sig: int,
+                frame: FrameType | None,
+                previous: Callable[..., Any] = previous,
+                pass_on: bool = not _uvloops_signal_recorder(previous, loop),
+            ) -> None:
                 if not loop.is_closed():
                     with contextlib.suppress(RuntimeError):  # the loop closed in between
                         loop.call_soon_threadsafe(self.close_all)
-                previous(sig, frame)
+                if pass_on:
+                    previous(sig, frame)
 
             try:
                 signal.signal(signum, handler)
@@ -158,6 +164,24 @@ class ExitWatch:
                 self.close_all()
                 return
             await asyncio.sleep(POLL_INTERVAL)
+
+
+def _uvloops_signal_recorder(handler: Any, loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``handler`` is what uvloop's ``add_signal_handler`` installs: a method of the running loop
+    that only notes the signal for the loop, which hears of it through its wakeup fd anyway.
+
+    distreload's handler does not call it on. When a second signal comes while uvloop is taking in a first
+    (SIGINT to the group, then the supervisor's SIGTERM: granian), the note makes uvloop run the server's
+    callback for the second one twice, once from the note and once from the fd. granian's callback blocks
+    for good when it runs a third time, holding the GIL, and its worker never stops. The recorder's name
+    is uvloop's internal, not an interface (no public one exists); if it changes, the handler calls it on as
+    it calls any other, and uvloop behaves as it does without distreload.
+    """
+    return (
+        getattr(handler, "__self__", None) is loop
+        and getattr(handler, "__name__", "") == "_Loop__sighandler"
+        and type(loop).__module__.startswith("uvloop")
+    )
 
 
 _exit_watch = ExitWatch()

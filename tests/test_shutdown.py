@@ -152,6 +152,58 @@ def test_a_worker_killed_while_watching_the_stop_event_never_holds_up_the_superv
     assert not supervisor.is_alive(), "the supervisor's set() is stuck on the killed worker"
 
 
+def server_callbacks_on_uvloop(chained: bool, results: Any) -> None:
+    """A server on uvloop whose SIGINT and SIGTERM callbacks went through ``loop.add_signal_handler`` (as
+    granian's workers' do), in a process of its own: a SIGTERM comes while the loop takes in a SIGINT (a
+    supervisor stopping its workers as Ctrl-C reaches the whole group). Puts the callbacks run, in order."""
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    callbacks: list[str] = []
+    loop.add_signal_handler(signal.SIGINT, callbacks.append, "SIGINT")
+    loop.add_signal_handler(signal.SIGTERM, callbacks.append, "SIGTERM")
+    uvloops_own = signal.getsignal(signal.SIGINT)
+    assert callable(uvloops_own)
+
+    def sigint_then_sigterm(sig: int, frame: FrameType | None) -> None:
+        # Run by the loop as it takes in the SIGINT, after it read its wakeup fd: the SIGTERM's byte comes
+        # after that read, and its Python-level handler runs at once, inside this one.
+        signal.raise_signal(signal.SIGTERM)
+        uvloops_own(sig, frame)
+
+    signal.signal(signal.SIGINT, sigint_then_sigterm)
+    hub = Hub()
+
+    async def serve() -> None:
+        if chained:
+            ExitWatch().attach(hub)
+        # From another thread, so that the SIGINT reaches the loop while it waits, as a real one does.
+        threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)).start()
+        await asyncio.sleep(1)
+
+    loop.run_until_complete(serve())
+    results.put((callbacks, hub.closed))
+
+
+def test_on_uvloop_a_signal_that_comes_while_another_is_taken_in_runs_the_servers_callback_once() -> None:
+    """uvloop alone runs the SIGTERM callback twice here; granian's blocks the worker for good on a third
+    call (its stop signal's set() waits, holding the GIL), so its worker never stopped, about once in a
+    hundred stops by SIGINT to the group. Through distreload's handler each callback runs once."""
+    spawn = multiprocessing.get_context("spawn")
+    outcomes = {}
+    for chained in (False, True):
+        results = spawn.Queue()
+        process = spawn.Process(target=server_callbacks_on_uvloop, args=(chained, results), daemon=True)
+        process.start()
+        outcomes[chained] = results.get(timeout=30)
+        process.join(10)
+    assert outcomes[False] == (["SIGINT", "SIGTERM", "SIGTERM"], []), (
+        "uvloop no longer runs a callback twice: shutdown._uvloops_signal_recorder can go"
+    )
+    assert outcomes[True] == (["SIGINT", "SIGTERM"], ["shutdown"])
+
+
 def test_no_stop_event_is_looked_for_outside_hypercorn_workers() -> None:
     assert shutdown._hypercorn_stop_event() is None  # the test process itself
 
