@@ -9,6 +9,7 @@ by editing a copy of the app while streams are open.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import time
@@ -17,7 +18,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
+
+from distreload import send_reload_signal
 
 from ..conftest import TESTS, ServerLauncher
 from .serving import (
@@ -141,6 +145,45 @@ def test_gunicorn_sigint_stops_its_busy_and_its_idle_workers_within_2_s(
         assert reader.closed.wait(2) and reader.of("shutdown") and reader.complete, reader.events
         assert "SIGKILL" not in log and served.server.leftovers() == [], log[-3000:]
         print(f"\ngunicorn SIGINT, one busy and one idle worker: exit {took:.2f} s")
+
+
+# How long the old workers may take to go after SIGHUP: gunicorn replaces them all at once; granian one by
+# one, each once its replacement has started (a new process importing the app: seconds on 2 busy cores).
+HUP_BOUNDS = {"gunicorn": STOP_BOUND, "granian": 30.0}
+
+
+@pytest.mark.parametrize("server", sorted(HUP_BOUNDS))
+def test_a_graceful_reload_by_sighup_ends_the_old_workers_streams_and_the_new_workers_serve(
+    server: str, tmp_path: Path, shared_redis_url: str
+) -> None:
+    """``systemctl reload`` (``ExecReload=kill -HUP $MAINPID``): the master starts new workers and stops the
+    old ones gracefully, waiting for their open responses (gunicorn for its graceful timeout, 30 s; granian
+    with no limit unless ``--workers-kill-timeout`` is given). Each old stream ends with ``event: shutdown``
+    at once, the old workers go, and the new ones take streams and reloads."""
+    configuration = Configuration(f"{server}-hup-2-workers", APP, server, 2)
+    with serving(configuration, tmp_path, shared_redis_url) as served:
+        readers = readers_on_every_worker(served, per_worker=1)
+        old = {worker_of(reader) for reader in readers}
+        started = time.monotonic()
+        os.kill(served.server.process.pid, signal.SIGHUP)
+        gone_pids = {int(worker.rsplit(":", 1)[1]) for worker in old}
+        while any(psutil.pid_exists(pid) for pid in gone_pids):
+            took = time.monotonic() - started
+            assert took < HUP_BOUNDS[server], (
+                f"old workers still up {took:.1f} s after SIGHUP:\n{served.server.log()}"
+            )
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        for reader in readers:
+            assert reader.closed.wait(1) and reader.of("shutdown") and reader.complete, reader.events
+        new = every_worker_answering(served)
+        assert not set(new) & old, (sorted(new), sorted(old))
+        fresh = readers_on_every_worker(served, per_worker=1)
+        send_reload_signal(redis_url=served.redis_url, namespace=served.namespace)
+        for reader in fresh:
+            assert reader.wait_for("reload"), reader.events
+        assert served.server.process.poll() is None, served.server.log()
+        print(f"\n{server} SIGHUP with streams open: old workers gone {took:.2f} s after the signal")
 
 
 # --- reload modes ----------------------------------------------------------------------------------------
