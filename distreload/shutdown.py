@@ -6,7 +6,10 @@ ASGI way to learn earlier, so distreload listens where the server itself does:
 
 - the SIGINT/SIGTERM handlers a server installs with ``signal.signal`` (uvicorn, gunicorn's workers):
   distreload chains a handler in front that ends the streams, then calls the server's own. The chained
-  handlers are put back when the last app using them shuts down, and never touch a closed event loop;
+  handlers are put back when the last app using them shuts down, and never touch a closed event loop. On
+  uvloop, a server's handlers registered with ``loop.add_signal_handler`` (granian's workers) are reached
+  through the loop's wakeup fd, and the chained handler does not call the loop's own Python-level one,
+  found by its internal name (see ``_uvloops_signal_recorder``);
 - uvicorn's ``Server.should_exit`` flag, read from the object behind its signal handler, which also covers
   ``uvicorn --reload`` and ``--workers`` (the supervisor's signal reaches the worker as a flag);
 - gunicorn's worker ``alive`` flag, which its ``--reload`` clears without any signal;
@@ -17,8 +20,8 @@ ASGI way to learn earlier, so distreload listens where the server itself does:
   process group the worker dies in that wait, so the supervisor's ``set()`` waits forever for it to wake
   and hypercorn never stops.
 
-The flags and the event are not a documented interface of those servers: this is where distreload relies
-on a server's internals, because no public mechanism exists (the README lists what each server does).
+The flags, the event and uvloop's handler's name are not documented interfaces: this is where distreload
+relies on a server's internals, because no public mechanism exists (the README lists what each server does).
 """
 
 from __future__ import annotations
