@@ -1344,6 +1344,7 @@
     this.underWay = null;  // the fetch under way: one that was cancelled or overtaken is ignored
     this.timer = null;
     this.attempt = 0;
+    this.failedFor = "";  // the version the overlay shown is for: the reload this page could not apply
   }
 
   PageCheck.prototype.busy = function () {
@@ -1395,6 +1396,7 @@
       this.ui.showOverlay("distreload: " + title, response ? errorText(body, response.headers.get("content-type")) : "",
         wait);
       this.status.overlay = true;
+      this.failedFor = plan.version || "";
     }
     this.retry(delay);
   };
@@ -1421,6 +1423,7 @@
   PageCheck.prototype.hideOverlay = function () {
     this.ui.hideOverlay();
     this.status.overlay = false;
+    this.failedFor = "";
   };
 
   PageCheck.prototype.cancel = function () {
@@ -1632,7 +1635,7 @@
     var earlier = this.earlier();
     var report = JSON.stringify({ page: this.id, path: this.pathname().slice(0, 2048) || "/", version: this.shown,
       how: this.how, state: state.state, reason: (state.reason || "").slice(0, 200), stream: this.stream,
-      was: earlier.was, came: earlier.came });
+      was: earlier.was, came: earlier.came, trying: state.trying ? String(state.trying).slice(0, 64) : undefined });
     if (report === this.last) return;
     this.last = report;
     this.post(report, false);
@@ -1779,7 +1782,9 @@
       if (status.paused) return { state: "paused" };
       if (status.overlay) {
         var title = ui.parts && ui.parts.title ? ui.parts.title.textContent : "";
-        return { state: "overlay", reason: title.replace(/^distreload: /, "") };
+        // Which reload it could not apply: the worker counts it failed for that one, not for a later one
+        // whose check is still to come; and a failed check for a newer reload is told as news.
+        return { state: "overlay", reason: title.replace(/^distreload: /, ""), trying: check.failedFor };
       }
       if (status.reloading) return plan.timer ? { state: "waiting" } : null;
       return { state: report.excluded && report.excluded === report.shown ? "excluded" : "live" };

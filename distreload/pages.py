@@ -2,10 +2,10 @@
 
 Every tab reports to a worker (``POST <prefix>/page``) when what it shows changes: its path, the version
 it shows, how it got there (loaded, reloaded, morphed, css, images) and its state (live, waiting out a
-spread, paused, excluded by a match, or showing the overlay, with the reason). An idle page reports
-nothing. A page leaves the registry when its browser says so (``pagehide`` and ``sendBeacon``) or, where it
-cannot, when the event stream it listens through closes (the stream's heartbeat finds a closed connection
-within one interval).
+spread, paused, excluded by a match, or showing the overlay, with the reason and the reload it could not
+apply). An idle page reports nothing. A page leaves the registry when its browser says so (``pagehide``
+and ``sendBeacon``) or, where it cannot, when the event stream it listens through closes (the stream's
+heartbeat finds a closed connection within one interval).
 
 When a reload reaches the worker, the pages listening through its open streams are its round: each one is
 expected to apply it (or is excluded by the match, or paused). A page between two documents then (reloading,
@@ -104,6 +104,7 @@ class PageReport:
     leave: bool = False
     was: str = ""  # a stream the tab left: the one the latest reload came through, else the one before
     came: ClusterVersion | None = None  # the reload that came through ``was``, if one did
+    trying: ClusterVersion | None = None  # showing the overlay: the reload it could not apply
 
     def to_json(self, **extra: object) -> str:
         """The report as the client sends it (what :func:`parse_report` reads back)."""
@@ -113,6 +114,8 @@ class PageReport:
         else:
             version = str(self.version) if self.version else ""
             data.update(path=self.path, version=version, how=self.how, state=self.state, reason=self.reason)
+            if self.trying is not None:
+                data["trying"] = str(self.trying)
         for name in ("stream", "was"):
             if getattr(self, name):
                 data[name] = getattr(self, name)
@@ -170,7 +173,13 @@ def read_report(data: object) -> PageReport:
     if not isinstance(reason, str):
         raise BadReport("reason must be text")
     reason = _printable(reason)[:MAX_REASON]
-    return PageReport(page, path[:MAX_PATH], version, how, state, reason, stream, was=was, came=came)
+    trying_text = data.get("trying", "")
+    trying = ClusterVersion.parse(trying_text) if isinstance(trying_text, str) else None
+    if trying_text and trying is None:
+        raise BadReport("trying must be 'epoch-number'")
+    return PageReport(
+        page, path[:MAX_PATH], version, how, state, reason, stream, was=was, came=came, trying=trying
+    )
 
 
 def _printable(text: str) -> str:
@@ -187,6 +196,8 @@ class Page:
     reason: str
     stream: str
     since: float  # wall-clock time of the last report
+    trying: ClusterVersion | None = None  # showing the overlay: the reload it could not apply (older
+    # clients do not say: their overlay counts against every round they are pending in)
 
 
 def _reached(page_version: ClusterVersion | None, wanted: ClusterVersion) -> bool:
@@ -246,6 +257,8 @@ class Round:
             self.waiting.discard(page.page)
             self.applied_ms.append(round((now - self.started) * 1000))
         elif page.state == "overlay":
+            if page.trying is not None and page.trying.is_behind(self.version):
+                return  # its overlay is for an earlier reload (a report on its way): this one is still to try
             self.failed[page.page] = (self.pending.pop(page.page), page.reason or "overlay")
             self.waiting.discard(page.page)
         elif page.state == "paused":
@@ -449,7 +462,15 @@ class PageRegistry:
         self.vanished.pop(report.page, None)
         now = time.monotonic()
         elsewhere = Page(
-            report.page, report.path, report.version, report.how, report.state, report.reason, "", time.time()
+            report.page,
+            report.path,
+            report.version,
+            report.how,
+            report.state,
+            report.reason,
+            "",
+            time.time(),
+            report.trying,
         )
         underway = report.state in ("reloading", "waiting")
         for current in self.rounds.values():
@@ -489,6 +510,7 @@ class PageRegistry:
         if page.version is None or report.version is None or not report.version.is_behind(page.version):
             page.version = report.version or page.version
         page.path, page.how, page.state, page.reason = report.path, report.how, report.state, report.reason
+        page.trying = report.trying
         page.since = time.time()
         if report.stream:
             page.stream = report.stream

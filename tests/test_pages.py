@@ -57,6 +57,7 @@ def test_a_report_is_read_as_the_client_sends_it() -> None:
             "state": "overlay",
             "reason": "the server answered 500\x00",
             "stream": "deadbeef00112233",
+            "trying": f"{EPOCH}-4",
         }
     ).encode()
     read = parse_report(body)
@@ -68,7 +69,9 @@ def test_a_report_is_read_as_the_client_sends_it() -> None:
         "overlay",
         "the server answered 500 ",
         "deadbeef00112233",
+        trying=ClusterVersion(EPOCH, 4),
     )
+    assert parse_report(read.to_json()) == read
     assert parse_report(b'{"page": "0123456789abcdef", "leave": true}').leave
 
 
@@ -85,6 +88,7 @@ def test_a_report_is_read_as_the_client_sends_it() -> None:
         b'{"page": "0123456789abcdef", "path": "/", "version": "tomorrow"}',
         b'{"page": "0123456789abcdef", "path": "/", "reason": 5}',
         b'{"page": "0123456789abcdef", "path": "/", "stream": "not hex!"}',
+        b'{"page": "0123456789abcdef", "path": "/", "state": "overlay", "trying": "later"}',
         b"[" * 100_000,
         b'{"page": "0123456789abcdef", "path": "/", "reason": "' + b"x" * MAX_REPORT_BYTES + b'"}',
     ],
@@ -145,6 +149,35 @@ def test_each_page_open_at_the_reload_applies_fails_pauses_or_leaves() -> None:
     registry.report(report("fails-001", "/b", V2, how="reloaded"))
     summary = add_up(str(V2), [json.dumps(s) for _, s in registry.dirty_rounds()])
     assert (summary.applied, summary.failed_count, summary.outcome) == (2, 0, "applied")
+
+
+def test_an_overlay_fails_the_reloads_it_was_shown_for_not_a_later_one() -> None:
+    v3 = ClusterVersion(EPOCH, 3)
+    registry = registry_with(report("failing-1", "/a"), report("older-01", "/b"))
+    registry.reload_arrived(Reload(V2))
+    registry.report(
+        report("failing-1", "/a", V1, state="overlay", reason="the server answered 500", trying=V2)
+    )
+    registry.reload_arrived(Reload(v3))
+    # Its report for V2 comes again after V3 arrived (passed on late): V3 is still to be tried.
+    registry.report(
+        report("failing-1", "/a", V1, state="overlay", reason="the server answered 500", trying=V2)
+    )
+    # A client that does not say which reload its overlay is for fails every round it is pending in.
+    registry.report(report("older-01", "/b", V1, state="overlay", reason="no answer from the server"))
+    rounds = {key: add_up(key, [json.dumps(s)]) for key, s in registry.dirty_rounds()}
+    assert (rounds[str(V2)].failed_count, rounds[str(V2)].pending_count) == (2, 0)
+    assert rounds[str(v3)].failed == [
+        {"path": "/b", "reason": "no answer from the server", "worker": "host:1"}
+    ]
+    assert [page["path"] for page in rounds[str(v3)].pending] == ["/a"]
+    # Its check for V3 fails too: now it fails V3, with the reason.
+    registry.report(
+        report("failing-1", "/a", V1, state="overlay", reason="the server answered 502", trying=v3)
+    )
+    summary = add_up(str(v3), [json.dumps(registry.rounds[str(v3)].summary("host:1", "host"))])
+    assert (summary.failed_count, summary.pending_count, summary.outcome) == (2, 0, "failed")
+    assert {"path": "/a", "reason": "the server answered 502", "worker": "host:1"} in summary.failed
 
 
 def test_a_page_left_out_by_a_match_counts_as_left_out_only_for_that_reload() -> None:
