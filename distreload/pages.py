@@ -236,9 +236,13 @@ class Round:
             return
         self.expected += 1
         self.pending[page.page] = page.path
-        # Paused already, or showing this version already (its report came through another worker
-        # first): settled from the start.
-        if page.state == "paused" or (page.state == "live" and _reached(page.version, self.version)):
+        # Paused already, or showing this version already, or failed to apply it already (its report came
+        # through another worker first): settled from the start.
+        if (
+            page.state == "paused"
+            or (page.state == "live" and _reached(page.version, self.version))
+            or (page.state == "overlay" and _reached(page.trying, self.version))
+        ):
             self.settle(page, now)
         self.dirty = True
 

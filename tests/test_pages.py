@@ -178,6 +178,13 @@ def test_an_overlay_fails_the_reloads_it_was_shown_for_not_a_later_one() -> None
     summary = add_up(str(v3), [json.dumps(registry.rounds[str(v3)].summary("host:1", "host"))])
     assert (summary.failed_count, summary.pending_count, summary.outcome) == (2, 0, "failed")
     assert {"path": "/a", "reason": "the server answered 502", "worker": "host:1"} in summary.failed
+    # Its failure for V4 reached this worker (passed on) before V4 itself did: failed from the start.
+    v4 = ClusterVersion(EPOCH, 4)
+    registry.report(
+        report("failing-1", "/a", V1, state="overlay", reason="the server answered 503", trying=v4)
+    )
+    registry.reload_arrived(Reload(v4))
+    assert registry.rounds[str(v4)].failed == {"failing-1": ("/a", "the server answered 503")}
 
 
 def test_a_page_left_out_by_a_match_counts_as_left_out_only_for_that_reload() -> None:
