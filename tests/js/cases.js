@@ -681,12 +681,16 @@
       function (plan, response, body) { readyWith = plan.kind + " " + plan.version + " " + body; });
     pageCheck.run();
     check(pageCheck.busy(), "not busy while fetching");
+    for (var j = 0; j < 40 && !status.overlay; j++) await wait(5);
+    equal(pageCheck.failedFor, "aaaaaaaa-2", "the reload the overlay is for");
     current = { kind: "reload", version: "aaaaaaaa-3", reason: "merged", paths: [] };  // a reload merged in meanwhile
+    for (var k = 0; k < 40 && pageCheck.failedFor !== "aaaaaaaa-3"; k++) await wait(5);
+    equal(pageCheck.failedFor, "aaaaaaaa-3", "the reload the overlay is for, once its check failed too");
     for (var i = 0; i < 40 && !readyWith; i++) await wait(25);
     equal(requests.join(), "http://distreload.test/page,http://distreload.test/page,http://distreload.test/page", "requests");
     check(/answered 500: Traceback: boom/.test(shown[0]) && /no answer from the server/.test(shown[1]), shown.join(" | "));
     equal(readyWith, "reload aaaaaaaa-3 <p>ok</p>", "what went on");
-    check(!pageCheck.busy() && !status.overlay, "still busy or showing the overlay");
+    check(!pageCheck.busy() && !status.overlay && pageCheck.failedFor === "", "still busy or showing the overlay");
   });
 
   test("StreamShare: one tab leads; when it leaves, the next takes the stream over", async function () {
@@ -835,10 +839,14 @@
       state: "live", reason: "", stream: "0011223344556677" }), "report");
     report.applied("css", "aaaaaaaa-2");
     report.send({ state: "live" });
-    report.send({ state: "overlay", reason: "the server answered 500" });
+    report.send({ state: "overlay", reason: "the server answered 500", trying: "aaaaaaaa-3" });
+    report.send({ state: "overlay", reason: "the server answered 500", trying: "aaaaaaaa-3" });
     equal(fake.sent.length, 3, "reports after two changes");
     equal(fake.sent[1].body.how + " " + fake.sent[1].body.version, "css aaaaaaaa-2", "applied");
-    equal(fake.sent[2].body.reason, "the server answered 500", "reason");
+    equal(fake.sent[2].body.reason + ", " + fake.sent[2].body.trying, "the server answered 500, aaaaaaaa-3", "reason");
+    // The same overlay after a failed check for a newer reload is news: the worker counts it failed for that one.
+    report.send({ state: "overlay", reason: "the server answered 500", trying: "aaaaaaaa-4" });
+    equal(fake.sent.length + " " + fake.sent[3].body.trying, "4 aaaaaaaa-4", "a failure for a newer reload");
   });
 
   test("a page that goes says so with a beacon; one that reloads for a reload stays the same page", function () {

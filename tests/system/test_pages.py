@@ -255,43 +255,6 @@ def test_a_tab_still_loading_at_publish_time_is_counted_once_it_catches_up(
 
 
 @pytest.mark.browser
-def test_a_page_still_failing_when_the_next_reload_comes_is_named_failed_for_it_too(
-    screens: Callable[[ServerProcess, str], Tab],
-    start_server: ServerFactory,
-    shared_redis_url: str,
-    namespace: str,
-) -> None:
-    """A CI job publishes again while a screen still shows the overlay of the last reload: the screen tries
-    the new one, fails again, and the wait names it failed with the reason (not unanswered until the time
-    is up, nor failed for the new reload by a report of the old one)."""
-    env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
-    server = start_server(SCREENS_APP, env=env, wait=False, extra_args=["--timeout-graceful-shutdown", "1"])
-    wait_for_port(server.port, 30, server.process)
-    wait_for_subscribers(shared_redis_url, namespace, 1)
-    fine, failing = screens(server, "/screen/lobby/fine"), screens(server, "/screen/lobby/failing")
-    wait_for_pages(shared_redis_url, namespace, {"/screen/lobby/fine": 1, "/screen/lobby/failing": 1})
-    control(server.base_url, "fail", "failing", 500)
-    try:
-        for _ in range(2):
-            status, pages = publish_waiting(shared_redis_url, namespace, "20")
-            assert status == EXIT_FAILED, json.dumps(pages)
-            assert (pages["outcome"], pages["applied"], pages["expected"]) == ("failed", 1, 2), json.dumps(
-                pages
-            )
-            [failed] = pages["failed"]
-            assert failed["path"] == "/screen/lobby/failing" and "500" in failed["reason"], failed
-            assert failing.status_now()["overlay"] is True
-        assert fine.reloads == 2, fine.navigations
-    finally:
-        control(server.base_url, "fail", "failing", 0)
-    failing.page.wait_for_function(
-        "v => window.__distreload && window.__distreload.version === v && !window.__distreload.overlay",
-        arg=pages["version"],
-        timeout=30_000,
-    )
-
-
-@pytest.mark.browser
 @pytest.mark.parametrize("server_name", ["uvicorn", "gunicorn"])
 def test_publish_wait_counts_every_page_once_when_two_workers_share_one_port(
     server_name: str,
