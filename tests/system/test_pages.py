@@ -33,15 +33,17 @@ TOKEN = "screens-token"
 EXIT_FAILED, EXIT_TIMED_OUT = 3, 4
 
 
-def start_hosts(start_server: ServerFactory, redis_url: str, namespace: str) -> list[ServerProcess]:
+def start_hosts(
+    start_server: ServerFactory, redis_url: str, namespace: str, count: int = 2
+) -> list[ServerProcess]:
     env = {"DISTRELOAD_REDIS_URL": redis_url, "DISTRELOAD_NAMESPACE": namespace}
     servers = [
         start_server(SCREENS_APP, env=env, wait=False, extra_args=["--timeout-graceful-shutdown", "1"])
-        for _ in range(2)
+        for _ in range(count)
     ]
     for server in servers:
         wait_for_port(server.port, 30, server.process)
-    wait_for_subscribers(redis_url, namespace, 2)
+    wait_for_subscribers(redis_url, namespace, count)
     return servers
 
 
@@ -215,10 +217,7 @@ def test_a_tab_still_loading_at_publish_time_is_counted_once_it_catches_up(
     """The tab's page came before the reload, its script after: it connects behind, gets the reload on
     connecting and reloads, onto the same worker again (one worker here, so always). The wait counts it,
     as it counts a tab that resumes from a pause and reloads just as the next reload arrives."""
-    env = {"DISTRELOAD_REDIS_URL": shared_redis_url, "DISTRELOAD_NAMESPACE": namespace}
-    server = start_server(SCREENS_APP, env=env, wait=False, extra_args=["--timeout-graceful-shutdown", "1"])
-    wait_for_port(server.port, 30, server.process)
-    wait_for_subscribers(shared_redis_url, namespace, 1)
+    [server] = start_hosts(start_server, shared_redis_url, namespace, count=1)
     slow = screens(server, "/screen/lobby/slow")  # holds the wait open while the late tab catches up
     wait_for_pages(shared_redis_url, namespace, {"/screen/lobby/slow": 1})
     control(server.base_url, "slow", "slow", 2)
