@@ -22,11 +22,13 @@ NonceSource = Callable[[Scope], str | None]
 _LONGEST_BASE = 512  # a longer endpoint URL is not recognised as a tag already in the page
 _TAG_START = b'<script src="'
 _LITERAL = b"/client.js?v="  # between the base and the script version: the tag's one fixed middle
+_AFTER_VERSION = b'" data-distreload="'  # what closes the src and opens the attribute the tag is named by
 _TAG_SHAPE = re.compile(
     re.escape(_TAG_START)
     + rb'[^"<>]{0,%d}' % _LONGEST_BASE
     + re.escape(_LITERAL)
-    + rb'[^"<>]{0,64}" data-distreload="'
+    + rb'[^"<>]{0,64}'
+    + re.escape(_AFTER_VERSION)
 )
 # The anchor is the "?" of "client.js?v=": the rarest byte of the tag in HTML, so memchr (what bytes.find
 # does for one byte given as an int: given as bytes, `in` first fails to read it as an int, at the cost of
@@ -36,7 +38,7 @@ ANCHOR = ord("?")
 _ANCHOR_IN_LITERAL = _LITERAL.index(ANCHOR)
 _ANCHOR_FOLLOWED_BY = _LITERAL[_ANCHOR_IN_LITERAL:]  # "?v="
 _BEFORE_ANCHOR = len(_TAG_START) + _LONGEST_BASE + _ANCHOR_IN_LITERAL
-_AFTER_ANCHOR = len(b'?v=" data-distreload="') + 64
+_AFTER_ANCHOR = len(_ANCHOR_FOLLOWED_BY) + 64 + len(_AFTER_VERSION)
 TAG_SPAN = _BEFORE_ANCHOR + _AFTER_ANCHOR  # the most bytes of a page the start of a tag spans
 _CHECKED_ANCHORS = 8  # past this many "?" in one piece, a literal search of the rest is the cheaper way
 # Looking at one "?" costs about as much as a literal search through 700 bytes (bytes.find of a longer
