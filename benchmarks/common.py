@@ -35,6 +35,9 @@ FASTAPI_RELOADER = "fastapi-reloader"
 # Not a reloader: the least an open stream can cost under uvicorn (a bare ASGI app that answers the event
 # stream request and then waits for the disconnect), to tell the server's share from distreload's.
 FLOOR = "uvicorn-floor"
+# Not a reloader either: the least any middleware that places a script tag can do to the benchmark's pages
+# (apps.InjectorFloor), to tell what placing a tag costs at all from what distreload does on top.
+INJECTOR_FLOOR = "injector-floor"
 
 
 class Skipped(Exception):

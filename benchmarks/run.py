@@ -33,6 +33,7 @@ from benchmarks.common import (  # noqa: E402
     FASTAPI_RELOADER,
     FLOOR,
     IN_CI,
+    INJECTOR_FLOOR,
     REDIS_URL,
     Skipped,
     fastapi_reloader_available,
@@ -106,7 +107,7 @@ def _variants(*wanted: str) -> list[str]:
 
 
 def _run_overhead(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any]) -> None:
-    variants = _variants(BARE, DISTRELOAD, DISTRELOAD_DROPIN, FASTAPI_RELOADER)
+    variants = _variants(BARE, DISTRELOAD, DISTRELOAD_DROPIN, INJECTOR_FLOOR, FASTAPI_RELOADER)
     section: dict[str, Any] = {
         "in_process": overhead.in_process(variants, calls=sizes.calls, rounds=sizes.rounds),
         "in_process_settings": {"calls": sizes.calls, "rounds": sizes.rounds},
@@ -135,7 +136,7 @@ def _run_overhead(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, A
 
 
 def _run_streaming(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, Any]) -> None:
-    variants = _variants(BARE, DISTRELOAD, FASTAPI_RELOADER)
+    variants = _variants(BARE, DISTRELOAD, INJECTOR_FLOOR, FASTAPI_RELOADER)
     results["streaming"] = {
         "in_process": streaming.in_process(variants, sizes=sizes.page_sizes, runs=sizes.page_runs),
         "http": streaming.over_http(variants, sizes=sizes.page_sizes, runs=sizes.page_runs, log_dir=log_dir),
@@ -265,6 +266,8 @@ def check_sane(results: dict[str, Any], directory: Path) -> list[str]:
     if DISTRELOAD in checks:
         expect(checks[DISTRELOAD]["tag_before_body_end"], "streaming: distreload's tag is not before </body>")
         expect(checks[BARE]["bytes"] < checks[DISTRELOAD]["bytes"], "streaming: no bytes added by injection")
+    if INJECTOR_FLOOR in checks:  # a yardstick that left the tag out would make distreload look dear
+        expect(checks[INJECTOR_FLOOR]["tag_before_body_end"], "streaming: the injector floor placed no tag")
     http = results.get("streaming", {}).get("http", {})
     if http:
         expect(http["tag_seen"].get(DISTRELOAD) is True, "streaming over HTTP: no tag in the page")
