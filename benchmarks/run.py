@@ -55,6 +55,7 @@ class Sizes:
     wrk: overhead.WrkSettings
     page_sizes: tuple[float, ...]
     page_runs: int
+    page_server_sets: int  # fresh servers for the streamed page over HTTP (see streaming.over_http)
     worker_counts: tuple[int, ...]
     client_counts: tuple[int, ...]
     largest: tuple[int, int]  # (workers, streams): one more point past the curve, on the most workers
@@ -73,7 +74,8 @@ FULL = Sizes(
     rounds=15,
     wrk=overhead.WrkSettings(duration=3, runs=7),
     page_sizes=(1, 10, 50),
-    page_runs=5,
+    page_runs=10,
+    page_server_sets=7,
     worker_counts=(1, 2, 4),
     client_counts=(100, 500, 1000, 2000, 4000, 8000),
     largest=report.FANOUT_LARGEST_POINT,
@@ -90,6 +92,7 @@ SMOKE = Sizes(
     wrk=overhead.WrkSettings(duration=1, runs=1),
     page_sizes=(0.25, 0.5, 1),
     page_runs=1,
+    page_server_sets=1,
     worker_counts=(1, 2),
     client_counts=(20, 50),
     largest=(2, 100),
@@ -139,7 +142,13 @@ def _run_streaming(sizes: Sizes, smoke: bool, log_dir: Path, results: dict[str, 
     variants = _variants(BARE, DISTRELOAD, INJECTOR_FLOOR, FASTAPI_RELOADER)
     results["streaming"] = {
         "in_process": streaming.in_process(variants, sizes=sizes.page_sizes, runs=sizes.page_runs),
-        "http": streaming.over_http(variants, sizes=sizes.page_sizes, runs=sizes.page_runs, log_dir=log_dir),
+        "http": streaming.over_http(
+            variants,
+            sizes=sizes.page_sizes,
+            runs=sizes.page_runs,
+            server_sets=sizes.page_server_sets,
+            log_dir=log_dir,
+        ),
     }
 
 
