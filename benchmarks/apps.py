@@ -181,13 +181,13 @@ async def _answer(send: Send, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-# As long as the tag distreload places in these benchmarks' pages: the bytes the injector floor places.
-FLOOR_TAG = (
+# A tag as distreload writes it for this app's pages (its length, its shape): what the injector floor places,
+# and what page_steps.py joins into a page.
+SAMPLE_TAG = (
     b'<script src="/---distreload---/client.js?v=0123456789abcdef" data-distreload="/---distreload---" '
     b'data-distreload-version="0123456789abcdef-1" data-distreload-build="0123456789ab" async></script>'
 )
 _BODY_END = b"</body"
-_END_LOOKED_AT = 256  # as distreload's injector looks at the end of a streamed page's chunk
 _DECIDING, _PAGE, _PASSING = range(3)
 
 
@@ -196,30 +196,37 @@ class InjectorFloor:
     what placing a tag costs at all, measured beside the bare app and distreload.
 
     A response whose Content-Type starts ``text/html`` goes out with its Content-Length (if any) grown by
-    the tag at once, as it always gets the tag; then the tag goes before the ``</body>`` in the last 256
-    bytes of the first body message that has one (spelt so), with one copy, or at the end of the page.
-    Everything else is left out, and it is what distreload does on top: looking for a tag already in the
-    page (and then leaving the page as it came, which means holding its start), ``</body>`` in other cases
-    and farther from the end, HEAD, validators, encodings, charsets, byte order marks, the reload endpoint and
-    its check header. ``send`` hands back the server's own awaitable, as distreload's does, so that the
-    difference is the work done, not how."""
+    the tag at once, as it always gets the tag; then the tag goes before the ``</body>`` (spelt so) in the
+    end of the first body message that has one there, as much of it as distreload looks at in a chunk
+    (``injector.CHUNK_WINDOW``), with one copy; or at the end of the page. Everything else is left out,
+    and it is what distreload does on top: looking for a tag already in the page (and then leaving the
+    page as it came, which means holding its start), ``</body>`` in other cases and farther from the end,
+    HEAD, validators, encodings, charsets, byte order marks, the reload endpoint and its check header.
+    ``send`` hands back the server's own awaitable, as distreload's does, so that the difference is the
+    work done, not how."""
 
     def __init__(self, app: ASGIApp) -> None:
+        # The end of a chunk looked at is distreload's own: imported here, so that the bare app's process
+        # never loads distreload.
+        from distreload.injector import CHUNK_WINDOW
+
         self.app = app
+        self.end_looked_at = CHUNK_WINDOW
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _FloorResponse(send).send)
+        await self.app(scope, receive, _FloorResponse(send, -self.end_looked_at).send)
 
 
 class _FloorResponse:
-    __slots__ = ("_send", "_state")
+    __slots__ = ("_send", "_state", "_from_end")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, from_end: int) -> None:
         self._send = send
         self._state = _DECIDING
+        self._from_end = from_end
 
     def send(self, message: Message) -> Awaitable[None]:
         state = self._state
@@ -235,17 +242,17 @@ class _FloorResponse:
                         break
         elif state == _PAGE:
             body: bytes = message.get("body", b"")
-            at = body.rfind(_BODY_END, -_END_LOOKED_AT)
+            at = body.rfind(_BODY_END, self._from_end)
             if at != -1 or not message.get("more_body", False):
                 self._state = _PASSING
-                body = b"".join((body[:at], FLOOR_TAG, body[at:])) if at != -1 else body + FLOOR_TAG
+                body = b"".join((body[:at], SAMPLE_TAG, body[at:])) if at != -1 else body + SAMPLE_TAG
                 return self._send({**message, "body": body})
         return self._send(message)
 
 
 def _grown(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [
-        (name, b"%d" % (int(value) + len(FLOOR_TAG))) if name == b"content-length" else (name, value)
+        (name, b"%d" % (int(value) + len(SAMPLE_TAG))) if name == b"content-length" else (name, value)
         for name, value in headers
     ]
 

@@ -30,14 +30,12 @@ import asyncio, sys
 sys.path.insert(0, {source!r})
 sys.path.insert(1, {root!r})
 from distreload import injector
-from benchmarks.apps import {page}
+from benchmarks.apps import SAMPLE_TAG as tag, {page}
 from starlette.responses import HTMLResponse
 
 response = HTMLResponse({page})
 body = response.body
 start = {{"type": "http.response.start", "status": 200, "headers": response.raw_headers}}
-tag = b'<script src="/---distreload---/client.js?v=0123456789abcdef" data-distreload="/---distreload---" ' \\
-    b'data-distreload-version="0123456789abcdef-1" data-distreload-build="0123456789ab" async></script>'
 index = injector._last_marker(body, after=0)
 if hasattr(injector, "_page_headers"):  # one pass over the headers, Content-Length grown arithmetically
     read_headers = lambda: injector._page_headers(start)

@@ -112,6 +112,20 @@ def download(port: int, megabytes: float) -> tuple[float, int, bool]:
     return elapsed, received, TAG_MARKER in tail
 
 
+def _set_medians(by_set: dict[str, dict[str, list[list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    return {
+        v: {s: [median(pages) for pages in sets] for s, sets in by_size.items()}
+        for v, by_size in by_set.items()
+    }
+
+
+def _every_page(by_set: dict[str, dict[str, list[list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    return {
+        v: {s: [x for pages in sets for x in pages] for s, sets in by_size.items()}
+        for v, by_size in by_set.items()
+    }
+
+
 def _peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -131,10 +145,9 @@ def over_http(
         f"streaming over HTTP: {', '.join(variants)}; pages of {', '.join(f'{s:g}' for s in sizes)} MiB, "
         f"{server_sets} sets of fresh servers x {runs} runs, 1 uvicorn worker"
     )
-    timings: dict[str, dict[str, list[float]]] = {v: {str(s): [] for s in sizes} for v in variants}
-    server_cpu: dict[str, dict[str, list[float]]] = {v: {str(s): [] for s in sizes} for v in variants}
-    set_timings: dict[str, dict[str, list[float]]] = {v: {str(s): [] for s in sizes} for v in variants}
-    set_cpu: dict[str, dict[str, list[float]]] = {v: {str(s): [] for s in sizes} for v in variants}
+    # Per variant and size, one list of pages per set of servers: the figures are derived from these.
+    cpu_by_set: dict[str, dict[str, list[list[float]]]] = {v: {str(s): [] for s in sizes} for v in variants}
+    time_by_set: dict[str, dict[str, list[list[float]]]] = {v: {str(s): [] for s in sizes} for v in variants}
     peak_rss: dict[str, dict[str, int]] = {v: {} for v in variants}
     tag_seen: dict[str, bool] = {}
     for server_set in range(server_sets):
@@ -146,31 +159,31 @@ def over_http(
                 if server_set == 0:
                     peak_rss[variant]["start"] = _peak_rss(server.process.pid)
             for size in sorted(sizes):  # growing sizes: VmHWM only rises if a bigger page costs more memory
-                these_cpu: dict[str, list[float]] = {v: [] for v in variants}
-                these_times: dict[str, list[float]] = {v: [] for v in variants}
+                for variant in variants:
+                    cpu_by_set[variant][str(size)].append([])
+                    time_by_set[variant][str(size)].append([])
                 for _ in range(runs):
                     for variant, server in servers.items():
                         cpu_before = cpu_seconds(server.process.pid)
                         seconds, _, _ = download(server.port, size)
-                        these_cpu[variant].append(cpu_seconds(server.process.pid) - cpu_before)
-                        these_times[variant].append(seconds)
-                for variant, server in servers.items():
-                    server_cpu[variant][str(size)] += these_cpu[variant]
-                    timings[variant][str(size)] += these_times[variant]
-                    set_cpu[variant][str(size)].append(median(these_cpu[variant]))
-                    set_timings[variant][str(size)].append(median(these_times[variant]))
-                    if server_set == 0:
+                        cpu_by_set[variant][str(size)][-1].append(
+                            cpu_seconds(server.process.pid) - cpu_before
+                        )
+                        time_by_set[variant][str(size)][-1].append(seconds)
+                if server_set == 0:
+                    for variant, server in servers.items():
                         peak_rss[variant][str(size)] = _peak_rss(server.process.pid)
     if DISTRELOAD in tag_seen and not tag_seen[DISTRELOAD]:
         raise RuntimeError("distreload did not inject its tag into the streamed page")
+    set_cpu, set_timings = _set_medians(cpu_by_set), _set_medians(time_by_set)
     # The target is judged on the server's CPU time per page (wall time moves with other work on the
     # machine); both are kept.
     return {
         "seconds": _medians(set_timings),
-        "samples": timings,
+        "samples": _every_page(time_by_set),
         "wall_ratio": _time_ratios(set_timings),
         "server_cpu_seconds": _medians(set_cpu),
-        "cpu_samples": server_cpu,
+        "cpu_samples": _every_page(cpu_by_set),
         "set_cpu_medians": set_cpu,
         "time_ratio": _time_ratios(set_cpu),
         "peak_rss_bytes": peak_rss,
