@@ -497,8 +497,9 @@ class RedisCluster3(_Topology):
 
     @property
     def masters(self) -> list[RedisNode]:
-        """The nodes that are masters now (a failover changes this)."""
-        return [self.node_by_id(v.node_id) for v in self.view() if v.is_master and not v.failed]
+        """The masters that serve slots now (a failover changes this). Owning slots is part of it: right
+        after ``--cluster create`` a node can still gossip a replica as a master of nothing."""
+        return [self.node_by_id(v.node_id) for v in self.view() if v.is_master and v.slots and not v.failed]
 
     @staticmethod
     def slot_of(key: str | bytes) -> int:
@@ -531,11 +532,16 @@ class RedisCluster3(_Topology):
         """Wait until every live replica's link to its master is up (only a synced replica can take over)."""
 
         def synced() -> bool:
-            """Every live replica reports its master link up."""
-            replicas = [n for n in self.nodes if n.alive and n.info("replication").get("role") == "slave"]
-            return all(node.info("replication").get("master_link_status") == "up" for node in replicas)
+            """Every live replica reports its master link up, and every live node's view already knows
+            which nodes are replicas (until gossip tells it, a node lists a replica as a master)."""
+            live = [n for n in self.nodes if n.alive]
+            replicas = [n for n in live if n.info("replication").get("role") == "slave"]
+            if any(node.info("replication").get("master_link_status") != "up" for node in replicas):
+                return False
+            expected = {self.ids[n.name] for n in replicas}
+            return all({v.node_id for v in self.view(n) if not v.is_master} == expected for n in live)
 
-        wait_until(synced, timeout, "every replica synced with its master")
+        wait_until(synced, timeout, "every replica synced with its master and known as one everywhere")
 
     # -- changes -------------------------------------------------------------------------------------
 
