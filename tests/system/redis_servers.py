@@ -529,14 +529,16 @@ class RedisCluster3(_Topology):
         wait_until(settled, timeout, "cluster_state:ok on every node, with one slot map")
 
     def wait_replicas_synced(self, timeout: float = 20.0) -> None:
-        """Wait until every live replica's link to its master is up (only a synced replica can take over)."""
+        """Wait until every live replica's link to its master is up (only a synced replica can take over) and
+        every live node knows which nodes are replicas."""
 
         def synced() -> bool:
             """Every live replica reports its master link up, and every live node's view already knows
             which nodes are replicas (until gossip tells it, a node lists a replica as a master)."""
             live = [n for n in self.nodes if n.alive]
-            replicas = [n for n in live if n.info("replication").get("role") == "slave"]
-            if any(node.info("replication").get("master_link_status") != "up" for node in replicas):
+            replication = {n.name: n.info("replication") for n in live}  # one INFO per node per look
+            replicas = [n for n in live if replication[n.name].get("role") == "slave"]
+            if any(replication[n.name].get("master_link_status") != "up" for n in replicas):
                 return False
             expected = {self.ids[n.name] for n in replicas}
             return all({v.node_id for v in self.view(n) if not v.is_master} == expected for n in live)
